@@ -1,0 +1,249 @@
+"""The engine step: admit, build one batch for every running sequence, decode once, sample each.
+
+`Engine` is single-threaded and synchronous (the offline `LLM` drives it directly);
+`AsyncEngine` runs it on its own thread for the server."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from lokal.engine.llama_model import LlamaModel, SamplerChain
+from lokal.engine.sampling import SamplingParams
+from lokal.engine.scheduler import Admission, QueueFull, Scheduler
+from lokal.engine.sequence import Delta, FinishReason, Sequence, SequenceStatus
+
+
+class PromptTooLong(ValueError):
+    """The prompt does not fit in one slot's context."""
+
+    def __init__(self, n_prompt: int, n_ctx: int) -> None:
+        super().__init__(
+            f"prompt is {n_prompt} tokens but the context holds {n_ctx} tokens "
+            f"(and at least one must be left to generate)"
+        )
+        self.n_prompt = n_prompt
+        self.n_ctx = n_ctx
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot for monitoring: what the engine is doing right now and how fast."""
+
+    running: int
+    waiting: int
+    slots: int
+    kv_cells_used: int
+    kv_cells_total: int
+    tokens_per_second: float  # generated tokens/s over the last window
+    window_s: float
+    steps: int
+    generated_tokens: int
+    prompt_tokens: int
+    cached_prompt_tokens: int
+    recent_ttft_s: tuple[float, ...]
+
+
+class Engine:
+    """Continuous batching over one LlamaModel: every running sequence advances in each decode."""
+
+    def __init__(
+        self, model: LlamaModel, max_queue: int = 256, prefix_cache: bool = True, stats_window_s: float = 10.0
+    ) -> None:
+        self.model = model
+        self.scheduler = Scheduler(
+            n_slots=model.shape.n_slots,
+            token_budget=model.shape.n_batch,
+            max_queue=max_queue,
+            prefix_cache=prefix_cache,
+        )
+        self._inbox: deque[Sequence] = deque()
+        self._aborts: deque[int] = deque()
+        self._lock = threading.Lock()
+        self._stats_window_s = stats_window_s
+        self._recent_steps: deque[tuple[float, int]] = deque()
+        self._recent_ttft: deque[float] = deque(maxlen=64)
+        self.n_steps = 0
+        self.n_generated = 0
+        self.n_prompt = 0
+        self.n_cached = 0
+
+    # ---- called from any thread -----------------------------------------------------------
+    def add(self, prompt: list[int], params: SamplingParams) -> Sequence:
+        """Queue a request. Raises PromptTooLong or QueueFull at once rather than later."""
+        n_ctx = self.model.shape.slot_ctx
+        if len(prompt) == 0:
+            raise ValueError("the prompt is empty")
+        if len(prompt) >= n_ctx:
+            raise PromptTooLong(len(prompt), n_ctx)
+        bad = next((t for t in prompt if not self.model.valid_token(t)), None)
+        if bad is not None:
+            raise ValueError(f"token id {bad} is outside the vocabulary (0..{self.model.n_vocab - 1})")
+        for tok in params.logit_bias:
+            if not self.model.valid_token(tok):
+                raise ValueError(f"logit_bias token id {tok} is outside the vocabulary")
+        seq = Sequence(prompt=prompt, params=params, max_context=n_ctx)
+        with self._lock:
+            if self.scheduler.queued_beyond_slots(len(self._inbox) + 1) > self.scheduler.max_queue:
+                raise QueueFull(len(self._inbox) + len(self.scheduler.waiting))
+            self._inbox.append(seq)
+        return seq
+
+    def abort(self, seq_id: int) -> None:
+        """Stop a sequence; its slot and KV cells are freed at the start of the next step."""
+        with self._lock:
+            self._aborts.append(seq_id)
+
+    def has_work(self) -> bool:
+        return bool(self._inbox or self._aborts or self.scheduler.has_work())
+
+    # ---- the engine thread ----------------------------------------------------------------
+    def step(self) -> list[tuple[Sequence, Delta]]:
+        """One scheduling round and at most one llama_decode. Returns the deltas it produced."""
+        out: list[tuple[Sequence, Delta]] = []
+        self._drain_inbox(out)
+        for admission in self.scheduler.admit():
+            self._start(admission)
+        plan = self.scheduler.schedule()
+        if not plan:
+            return out
+        rows: list[tuple[int, int, int, bool]] = []
+        to_sample: list[tuple[Sequence, int]] = []
+        for seq, n in plan:
+            assert seq.slot is not None
+            start, toks, slot = seq.n_past, seq.tokens, seq.slot
+            end = start + n
+            last = len(toks) - 1
+            rows.extend((toks[p], p, slot, p == last) for p in range(start, end))
+            seq.n_past = end
+            if end == len(toks):
+                to_sample.append((seq, len(rows) - 1))
+        try:
+            self.model.decode(rows)
+        except Exception as exc:  # a failed decode must not leave clients hanging
+            for seq, _ in plan:
+                self._finish(seq, FinishReason.ERROR, out, error=str(exc))
+            return out
+        self.n_steps += 1
+        now = time.perf_counter()
+        for seq, index in to_sample:
+            assert isinstance(seq.sampler, SamplerChain)
+            token = self.model.sample(seq.sampler, index)
+            self._accept(seq, token, now, out)
+        self._record_step(now, len(to_sample))
+        return out
+
+    def _drain_inbox(self, out: list[tuple[Sequence, Delta]]) -> None:
+        with self._lock:
+            new = list(self._inbox)
+            self._inbox.clear()
+            aborts = set(self._aborts)
+            self._aborts.clear()
+        for seq in new:
+            self.scheduler.add(seq)
+        if not aborts:
+            return
+        for seq in list(self.scheduler.waiting):
+            if seq.id in aborts:
+                self.scheduler.remove_waiting(seq)
+                self._finish(seq, FinishReason.CANCELLED, out)
+        for seq in list(self.scheduler.running):
+            if seq.id in aborts:
+                self._finish(seq, FinishReason.CANCELLED, out)
+
+    def _start(self, a: Admission) -> None:
+        seq, n = a.seq, a.n_reused
+        if a.source == a.slot and n > 0:
+            if not self.model.forget(a.slot, n):
+                self.model.forget(a.slot, 0)
+                n = 0
+        else:
+            self.model.forget(a.slot, 0)
+            if a.source is not None and n > 0 and not self.model.share_prefix(a.source, a.slot, n):
+                self.model.forget(a.slot, 0)
+                n = 0
+        seq.n_past = seq.n_cached = n
+        recent_n = seq.params.repeat_last_n if seq.params.repeat_last_n >= 0 else seq.n_prompt
+        seq.sampler = self.model.new_sampler(seq.params, seq.prompt[-recent_n:] if recent_n else [])
+        self.n_prompt += seq.n_prompt
+        self.n_cached += n
+
+    def _accept(self, seq: Sequence, token: int, now: float, out: list[tuple[Sequence, Delta]]) -> None:
+        if seq.status is SequenceStatus.PREFILLING:
+            seq.status = SequenceStatus.DECODING
+            seq.first_token_at = now
+            self._recent_ttft.append(now - seq.arrived_at)
+        if self.model.is_eog(token) and not seq.params.ignore_eos:
+            self._finish(seq, FinishReason.STOP, out)
+            return
+        seq.tokens.append(token)
+        seq.n_generated += 1
+        self.n_generated += 1
+        text, stopped = seq.detokenizer.feed(self.model.piece(token))
+        if stopped:
+            self._finish(seq, FinishReason.STOP, out, text=text, flush=False)
+        elif seq.params.max_tokens is not None and seq.n_generated >= seq.params.max_tokens:
+            self._finish(seq, FinishReason.LENGTH, out, text=text)
+        elif len(seq.tokens) >= seq.max_context:
+            self._finish(seq, FinishReason.LENGTH, out, text=text)
+        elif text:
+            out.append((seq, Delta(text=text, token_ids=(token,))))
+
+    def _finish(
+        self,
+        seq: Sequence,
+        reason: FinishReason,
+        out: list[tuple[Sequence, Delta]],
+        text: str = "",
+        flush: bool = True,
+        error: str | None = None,
+    ) -> None:
+        if seq.is_finished:
+            return
+        if flush and reason in (FinishReason.STOP, FinishReason.LENGTH):
+            text += seq.detokenizer.flush()
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+        seq.finished_at = time.perf_counter()
+        if isinstance(seq.sampler, SamplerChain):
+            seq.sampler.free()
+        seq.sampler = None
+        if seq.slot is not None:
+            self.scheduler.release(seq)
+            if not self.scheduler.prefix_cache or reason is FinishReason.ERROR:
+                self.model.forget(seq.slot, 0)
+        out.append(
+            (seq, Delta(text=text, finish_reason=reason, usage=seq.usage(), timings=seq.timings(), error=error))
+        )
+
+    def _record_step(self, now: float, n_tokens: int) -> None:
+        steps = self._recent_steps
+        steps.append((now, n_tokens))
+        while steps and now - steps[0][0] > self._stats_window_s:
+            steps.popleft()
+
+    def stats(self) -> EngineStats:
+        now = time.perf_counter()
+        steps = [(t, n) for t, n in list(self._recent_steps) if now - t <= self._stats_window_s]
+        window = self._stats_window_s
+        tps = sum(n for _, n in steps) / window if steps else 0.0
+        sched = self.scheduler
+        used = sum(s.n_past for s in list(sched.running)) + sum(
+            len(sched.slot_cache[s]) for s in list(sched.free_slots)
+        )
+        return EngineStats(
+            running=len(sched.running),
+            waiting=len(sched.waiting) + len(self._inbox),
+            slots=sched.n_slots,
+            kv_cells_used=used,
+            kv_cells_total=self.model.shape.n_ctx,
+            tokens_per_second=tps,
+            window_s=window,
+            steps=self.n_steps,
+            generated_tokens=self.n_generated,
+            prompt_tokens=self.n_prompt,
+            cached_prompt_tokens=self.n_cached,
+            recent_ttft_s=tuple(self._recent_ttft),
+        )

@@ -1,0 +1,241 @@
+"""The only module that talks to llama.cpp: model, context, batch, sampler chains, KV memory.
+
+Everything here runs on the engine thread (except tokenization, which only reads the vocab)."""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp as C
+
+from lokal.engine.sampling import SamplingParams
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+@ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+def _quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    # llama.cpp prints hundreds of load lines; keep only errors (GGML_LOG_LEVEL_ERROR == 4).
+    if level == 4 and text:
+        import sys
+
+        sys.stderr.write("llama.cpp: " + text.decode("utf-8", "replace"))
+
+
+def _init_backend() -> None:
+    global _backend_ready
+    with _backend_lock:
+        if not _backend_ready:
+            C.llama_log_set(_quiet_log, None)
+            C.llama_backend_init()
+            _backend_ready = True
+
+
+class ModelLoadError(RuntimeError):
+    """llama.cpp refused the model file or could not create a context for it."""
+
+
+@dataclass(frozen=True)
+class ContextShape:
+    """How the KV cache is laid out: ``n_slots`` sequences of up to ``slot_ctx`` tokens each."""
+
+    slot_ctx: int
+    n_slots: int
+    n_batch: int
+    n_threads: int
+
+    @property
+    def n_ctx(self) -> int:
+        return self.slot_ctx * self.n_slots
+
+
+class LlamaModel:
+    """A loaded GGUF with one context whose unified KV cache holds every slot's sequence."""
+
+    def __init__(self, path: Path, shape: ContextShape) -> None:
+        _init_backend()
+        self.path = path
+        self.shape = shape
+        mparams = C.llama_model_default_params()
+        mparams.n_gpu_layers = 0
+        model = C.llama_model_load_from_file(str(path).encode(), mparams)
+        if not model:
+            raise ModelLoadError(f"llama.cpp could not load {path}")
+        self._model = model
+        self._vocab = C.llama_model_get_vocab(model)
+        self.n_vocab = C.llama_vocab_n_tokens(self._vocab)
+        self.n_ctx_train = C.llama_model_n_ctx_train(model)
+
+        cparams = C.llama_context_default_params()
+        cparams.n_ctx = shape.n_ctx
+        cparams.n_batch = shape.n_batch
+        cparams.n_ubatch = shape.n_batch
+        cparams.n_seq_max = shape.n_slots
+        cparams.n_threads = shape.n_threads
+        cparams.n_threads_batch = shape.n_threads
+        # One KV stream per slot: a sequence's cells sit at the same indices whether it runs alone
+        # or batched, so batching never changes results (a unified cache breaks that).
+        cparams.kv_unified = False
+        cparams.swa_full = True  # keep all positions in SWA layers, so cached prefixes stay valid
+        cparams.no_perf = True
+        # llama.cpp's CPU flash attention rounds differently for different prompt chunkings;
+        # without it, results do not depend on how the scheduler cut or batched a prompt.
+        cparams.flash_attn_type = 0
+        ctx = C.llama_init_from_model(model, cparams)
+        if not ctx:
+            C.llama_model_free(model)
+            raise ModelLoadError(f"llama.cpp could not create a context of {shape.n_ctx} tokens")
+        self._ctx = ctx
+        self._mem = C.llama_get_memory(ctx)
+        self._batch = C.llama_batch_init(shape.n_batch, 0, 1)
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._pieces: dict[int, bytes] = {}
+        self.add_bos = bool(C.llama_vocab_get_add_bos(self._vocab))
+        self.bos_text = self._special_text(C.llama_vocab_bos(self._vocab))
+        self.eos_text = self._special_text(C.llama_vocab_eos(self._vocab))
+
+    # ---- metadata -------------------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(4096)
+        n = C.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        if n < 0:
+            return None
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            C.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace")
+
+    def chat_template(self) -> str | None:
+        raw = C.llama_model_chat_template(self._model, None)
+        return raw.decode("utf-8", "replace") if raw else None
+
+    @property
+    def architecture(self) -> str | None:
+        return self.meta("general.architecture")
+
+    def _special_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self._piece(token, special=True).decode("utf-8", "replace")
+
+    # ---- tokens ---------------------------------------------------------------------------
+    def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
+        data = text.encode("utf-8", "replace")
+        cap = len(data) + 8
+        buf = (C.llama_token * cap)()
+        n = C.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, parse_special)
+        if n < 0:
+            cap = -n
+            buf = (C.llama_token * cap)()
+            n = C.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, parse_special)
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a generated token stands for (special tokens render as nothing)."""
+        cached = self._pieces.get(token)
+        if cached is None:
+            cached = self._pieces[token] = self._piece(token, special=False)
+        return cached
+
+    def _piece(self, token: int, special: bool) -> bytes:
+        buf = self._piece_buf
+        n = C.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = C.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    def is_eog(self, token: int) -> bool:
+        return bool(C.llama_vocab_is_eog(self._vocab, token))
+
+    def valid_token(self, token: int) -> bool:
+        return 0 <= token < self.n_vocab
+
+    # ---- decoding -------------------------------------------------------------------------
+    def decode(self, rows: list[tuple[int, int, int, bool]]) -> None:
+        """One llama_decode over rows of (token, position, seq_id, wants_logits)."""
+        b = self._batch
+        token, pos, n_seq, seq, logits = b.token, b.pos, b.n_seq_id, b.seq_id, b.logits
+        for i, (t, p, s, out) in enumerate(rows):
+            token[i] = t
+            pos[i] = p
+            n_seq[i] = 1
+            seq[i][0] = s
+            logits[i] = out
+        b.n_tokens = len(rows)
+        rc = C.llama_decode(self._ctx, b)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with code {rc}")
+
+    def sample(self, sampler: SamplerChain, batch_index: int) -> int:
+        return int(C.llama_sampler_sample(sampler.ptr, self._ctx, batch_index))
+
+    # ---- KV memory ------------------------------------------------------------------------
+    def forget(self, seq_id: int, from_pos: int = 0) -> bool:
+        """Drop a sequence's cells from ``from_pos`` on; False if llama.cpp cannot cut there."""
+        return bool(C.llama_memory_seq_rm(self._mem, seq_id, from_pos, -1))
+
+    def share_prefix(self, src: int, dst: int, n_tokens: int) -> bool:
+        """Give dst the first n_tokens cells of src. Streams are per slot, so llama.cpp copies the
+        whole stream (at the next decode) and the tail is cut off again."""
+        C.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
+        return self.forget(dst, n_tokens)
+
+    def new_sampler(self, params: SamplingParams, recent: list[int]) -> SamplerChain:
+        return SamplerChain(self, params, recent)
+
+    def close(self) -> None:
+        if self._ctx:
+            C.llama_batch_free(self._batch)
+            C.llama_free(self._ctx)
+            C.llama_model_free(self._model)
+            self._ctx = None
+            self._model = None
+
+
+class SamplerChain:
+    """llama.cpp's native sampler chain for one request: penalties, bias, top-k/p, min-p, temp."""
+
+    def __init__(self, model: LlamaModel, params: SamplingParams, recent: list[int]) -> None:
+        chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+        self.ptr = chain
+        add = C.llama_sampler_chain_add
+        p = params
+        if p.logit_bias:
+            arr = (C.llama_logit_bias * len(p.logit_bias))()
+            for i, (tok, bias) in enumerate(p.logit_bias.items()):
+                arr[i].token = tok
+                arr[i].bias = bias
+            add(chain, C.llama_sampler_init_logit_bias(model.n_vocab, len(p.logit_bias), arr))
+        if p.repeat_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
+            last_n = model.shape.slot_ctx if p.repeat_last_n == -1 else p.repeat_last_n
+            add(
+                chain,
+                C.llama_sampler_init_penalties(
+                    model.n_vocab, last_n, p.repeat_penalty, p.frequency_penalty, p.presence_penalty
+                ),
+            )
+        if p.greedy:
+            add(chain, C.llama_sampler_init_greedy())
+        else:
+            if p.top_k > 0:
+                add(chain, C.llama_sampler_init_top_k(p.top_k))
+            if p.top_p < 1.0:
+                add(chain, C.llama_sampler_init_top_p(p.top_p, 1))
+            if p.min_p > 0.0:
+                add(chain, C.llama_sampler_init_min_p(p.min_p, 1))
+            add(chain, C.llama_sampler_init_temp(p.temperature))
+            seed = p.seed if p.seed is not None else C.LLAMA_DEFAULT_SEED
+            add(chain, C.llama_sampler_init_dist(seed))
+        # Penalties look at the prompt's tail too, as llama.cpp's server does.
+        for tok in recent:
+            C.llama_sampler_accept(chain, tok)
+
+    def free(self) -> None:
+        if self.ptr:
+            C.llama_sampler_free(self.ptr)
+            self.ptr = None

@@ -1,0 +1,140 @@
+"""The scheduler decides, each step, which sequences get slots and how many tokens each feeds.
+
+It knows nothing of llama.cpp: it hands the engine decisions (slot, reused prefix, rows to feed)."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from lokal.engine.sequence import Sequence, SequenceStatus
+
+
+class QueueFull(RuntimeError):
+    """More requests are waiting than the server accepts; the client should retry later."""
+
+    def __init__(self, waiting: int) -> None:
+        super().__init__(f"server busy: {waiting} requests already waiting; retry later")
+        self.waiting = waiting
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A waiting sequence gets a slot; its first ``n_reused`` prompt tokens come from ``source``'s
+    KV cells (its own slot when source == slot)."""
+
+    seq: Sequence
+    slot: int
+    source: int | None
+    n_reused: int
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Scheduler:
+    """FCFS admission into a fixed number of slots, and a per-step token budget in which every
+    decoding sequence advances by one token and prefilling ones read their prompt in chunks."""
+
+    def __init__(self, n_slots: int, token_budget: int, max_queue: int, prefix_cache: bool) -> None:
+        if token_budget <= n_slots:
+            raise ValueError("the step token budget must exceed the number of slots")
+        self.n_slots = n_slots
+        self.token_budget = token_budget
+        self.max_queue = max_queue
+        self.prefix_cache = prefix_cache
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.free_slots: list[int] = list(range(n_slots))
+        # What each slot's KV cells hold once its sequence is gone (reusable prefix), and when
+        # it was last used, so the least recently used cache is overwritten first.
+        self.slot_cache: list[list[int]] = [[] for _ in range(n_slots)]
+        self.slot_used_at: list[float] = [0.0] * n_slots
+
+    def queued_beyond_slots(self, incoming: int = 0) -> int:
+        """How many requests would wait with no slot for them if ``incoming`` more arrived."""
+        return len(self.waiting) + incoming - len(self.free_slots)
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def remove_waiting(self, seq: Sequence) -> bool:
+        try:
+            self.waiting.remove(seq)
+        except ValueError:
+            return False
+        return True
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def admit(self) -> list[Admission]:
+        """Give free slots to waiting sequences, first come first served."""
+        admitted = []
+        while self.waiting and self.free_slots:
+            seq = self.waiting.popleft()
+            slot, source, n = self._place(seq)
+            self.free_slots.remove(slot)
+            seq.slot = slot
+            seq.status = SequenceStatus.PREFILLING
+            seq.admitted_at = time.perf_counter()
+            self.running.append(seq)
+            admitted.append(Admission(seq, slot, source, n))
+        return admitted
+
+    def _place(self, seq: Sequence) -> tuple[int, int | None, int]:
+        """Pick a free slot and the longest reusable prefix for seq's prompt."""
+        limit = seq.n_prompt - 1  # at least one prompt token must be decoded to get logits
+        if not self.prefix_cache or limit <= 0:
+            return min(self.free_slots, key=lambda s: self.slot_used_at[s]), None, 0
+        best_free, best_free_n = -1, -1
+        for s in self.free_slots:
+            n = min(common_prefix(self.slot_cache[s], seq.prompt), limit)
+            if n > best_free_n or (n == best_free_n and self.slot_used_at[s] < self.slot_used_at[best_free]):
+                best_free, best_free_n = s, n
+        best_src, best_src_n = None, best_free_n
+        for other in self.running:
+            assert other.slot is not None
+            n = min(common_prefix(other.tokens[: other.n_past], seq.prompt), limit)
+            if n > best_src_n:
+                best_src, best_src_n = other.slot, n
+        if best_src is None:
+            return best_free, (best_free if best_free_n > 0 else None), max(best_free_n, 0)
+        # Borrow another slot's prefix; overwrite the free slot whose cache is least recently used.
+        slot = min(self.free_slots, key=lambda s: self.slot_used_at[s])
+        return slot, best_src, best_src_n
+
+    def schedule(self) -> list[tuple[Sequence, int]]:
+        """Rows for the next decode: (sequence, number of its pending tokens to feed).
+
+        Every decoding sequence advances by one token; prompts fill the rest of the budget in
+        arrival order, a long one in several chunks across steps, so no stream stalls."""
+        plan: list[tuple[Sequence, int]] = []
+        budget = self.token_budget
+        for seq in self.running:
+            if seq.status is SequenceStatus.DECODING and seq.pending > 0:
+                plan.append((seq, 1))
+                budget -= 1
+        for seq in self.running:
+            if budget <= 0:
+                break
+            if seq.status is SequenceStatus.PREFILLING:
+                n = min(seq.pending, budget)
+                plan.append((seq, n))
+                budget -= n
+        return plan
+
+    def release(self, seq: Sequence) -> None:
+        """A sequence is done: its slot is free again, and its KV cells stay as a cached prefix."""
+        if seq in self.running:
+            self.running.remove(seq)
+        if seq.slot is not None:
+            self.slot_cache[seq.slot] = seq.tokens[: seq.n_past] if self.prefix_cache else []
+            self.slot_used_at[seq.slot] = time.perf_counter()
+            self.free_slots.append(seq.slot)

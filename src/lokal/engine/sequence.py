@@ -1,0 +1,113 @@
+"""A Sequence is one request's life in the engine, with its state spelled out."""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from lokal.engine.detokenize import Detokenizer
+from lokal.engine.sampling import SamplingParams
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"  # queued, no slot yet
+    PREFILLING = "prefilling"  # has a slot; prompt tokens still being read into the KV cache
+    DECODING = "decoding"  # generating one token per step
+    FINISHED = "finished"
+
+
+class FinishReason(str, enum.Enum):
+    STOP = "stop"  # end-of-generation token or a stop string
+    LENGTH = "length"  # max_tokens or the slot's context is full
+    CANCELLED = "cancelled"  # the client went away or aborted
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Timings:
+    queued_s: float  # arrival to slot
+    ttft_s: float | None  # arrival to first token
+    total_s: float  # arrival to finish
+    decode_tps: float | None  # generated tokens per second after the first
+
+
+@dataclass(frozen=True)
+class Delta:
+    """What a step produced for one sequence: new text, and on the last one why and how much."""
+
+    text: str = ""
+    token_ids: tuple[int, ...] = ()
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+    timings: Timings | None = None
+    error: str | None = None
+
+
+DeltaSink = Callable[[Delta], None]
+
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request: its prompt, its sampler settings, where it is, and what it has produced."""
+
+    prompt: list[int]
+    params: SamplingParams
+    max_context: int
+    id: int = field(default_factory=lambda: next(_ids))
+    status: SequenceStatus = SequenceStatus.WAITING
+    slot: int | None = None
+    tokens: list[int] = field(default_factory=list)  # prompt + generated, in order
+    n_past: int = 0  # tokens already in the KV cache
+    n_cached: int = 0  # prompt tokens reused from a cached prefix
+    n_generated: int = 0
+    finish_reason: FinishReason | None = None
+    sampler: object | None = None  # a SamplerChain while the sequence holds a slot
+    arrived_at: float = field(default_factory=time.perf_counter)
+    admitted_at: float | None = None
+    first_token_at: float | None = None
+    finished_at: float | None = None
+
+    def __post_init__(self) -> None:
+        self.tokens = list(self.prompt)
+        self.detokenizer = Detokenizer(self.params.stop)
+
+    @property
+    def n_prompt(self) -> int:
+        return len(self.prompt)
+
+    @property
+    def pending(self) -> int:
+        """Tokens known but not yet in the KV cache (prompt left to read, or the last sample)."""
+        return len(self.tokens) - self.n_past
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED
+
+    def usage(self) -> Usage:
+        return Usage(self.n_prompt, self.n_generated, self.n_cached)
+
+    def timings(self) -> Timings:
+        end = self.finished_at or time.perf_counter()
+        ttft = self.first_token_at - self.arrived_at if self.first_token_at else None
+        tps = None
+        if self.first_token_at and self.n_generated > 1 and end > self.first_token_at:
+            tps = (self.n_generated - 1) / (end - self.first_token_at)
+        queued = (self.admitted_at or end) - self.arrived_at
+        return Timings(queued_s=queued, ttft_s=ttft, total_s=end - self.arrived_at, decode_tps=tps)
