@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     parallel: int = Field(default=4, ge=1, le=256, description="sequences decoded together")
     batch_size: int = Field(default=512, ge=16, description="token budget of one decode step")
     max_queue: int = Field(default=256, ge=0, description="waiting requests before 503")
+    prefix_cache: bool = Field(default=True, description="reuse KV cells of earlier prompts")
+    max_loaded_models: int = Field(default=2, ge=1, description="models kept in memory at once")
     log_level: str = "info"
 
 

@@ -72,7 +72,13 @@ class Engine:
 
     # ---- called from any thread -----------------------------------------------------------
     def add(self, prompt: list[int], params: SamplingParams) -> Sequence:
-        """Queue a request. Raises PromptTooLong or QueueFull at once rather than later."""
+        """Queue a request. Raises PromptTooLong, ValueError or QueueFull at once."""
+        seq = self.new_sequence(prompt, params)
+        self.enqueue(seq)
+        return seq
+
+    def new_sequence(self, prompt: list[int], params: SamplingParams) -> Sequence:
+        """A checked, not yet queued sequence (PromptTooLong or ValueError if it cannot run)."""
         n_ctx = self.model.shape.slot_ctx
         if len(prompt) == 0:
             raise ValueError("the prompt is empty")
@@ -84,12 +90,14 @@ class Engine:
         for tok in params.logit_bias:
             if not self.model.valid_token(tok):
                 raise ValueError(f"logit_bias token id {tok} is outside the vocabulary")
-        seq = Sequence(prompt=prompt, params=params, max_context=n_ctx)
+        return Sequence(prompt=prompt, params=params, max_context=n_ctx)
+
+    def enqueue(self, seq: Sequence) -> None:
+        """Hand a sequence to the engine thread (QueueFull when too many already wait)."""
         with self._lock:
             if self.scheduler.queued_beyond_slots(len(self._inbox) + 1) > self.scheduler.max_queue:
                 raise QueueFull(len(self._inbox) + len(self.scheduler.waiting))
             self._inbox.append(seq)
-        return seq
 
     def abort(self, seq_id: int) -> None:
         """Stop a sequence; its slot and KV cells are freed at the start of the next step."""

@@ -1,0 +1,1 @@
+"""The `lokal` command line."""

@@ -1,0 +1,69 @@
+"""`lokal run`: stream an answer to the terminal, or chat interactively, without a server."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from rich.console import Console
+
+from lokal.engine.sampling import SamplingParams
+from lokal.engine.sequence import FinishReason
+from lokal.runtime.loaded_model import LoadedModel
+
+BYE = {"/bye", "/exit", "/quit"}
+HELP = "Type a message. /bye leaves, /clear forgets the conversation, Ctrl-C stops an answer."
+
+
+async def _stream_answer(model: LoadedModel, prompt: list[int], params: SamplingParams, console: Console) -> str:
+    parts: list[str] = []
+    async for delta in model.submit(prompt, params):
+        if delta.text:
+            parts.append(delta.text)
+            console.out(delta.text, end="", highlight=False)
+        if delta.finish_reason is FinishReason.ERROR:
+            raise RuntimeError(delta.error or "generation failed")
+    return "".join(parts)
+
+
+def answer(model: LoadedModel, messages: list[dict[str, Any]], params: SamplingParams, console: Console) -> str | None:
+    """Stream one answer; Ctrl-C stops it and returns None (the program goes on)."""
+    prompt = model.chat_prompt(messages)
+    try:
+        text = asyncio.run(_stream_answer(model, prompt, params, console))
+    except KeyboardInterrupt:
+        console.print("\n[dim]stopped[/dim]")
+        return None
+    console.out("")
+    return text
+
+
+def interactive(model: LoadedModel, params: SamplingParams, console: Console, system: str | None) -> None:
+    """A chat that keeps its history until /bye, Ctrl-D or Ctrl-C at the prompt."""
+    console.print(f"[dim]{HELP}[/dim]")
+    base: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+    history = list(base)
+    while True:
+        try:
+            line = console.input("[bold green]>>> [/bold green]")
+        except (EOFError, KeyboardInterrupt):
+            console.out("")
+            return
+        text = line.strip()
+        if not text:
+            continue
+        if text in BYE:
+            return
+        if text == "/clear":
+            history = list(base)
+            console.print("[dim]conversation cleared[/dim]")
+            continue
+        if text in {"/?", "/help"}:
+            console.print(f"[dim]{HELP}[/dim]")
+            continue
+        history.append({"role": "user", "content": line})
+        reply = answer(model, history, params, console)
+        if reply is None:
+            history.pop()  # a stopped answer is not part of the conversation
+        else:
+            history.append({"role": "assistant", "content": reply})

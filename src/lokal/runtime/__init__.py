@@ -1,0 +1,1 @@
+"""Which models are loaded: lazy loading from the store, one engine per model."""

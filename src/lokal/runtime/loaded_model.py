@@ -1,0 +1,88 @@
+"""A model in memory: its manifest, its chat template, and the engine that serves it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lokal.engine.async_engine import AsyncEngine
+from lokal.engine.chat_template import ChatTemplate
+from lokal.engine.engine import Engine
+from lokal.engine.llama_model import ContextShape, LlamaModel
+from lokal.engine.sampling import SamplingParams
+from lokal.engine.sequence import Delta
+from lokal.store.manifest import Manifest
+
+# Sampling fields a manifest's parameters (Modelfile PARAMETER) may set as defaults.
+_PARAM_ALIASES = {
+    "num_predict": "max_tokens",
+    "repeat_last_n": "repeat_last_n",
+    "repeat_penalty": "repeat_penalty",
+    "temperature": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "min_p": "min_p",
+    "seed": "seed",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "stop": "stop",
+    "max_tokens": "max_tokens",
+}
+
+
+@dataclass
+class LoadedModel:
+    """Prompt building and generation for one loaded model."""
+
+    name: str
+    manifest: Manifest
+    model: LlamaModel
+    engine: AsyncEngine
+    template: ChatTemplate
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, name: str, manifest: Manifest, path: Path, shape: ContextShape,
+             max_queue: int, prefix_cache: bool) -> LoadedModel:
+        """Load weights and start the engine thread (blocking: call it off the event loop)."""
+        model = LlamaModel(path, shape)
+        source = manifest.template or model.chat_template()
+        template = ChatTemplate.for_model(source, model.architecture, model.bos_text, model.eos_text)
+        engine = AsyncEngine(Engine(model, max_queue=max_queue, prefix_cache=prefix_cache), name=f"engine:{name}")
+        defaults = {
+            _PARAM_ALIASES[k]: v for k, v in (manifest.parameters or {}).items() if k in _PARAM_ALIASES
+        }
+        return cls(name, manifest, model, engine, template, defaults)
+
+    @property
+    def context_length(self) -> int:
+        return self.model.shape.slot_ctx
+
+    def sampling(self, **request: Any) -> SamplingParams:
+        """Request values over the model's defaults over lokal's; None means 'not given'."""
+        merged = dict(self.defaults)
+        merged.update({k: v for k, v in request.items() if v is not None})
+        if merged.get("max_tokens") is not None and merged["max_tokens"] < 0:
+            merged["max_tokens"] = None  # Ollama's num_predict -1: no limit
+        return SamplingParams(**merged)
+
+    def chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """Render messages through the chat template and tokenize (special tokens parsed)."""
+        if self.manifest.system and not any(m.get("role") == "system" for m in messages):
+            messages = [{"role": "system", "content": self.manifest.system}, *messages]
+        text = self.template.render(messages, add_generation_prompt=True, tools=tools)
+        add_bos = self.model.add_bos and not (self.model.bos_text and text.startswith(self.model.bos_text))
+        return self.model.tokenize(text, add_special=add_bos, parse_special=True)
+
+    def text_prompt(self, text: str) -> list[int]:
+        """Tokenize a raw completion prompt (BOS added if the model wants one)."""
+        return self.model.tokenize(text, add_special=True, parse_special=False)
+
+    def submit(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
+        """Queue a request (errors raise here, at once) and return its delta stream."""
+        return self.engine.submit(prompt, params)
+
+    def close(self) -> None:
+        self.engine.close()

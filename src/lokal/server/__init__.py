@@ -1,0 +1,1 @@
+"""HTTP layer: FastAPI app with the OpenAI-compatible API (Ollama's and the UI come later)."""

@@ -1,0 +1,52 @@
+"""The FastAPI application: one port for every API surface."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from lokal import __version__
+from lokal.config import Settings
+from lokal.runtime.runtime import Runtime
+from lokal.server.errors import install_error_handlers
+from lokal.server.openai.routes import router as openai_router
+
+
+def create_app(
+    settings: Settings | None = None, runtime: Runtime | None = None, preload: list[str] | None = None
+) -> FastAPI:
+    """Build the app around a runtime (made from settings when not given); models in preload
+    are loaded before the server accepts requests."""
+    settings = settings or Settings()
+    runtime = runtime or Runtime(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for name in preload or []:
+            await runtime.get(name)
+        yield
+        await runtime.close()
+
+    app = FastAPI(
+        title="lokal",
+        version=__version__,
+        description="Local LLM runtime: OpenAI-compatible API on llama.cpp with continuous batching.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(openai_router)
+
+    @app.get("/health", tags=["lokal"])
+    async def health() -> dict[str, object]:
+        """Liveness: the server answers. Lists the loaded models and their engine load."""
+        models = []
+        for m in runtime.loaded():
+            s = m.engine.stats()
+            models.append({"name": m.name, "running": s.running, "waiting": s.waiting})
+        return {"status": "ok", "version": __version__, "loaded": models}
+
+    return app

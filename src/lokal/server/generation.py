@@ -1,0 +1,90 @@
+"""Shared by every API surface: turn engine and store failures into APIErrors, and run one
+request to completion or as a stream."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from lokal.engine.chat_template import TemplateError
+from lokal.engine.engine import PromptTooLong
+from lokal.engine.scheduler import QueueFull
+from lokal.engine.sequence import Delta, FinishReason, Timings, Usage
+from lokal.runtime.loaded_model import LoadedModel
+from lokal.runtime.runtime import Runtime
+from lokal.server.errors import APIError
+from lokal.store.errors import InvalidModelName, ModelNotFound, StoreError
+
+RETRY_AFTER_S = 1
+
+
+async def load_model(runtime: Runtime, name: str) -> LoadedModel:
+    try:
+        return await runtime.get(name)
+    except InvalidModelName as exc:
+        raise APIError(400, str(exc), param="model", code="invalid_model_name") from exc
+    except ModelNotFound as exc:
+        raise APIError(404, f"The model `{name}` does not exist. {exc}", param="model",
+                       code="model_not_found") from exc
+    except StoreError as exc:
+        raise APIError(500, f"could not load model `{name}`: {exc}", type="server_error") from exc
+
+
+def build_prompt(build: Callable[[], list[int]]) -> list[int]:
+    try:
+        return build()
+    except TemplateError as exc:
+        raise APIError(400, str(exc), param="messages", code="template_error") from exc
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="messages") from exc
+
+
+def checked_sampling(loaded: LoadedModel, **fields: object):  # type: ignore[no-untyped-def]
+    try:
+        return loaded.sampling(**fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        raise APIError(400, f"invalid sampling parameter {where}: {first.get('msg')}", param=where) from exc
+
+
+def submit(loaded: LoadedModel, prompt: list[int], params) -> AsyncIterator[Delta]:  # type: ignore[no-untyped-def]
+    try:
+        return loaded.submit(prompt, params)
+    except PromptTooLong as exc:
+        raise APIError(400, str(exc), param="messages", code="context_length_exceeded") from exc
+    except QueueFull as exc:
+        raise APIError(503, str(exc), type="server_error", code="server_busy",
+                       headers={"Retry-After": str(RETRY_AFTER_S)}) from exc
+    except ValueError as exc:
+        raise APIError(400, str(exc)) from exc
+
+
+@dataclass
+class Completed:
+    """A whole generation, for non-streaming responses."""
+
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+    timings: Timings | None
+
+
+async def collect(stream: AsyncIterator[Delta]) -> Completed:
+    parts: list[str] = []
+    async for delta in stream:
+        parts.append(delta.text)
+        if delta.finish_reason is not None:
+            if delta.finish_reason is FinishReason.ERROR:
+                raise APIError(500, f"generation failed: {delta.error}", type="server_error")
+            assert delta.usage is not None
+            return Completed("".join(parts), delta.finish_reason, delta.usage, delta.timings)
+    raise APIError(500, "generation ended without a result", type="server_error")
+
+
+def openai_finish_reason(reason: FinishReason | None) -> str | None:
+    if reason is None:
+        return None
+    return "length" if reason is FinishReason.LENGTH else "stop"

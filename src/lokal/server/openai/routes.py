@@ -1,0 +1,226 @@
+"""OpenAI-compatible endpoints: /v1/models, /v1/chat/completions, /v1/completions."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+
+from lokal.engine.sequence import Delta, FinishReason, Usage
+from lokal.runtime.runtime import Runtime
+from lokal.server.errors import APIError
+from lokal.server.generation import (
+    build_prompt,
+    checked_sampling,
+    collect,
+    load_model,
+    openai_finish_reason,
+    submit,
+)
+from lokal.server.openai.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+    PromptTokensDetails,
+    UsageBody,
+)
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+def usage_body(usage: Usage) -> dict[str, Any]:
+    return UsageBody(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=usage.cached_tokens),
+    ).model_dump()
+
+
+def sse(data: dict[str, Any] | str) -> bytes:
+    body = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {body}\n\n".encode()
+
+
+@router.get("/models", response_model=ModelList)
+async def list_models(runtime: Runtime = Depends(get_runtime)) -> ModelList:
+    cards = [
+        ModelCard(id=m.name, created=int(m.modified_at.timestamp()))
+        for m in runtime.store.list()
+    ]
+    return ModelList(data=cards)
+
+
+@router.get("/models/{model_id:path}", response_model=ModelCard)
+async def get_model(model_id: str, runtime: Runtime = Depends(get_runtime)) -> ModelCard:
+    from lokal.store.errors import StoreError
+
+    try:
+        m = runtime.store.get(model_id)
+    except StoreError as exc:
+        raise APIError(404, f"The model `{model_id}` does not exist", param="model",
+                       code="model_not_found") from exc
+    return ModelCard(id=m.name, created=int(m.modified_at.timestamp()))
+
+
+def _messages(req: ChatCompletionRequest) -> list[dict[str, Any]]:
+    out = []
+    for i, m in enumerate(req.messages):
+        try:
+            text = m.text()
+        except ValueError as exc:
+            raise APIError(400, f"messages[{i}]: {exc}", param=f"messages.{i}.content") from exc
+        role = "system" if m.role == "developer" else m.role
+        out.append({"role": role, "content": text})
+    return out
+
+
+def _unsupported(req: ChatCompletionRequest) -> None:
+    fmt = (req.response_format or {}).get("type", "text")
+    if fmt != "text":
+        raise APIError(400, f"response_format type {fmt!r} is not supported yet", param="response_format")
+    if req.tools:
+        raise APIError(400, "tools are not supported yet", param="tools")
+    if req.logprobs:
+        raise APIError(400, "logprobs are not supported yet", param="logprobs")
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(
+    req: ChatCompletionRequest, runtime: Runtime = Depends(get_runtime)
+) -> dict[str, Any] | StreamingResponse:
+    _unsupported(req)
+    messages = _messages(req)
+    loaded = await load_model(runtime, req.model)
+    fields = req.sampling_kwargs()
+    fields["max_tokens"] = req.max_completion_tokens or req.max_tokens
+    params = checked_sampling(loaded, **fields)
+    prompt = build_prompt(lambda: loaded.chat_prompt(messages))
+    stream = submit(loaded, prompt, params)
+    rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    head = {"id": rid, "created": created, "model": loaded.name, "system_fingerprint": "lokal"}
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return _sse_response(_chat_chunks(stream, head, include_usage))
+    done = await collect(stream)
+    return {
+        **head,
+        "object": "chat.completion",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": done.text},
+                "logprobs": None,
+                "finish_reason": openai_finish_reason(done.finish_reason),
+            }
+        ],
+        "usage": usage_body(done.usage),
+    }
+
+
+async def _chat_chunks(
+    stream: AsyncIterator[Delta], head: dict[str, Any], include_usage: bool
+) -> AsyncIterator[bytes]:
+    base = {**head, "object": "chat.completion.chunk"}
+
+    def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return sse({**base, "choices": [choice], **({"usage": None} if include_usage else {})})
+
+    yield chunk({"role": "assistant", "content": ""}, None)
+    async for d in stream:
+        if d.finish_reason is FinishReason.ERROR:
+            yield sse(APIError(500, f"generation failed: {d.error}", type="server_error").openai_body())
+            break
+        if d.text:
+            yield chunk({"content": d.text}, None)
+        if d.finish_reason is not None:
+            yield chunk({}, openai_finish_reason(d.finish_reason))
+            if include_usage and d.usage is not None:
+                yield sse({**base, "choices": [], "usage": usage_body(d.usage)})
+    yield sse("[DONE]")
+
+
+def _completion_prompt(req: CompletionRequest) -> str | list[int]:
+    p = req.prompt
+    if isinstance(p, str):
+        return p
+    if len(p) == 0:
+        raise APIError(400, "prompt must not be empty", param="prompt")
+    if all(isinstance(x, int) for x in p):
+        return list(p)  # type: ignore[arg-type]
+    if len(p) == 1 and isinstance(p[0], str):
+        return p[0]
+    raise APIError(400, "only one prompt per request is supported (n=1)", param="prompt")
+
+
+@router.post("/completions", response_model=None)
+async def completions(
+    req: CompletionRequest, runtime: Runtime = Depends(get_runtime)
+) -> dict[str, Any] | StreamingResponse:
+    if req.suffix:
+        raise APIError(400, "suffix (fill-in-the-middle) is not supported yet", param="suffix")
+    if req.logprobs:
+        raise APIError(400, "logprobs are not supported yet", param="logprobs")
+    raw = _completion_prompt(req)
+    loaded = await load_model(runtime, req.model)
+    params = checked_sampling(loaded, **req.sampling_kwargs())
+    if isinstance(raw, str):
+        prompt = build_prompt(lambda: loaded.text_prompt(raw))
+        echo = raw if req.echo else ""
+    else:
+        prompt, echo = raw, ""
+    stream = submit(loaded, prompt, params)
+    rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    head = {"id": rid, "object": "text_completion", "created": created, "model": loaded.name,
+            "system_fingerprint": "lokal"}
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return _sse_response(_completion_chunks(stream, head, echo, include_usage))
+    done = await collect(stream)
+    return {
+        **head,
+        "choices": [
+            {"index": 0, "text": echo + done.text, "logprobs": None,
+             "finish_reason": openai_finish_reason(done.finish_reason)}
+        ],
+        "usage": usage_body(done.usage),
+    }
+
+
+async def _completion_chunks(
+    stream: AsyncIterator[Delta], head: dict[str, Any], echo: str, include_usage: bool
+) -> AsyncIterator[bytes]:
+    def chunk(text: str, finish: str | None) -> bytes:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        return sse({**head, "choices": [choice], **({"usage": None} if include_usage else {})})
+
+    if echo:
+        yield chunk(echo, None)
+    async for d in stream:
+        if d.finish_reason is FinishReason.ERROR:
+            yield sse(APIError(500, f"generation failed: {d.error}", type="server_error").openai_body())
+            break
+        if d.text or d.finish_reason is not None:
+            yield chunk(d.text, openai_finish_reason(d.finish_reason))
+        if d.finish_reason is not None and include_usage and d.usage is not None:
+            yield sse({**head, "choices": [], "usage": usage_body(d.usage)})
+    yield sse("[DONE]")
+
+
+def _sse_response(body: AsyncIterator[bytes]) -> StreamingResponse:
+    return StreamingResponse(
+        body,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,67 @@
+"""Slot admission, chunked prefill under the token budget, and prefix reuse decisions."""
+
+from lokal.engine.sampling import SamplingParams
+from lokal.engine.scheduler import Scheduler, common_prefix
+from lokal.engine.sequence import Sequence, SequenceStatus
+
+
+def seq(prompt):
+    return Sequence(prompt=list(prompt), params=SamplingParams(), max_context=4096)
+
+
+def test_fcfs_admission_up_to_the_number_of_slots():
+    s = Scheduler(n_slots=2, token_budget=64, max_queue=8, prefix_cache=False)
+    seqs = [seq([1, 2, 3]) for _ in range(3)]
+    for q in seqs:
+        s.add(q)
+    admitted = s.admit()
+    assert [a.seq for a in admitted] == seqs[:2]
+    assert list(s.waiting) == seqs[2:]
+    assert {a.slot for a in admitted} == {0, 1}
+
+
+def test_long_prompt_is_prefilled_in_chunks_while_decoders_advance():
+    s = Scheduler(n_slots=2, token_budget=16, max_queue=8, prefix_cache=False)
+    decoding = seq([1, 2])
+    s.add(decoding)
+    s.admit()
+    decoding.n_past = 2
+    decoding.tokens.append(9)
+    decoding.status = SequenceStatus.DECODING
+    long = seq(range(100, 140))
+    s.add(long)
+    s.admit()
+    plan = s.schedule()
+    assert plan[0] == (decoding, 1)
+    assert plan[1] == (long, 15)  # the rest of the budget, not the whole 40-token prompt
+
+
+def test_prefix_reuse_prefers_the_free_slot_holding_the_longest_common_prefix():
+    s = Scheduler(n_slots=2, token_budget=64, max_queue=8, prefix_cache=True)
+    a = seq([1, 2, 3, 4, 5])
+    s.add(a)
+    (adm,) = s.admit()
+    a.n_past = 5
+    s.release(a)
+    b = seq([1, 2, 3, 4, 9, 9])
+    s.add(b)
+    (adm_b,) = s.admit()
+    assert adm_b.slot == adm.slot and adm_b.source == adm.slot and adm_b.n_reused == 4
+
+
+def test_reuse_leaves_at_least_one_prompt_token_to_decode():
+    s = Scheduler(n_slots=1, token_budget=64, max_queue=8, prefix_cache=True)
+    a = seq([1, 2, 3])
+    s.add(a)
+    s.admit()
+    a.n_past = 3
+    s.release(a)
+    again = seq([1, 2, 3])
+    s.add(again)
+    (adm,) = s.admit()
+    assert adm.n_reused == 2
+
+
+def test_common_prefix():
+    assert common_prefix([1, 2, 3], [1, 2, 4]) == 2
+    assert common_prefix([], [1]) == 0
