@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -109,7 +109,7 @@ def _human_size(n: int) -> str:
 
 
 def _ago(when: datetime) -> str:
-    seconds = (datetime.now(timezone.utc) - when).total_seconds()
+    seconds = (datetime.now(UTC) - when).total_seconds()
     for unit, span in (("day", 86400), ("hour", 3600), ("minute", 60)):
         if seconds >= span:
             n = int(seconds // span)

@@ -19,7 +19,7 @@ class SequenceStatus(enum.Enum):
     FINISHED = "finished"
 
 
-class FinishReason(str, enum.Enum):
+class FinishReason(enum.StrEnum):
     STOP = "stop"  # end-of-generation token or a stop string
     LENGTH = "length"  # max_tokens or the slot's context is full
     CANCELLED = "cancelled"  # the client went away or aborted
