@@ -1,0 +1,51 @@
+"""A model's manifest: which blob holds its weights and what lokal knows about it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from lokal.store.errors import InvalidModelName
+from lokal.store.gguf_facts import GgufFacts
+from lokal.store.names import parse_model_name
+
+MANIFEST_SCHEMA_VERSION = 1
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+class Manifest(BaseModel):
+    """Stored as ``manifests/<name>/<tag>.json``; written only after its blob is verified."""
+
+    schema_version: Literal[1] = 1
+    name: str = Field(description='canonical "name:tag"')
+    digest: str = Field(pattern=r"^sha256:[0-9a-f]{64}$", description="sha256 of the GGUF blob")
+    size: int = Field(ge=0)
+    format: Literal["gguf"] = "gguf"
+    source: str = Field(description='"pypi:pkg==ver", "hf.co/owner/repo/file.gguf", "file:/path"')
+    facts: GgufFacts
+    system: str | None = None
+    template: str | None = Field(default=None, description="overrides the GGUF chat template")
+    parameters: dict[str, Any] = {}
+    license: str | None = None
+    modified_at: datetime = Field(default_factory=utc_now)
+
+    @field_validator("name")
+    @classmethod
+    def _canonical_name(cls, value: str) -> str:
+        try:
+            return str(parse_model_name(value))
+        except InvalidModelName as e:
+            raise ValueError(str(e)) from None
+
+    @field_validator("modified_at")
+    @classmethod
+    def _in_utc(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)

