@@ -59,6 +59,7 @@ class SamplingFields(_Request):
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
     stop: str | list[str] | None = None
     logit_bias: dict[str, float] | None = None
+    ignore_eos: bool | None = None  # vLLM / llama.cpp extension, used by benchmarks
     n: int = Field(default=1, ge=1, le=1)
     user: str | None = None
 
@@ -85,6 +86,7 @@ class SamplingFields(_Request):
             "seed": self.seed,
             "stop": self.stop,
             "logit_bias": bias,
+            "ignore_eos": self.ignore_eos,
         }
 
 
