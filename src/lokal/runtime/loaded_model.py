@@ -39,22 +39,24 @@ class LoadedModel:
     name: str
     manifest: Manifest
     model: LlamaModel
-    engine: AsyncEngine
+    engine: Engine
+    runner: AsyncEngine | None  # the engine thread; None when the caller steps the engine itself
     template: ChatTemplate
     defaults: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def load(cls, name: str, manifest: Manifest, path: Path, shape: ContextShape,
-             max_queue: int, prefix_cache: bool) -> LoadedModel:
+             max_queue: int, prefix_cache: bool, start_thread: bool = True) -> LoadedModel:
         """Load weights and start the engine thread (blocking: call it off the event loop)."""
         model = LlamaModel(path, shape)
         source = manifest.template or model.chat_template()
         template = ChatTemplate.for_model(source, model.architecture, model.bos_text, model.eos_text)
-        engine = AsyncEngine(Engine(model, max_queue=max_queue, prefix_cache=prefix_cache), name=f"engine:{name}")
+        engine = Engine(model, max_queue=max_queue, prefix_cache=prefix_cache)
+        runner = AsyncEngine(engine, name=f"engine:{name}") if start_thread else None
         defaults = {
             _PARAM_ALIASES[k]: v for k, v in (manifest.parameters or {}).items() if k in _PARAM_ALIASES
         }
-        return cls(name, manifest, model, engine, template, defaults)
+        return cls(name, manifest, model, engine, runner, template, defaults)
 
     @property
     def context_length(self) -> int:
@@ -82,7 +84,12 @@ class LoadedModel:
 
     def submit(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
         """Queue a request (errors raise here, at once) and return its delta stream."""
-        return self.engine.submit(prompt, params)
+        if self.runner is None:
+            raise RuntimeError("this model is stepped by its owner; it has no engine thread")
+        return self.runner.submit(prompt, params)
 
     def close(self) -> None:
-        self.engine.close()
+        if self.runner is not None:
+            self.runner.close()  # stops the thread, then frees the model
+        else:
+            self.model.close()

@@ -28,13 +28,13 @@ class Runtime:
         s = self.settings
         return ContextShape(slot_ctx=s.ctx_size, n_slots=s.parallel, n_batch=s.batch_size, n_threads=s.threads)
 
-    def load_sync(self, name: str) -> LoadedModel:
-        """Load a model in this thread (the CLI's `run` uses this without a server)."""
+    def load_sync(self, name: str, start_thread: bool = True) -> LoadedModel:
+        """Load a model in this thread (the CLI's `run` and the offline LLM use this)."""
         key = str(parse_model_name(name))
         manifest = self.store.get(key)
         path = self.store.gguf_path(key)
         return LoadedModel.load(
-            key, manifest, path, self.shape(), self.settings.max_queue, self.settings.prefix_cache
+            key, manifest, path, self.shape(), self.settings.max_queue, self.settings.prefix_cache, start_thread
         )
 
     async def get(self, name: str) -> LoadedModel:
@@ -70,7 +70,7 @@ class Runtime:
             if len(self._loaded) <= self.settings.max_loaded_models:
                 return
             model = self._loaded[key]
-            if key != keep and not model.engine.engine.has_work():
+            if key != keep and not model.engine.has_work():
                 await self.unload(key)
 
     async def close(self) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from lokal.store.errors import InvalidModelName
 from lokal.store.names import ModelName, parse_model_name
@@ -32,6 +34,8 @@ class CatalogEntry:
     sha256: str
     size: int
     license: str
+    # Default sampling written into the manifest (a request's own values win).
+    parameters: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def digest(self) -> str:
@@ -57,6 +61,8 @@ CATALOG: tuple[CatalogEntry, ...] = (
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         size=98_362_432,
         license="Apache-2.0",
+        # SmolLM2's recommended sampling; greedy decoding without a repeat penalty loops on 135M.
+        parameters={"temperature": 0.2, "top_p": 0.9, "repeat_penalty": 1.1},
     ),
     CatalogEntry(
         name="gemma3:270m",
@@ -78,6 +84,7 @@ CATALOG: tuple[CatalogEntry, ...] = (
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         size=491_400_064,
         license="Apache-2.0",
+        parameters={"temperature": 0.7, "top_p": 0.8, "repeat_penalty": 1.05},
     ),
 )
 

@@ -38,7 +38,10 @@ def pull_model(
         existing = store.get(model)
     except ModelNotFound:
         existing = None
-    if existing is not None and (entry is None or existing.digest == entry.digest):
+    up_to_date = entry is None or (
+        existing is not None and existing.digest == entry.digest and existing.parameters == dict(entry.parameters)
+    )
+    if existing is not None and up_to_date:
         report(PullProgress("pulling manifest"))
         report(PullProgress("success"))
         return existing

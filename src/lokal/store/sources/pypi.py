@@ -59,6 +59,7 @@ class PypiSource:
                 source=entry.source,
                 facts=_facts(blob),
                 license=entry.license,
+                parameters=dict(entry.parameters),
             )
             self.store.write_manifest(manifest)
             shutil.rmtree(work, ignore_errors=True)
