@@ -57,7 +57,9 @@ def test_quantization_is_inferred_from_the_dominant_tensor_type_without_file_typ
     assert read_gguf_facts(tiny_gguf(file_type=None)).quantization == "Q8_0"
 
 
-@pytest.mark.parametrize(("file_type", "name"), [(0, "F32"), (1, "F16"), (3, "Q4_1"), (15, "Q4_K_M"), (1024 + 15, "Q4_K_M")])
+@pytest.mark.parametrize(
+    ("file_type", "name"), [(0, "F32"), (1, "F16"), (3, "Q4_1"), (15, "Q4_K_M"), (1024 + 15, "Q4_K_M")]
+)
 def test_file_type_maps_to_llama_cpp_names(tiny_gguf: MakeGguf, file_type: int, name: str) -> None:
     assert read_gguf_facts(tiny_gguf(file_type=file_type)).quantization == name
 
