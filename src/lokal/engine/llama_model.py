@@ -5,6 +5,7 @@ Everything here runs on the engine thread (except tokenization, which only reads
 from __future__ import annotations
 
 import ctypes
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,17 @@ def _init_backend() -> None:
             C.llama_log_set(_quiet_log, None)
             C.llama_backend_init()
             _backend_ready = True
+            if "LLAMAFILE = 1" in system_info():
+                logging.getLogger("lokal.engine").warning(
+                    "llama.cpp was built with llamafile sgemm: batched and single requests may round "
+                    "differently; install with scripts/install.sh for batch-invariant results"
+                )
+
+
+def system_info() -> str:
+    """llama.cpp's build and CPU feature line (SIMD flags, LLAMAFILE, threads support)."""
+    raw = C.llama_print_system_info()
+    return raw.decode("utf-8", "replace") if raw else ""
 
 
 class ModelLoadError(RuntimeError):

@@ -1,0 +1,59 @@
+"""Continuous batching must not change results; the prefix cache must not either."""
+
+from __future__ import annotations
+
+import pytest
+
+from lokal.config import Settings
+from lokal.engine.sampling import SamplingParams
+from lokal.llm import LLM
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [
+    "Name three colors.", "What is 2+2?", "Write a haiku about the sea.", "Who wrote Hamlet?",
+    "List two animals.", "What is the boiling point of water?", "Say hello in French.", "Count to five.",
+    "What is a noun?", "Describe the sun.", "Give me a name for a cat.", "What is Python?",
+    "Why is the sky blue?", "Tell me a joke.", "What day comes after Monday?", "Spell 'apple'.",
+]
+GREEDY = SamplingParams(temperature=0, max_tokens=32)
+
+
+@pytest.fixture(scope="module")
+def llm(model_home):
+    with LLM("smollm2:135m", Settings(home=model_home, parallel=16, ctx_size=512, batch_size=256)) as llm:
+        yield llm
+
+
+def test_sixteen_concurrent_greedy_requests_equal_each_run_alone(llm):
+    together = llm.generate(PROMPTS, GREEDY)
+    assert llm.engine.stats().steps > 0
+    alone = [llm.generate([p], GREEDY)[0] for p in PROMPTS]
+    assert [g.text for g in together] == [g.text for g in alone]
+    assert all(g.usage.completion_tokens > 0 for g in together)
+
+
+def test_results_come_back_in_prompt_order(llm):
+    out = llm.generate(["Say A.", "What is 2+2?"], GREEDY)
+    assert out[0].text == llm.generate(["Say A."], GREEDY)[0].text
+
+
+def test_prefix_cache_reports_cached_tokens_and_does_not_change_the_answer(model_home):
+    system = "You are a meticulous assistant who answers in one short sentence. " * 20
+    conv = [[{"role": "system", "content": system}, {"role": "user", "content": q}] for q in PROMPTS[:4]]
+    with LLM("smollm2:135m", Settings(home=model_home, parallel=2, ctx_size=1024, prefix_cache=True)) as cached:
+        first = cached.generate(conv[:1], GREEDY)[0]
+        rest = cached.generate(conv[1:], GREEDY)
+    with LLM("smollm2:135m", Settings(home=model_home, parallel=2, ctx_size=1024, prefix_cache=False)) as plain:
+        uncached = plain.generate(conv, GREEDY)
+    assert first.usage.cached_tokens < 20  # nothing to reuse yet
+    assert all(g.usage.cached_tokens > 200 for g in rest)  # the shared system prompt
+    assert all(g.usage.cached_tokens == 0 for g in uncached)
+    assert [first.text, *[g.text for g in rest]] == [g.text for g in uncached]
+
+
+def test_stop_frees_the_slot_for_the_next_request(model_home):
+    with LLM("smollm2:135m", Settings(home=model_home, parallel=1, ctx_size=512)) as llm:
+        out = llm.generate(["Count from 1 to 50."] * 3, SamplingParams(temperature=0, max_tokens=200, stop=["5"]))
+        assert all(g.finish_reason.value == "stop" and "5" not in g.text for g in out)
+        assert llm.engine.stats().running == 0
