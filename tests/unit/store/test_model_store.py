@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,7 @@ def test_import_stores_blob_and_manifest_in_the_documented_layout(store: ModelSt
     assert manifest.source == f"file:{src.resolve()}"
     assert manifest.facts.architecture == "llama" and manifest.facts.quantization == "Q8_0"
     assert manifest.license == "mit"
-    assert manifest.modified_at.utcoffset() is not None and manifest.modified_at.utcoffset().total_seconds() == 0
+    assert manifest.modified_at.tzinfo is not None and manifest.modified_at.utcoffset() == timedelta(0)
     blob = store.home / "blobs" / f"sha256-{digest.split(':')[1]}"
     assert store.blob_path(digest) == blob == store.gguf_path("tiny:q8")
     assert blob.read_bytes() == src.read_bytes()

