@@ -1,4 +1,5 @@
-"""A pull killed with SIGKILL at any moment leaves no model or a complete, verified one."""
+"""A pull killed with SIGKILL at any moment leaves no model or a complete, verified one; two
+pulls of one model at once both succeed (the second waits for the first)."""
 
 from __future__ import annotations
 
@@ -78,3 +79,16 @@ def test_kill_9_at_any_moment_then_a_rerun_completes(tmp_path: Path) -> None:
     assert_consistent(store, entry.sha256)
     assert not store.pull_dir(SMOLLM2).exists()
     assert [p.name for p in store.tmp_dir.iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_two_concurrent_pulls_of_the_same_model_both_succeed(tmp_path: Path) -> None:
+    entry = find_catalog_entry(SMOLLM2)
+    assert entry is not None
+    store = ModelStore(tmp_path / "home")
+    procs = [start_pull(store.home) for _ in range(2)]
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr.decode()[-2000:]
+    assert [m.name for m in store.list()] == [SMOLLM2]
+    assert [p.name for p in store.blobs_dir.iterdir()] == [f"sha256-{entry.sha256}"]
+    assert_consistent(store, entry.sha256)
