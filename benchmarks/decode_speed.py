@@ -10,7 +10,6 @@ in the same libllama lokal uses; `--llama-bench PATH` adds llama.cpp's own llama
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import statistics

@@ -100,7 +100,9 @@ def test_malformed_body_is_400(server):
     r = httpx.post(server.url + "/v1/chat/completions", json={"model": MODEL, "messages": "hi"})
     assert r.status_code == 400
     assert r.json()["error"]["type"] == "invalid_request_error"
-    r = httpx.post(server.url + "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    r = httpx.post(
+        server.url + "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400
 
 
