@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-from gguf import LlamaFileType
 from pydantic import BaseModel
 
 from lokal.store.errors import InvalidGguf
-from lokal.store.gguf_header import ArrayInfo, GgufHeader, read_gguf_header
+
+if TYPE_CHECKING:
+    from lokal.store.gguf_header import GgufHeader
+
+# The header reader (gguf, numpy: ~0.2 s to import) loads only when a file is read, so that
+# listing or showing models stays quick.
 
 MetadataScalar = str | int | float | bool
-_GUESSED_FILE_TYPE = int(LlamaFileType.GUESSED)
 
 
 class ArraySummary(BaseModel):
@@ -52,6 +55,8 @@ def read_gguf_facts(path: Path | str) -> GgufFacts:
     Any problem with the file (missing, not GGUF, truncated, garbage) raises
     :class:`InvalidGguf` with the message ``<path> is not a valid GGUF file: <reason>``.
     """
+    from lokal.store.gguf_header import read_gguf_header
+
     try:
         return facts_from_header(read_gguf_header(Path(path)))
     except InvalidGguf as e:
@@ -62,6 +67,8 @@ def read_gguf_facts(path: Path | str) -> GgufFacts:
 
 def facts_from_header(header: GgufHeader) -> GgufFacts:
     """Derive :class:`GgufFacts` from a parsed header."""
+    from lokal.store.gguf_header import ArrayInfo
+
     meta = header.metadata
     arch = _str(meta.get("general.architecture"))
 
@@ -84,16 +91,23 @@ def facts_from_header(header: GgufHeader) -> GgufFacts:
         chat_template=_str(meta.get("tokenizer.chat_template")),
         license=_str(meta.get("general.license")),
         tensor_count=len(header.tensors),
-        metadata={key: _metadata_value(value) for key, value in meta.items()},
+        metadata={
+            key: ArraySummary(element_type=value.element_type, length=value.length)
+            if isinstance(value, ArrayInfo)
+            else _metadata_value(value)
+            for key, value in meta.items()
+        },
     )
 
 
 def _quantization(header: GgufHeader) -> str | None:
     """llama.cpp's name for the file type (``Q4_K_M``), else the dominant tensor type."""
+    from gguf import LlamaFileType
+
     file_type = _int(header.metadata.get("general.file_type"))
     if file_type is not None:
         try:
-            name = LlamaFileType(file_type & ~_GUESSED_FILE_TYPE).name
+            name = LlamaFileType(file_type & ~LlamaFileType.GUESSED).name
             return name.removeprefix("MOSTLY_").removeprefix("ALL_")
         except ValueError:
             pass  # a file type newer than our gguf package: fall back to the tensors
@@ -105,8 +119,6 @@ def _quantization(header: GgufHeader) -> str | None:
 
 
 def _metadata_value(value: Any) -> MetadataValue:
-    if isinstance(value, ArrayInfo):
-        return ArraySummary(element_type=value.element_type, length=value.length)
     if isinstance(value, list):
         return [_scalar(v) for v in value]
     return _scalar(value)
@@ -114,11 +126,26 @@ def _metadata_value(value: Any) -> MetadataValue:
 
 def _scalar(value: Any) -> MetadataScalar:
     if isinstance(value, float):
-        # float32 values read as doubles print as 9.999999747378752e-06; keep the short form.
-        return float(str(np.float32(value)))
+        return _short_float32(value)
     if isinstance(value, str | int | bool):
         return value
     return str(value)
+
+
+def _short_float32(value: float) -> float:
+    """A float32 read as a double prints as 9.999999747378752e-06: keep the shortest decimal
+    that is the same float32 (1e-05)."""
+    try:
+        as_float32 = struct.unpack("f", struct.pack("f", value))[0]
+    except OverflowError:
+        return value  # a genuine double (FLOAT64) too large for float32
+    if as_float32 != value:
+        return value  # a FLOAT64 value: keep it exactly
+    for digits in range(1, 10):
+        short = float(f"{value:.{digits}g}")
+        if struct.unpack("f", struct.pack("f", short))[0] == value:
+            return short
+    return value
 
 
 def _str(value: Any) -> str | None:
