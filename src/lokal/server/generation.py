@@ -3,13 +3,17 @@ request to completion or as a stream."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from fastapi import Request
 from pydantic import ValidationError
 
 from lokal.engine.chat_template import TemplateError
 from lokal.engine.engine import PromptTooLong
+from lokal.engine.llama_model import ModelLoadError
 from lokal.engine.scheduler import QueueFull
 from lokal.engine.sequence import Delta, FinishReason, Timings, Usage
 from lokal.runtime.loaded_model import LoadedModel
@@ -18,6 +22,7 @@ from lokal.server.errors import APIError
 from lokal.store.errors import InvalidModelName, ModelNotFound, StoreError
 
 RETRY_AFTER_S = 1
+DISCONNECT_POLL_S = 0.25
 
 
 async def load_model(runtime: Runtime, name: str) -> LoadedModel:
@@ -28,7 +33,7 @@ async def load_model(runtime: Runtime, name: str) -> LoadedModel:
     except ModelNotFound as exc:
         raise APIError(404, f"The model `{name}` does not exist. {exc}", param="model",
                        code="model_not_found") from exc
-    except StoreError as exc:
+    except (StoreError, ModelLoadError) as exc:
         raise APIError(500, f"could not load model `{name}`: {exc}", type="server_error") from exc
 
 
@@ -72,7 +77,24 @@ class Completed:
     timings: Timings | None
 
 
-async def collect(stream: AsyncIterator[Delta]) -> Completed:
+async def collect(stream: AsyncIterator[Delta], request: Request | None = None) -> Completed:
+    """Run a request to its end. If the HTTP client goes away first, the stream is closed, which
+    aborts the sequence and frees its slot (streaming responses get this from Starlette)."""
+    if request is None:
+        return await _collect(stream)
+    task = asyncio.ensure_future(_collect(stream))
+    while not task.done():
+        done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+        if not done and await request.is_disconnected():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await stream.aclose()  # type: ignore[attr-defined]
+            raise APIError(499, "client disconnected", type="client_disconnected")
+    return task.result()
+
+
+async def _collect(stream: AsyncIterator[Delta]) -> Completed:
     parts: list[str] = []
     async for delta in stream:
         parts.append(delta.text)

@@ -57,6 +57,13 @@ def test_client_disconnect_frees_the_slot_within_a_step(model_home):
         r = httpx.post(live.url + "/v1/chat/completions", timeout=60,
                        json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4})
         assert r.status_code == 200 and time.monotonic() - start < 5
+        # A non-streaming client that gives up is noticed too.
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(live.url + "/v1/chat/completions", json={**body, "stream": False}, timeout=1.5)
+        deadline = time.monotonic() + 5
+        while health(live.url)["running"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert health(live.url)["running"] == 0
     finally:
         live.stop()
 

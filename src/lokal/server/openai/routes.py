@@ -97,7 +97,7 @@ def _unsupported(req: ChatCompletionRequest) -> None:
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
-    req: ChatCompletionRequest, runtime: Runtime = Depends(get_runtime)
+    req: ChatCompletionRequest, request: Request, runtime: Runtime = Depends(get_runtime)
 ) -> dict[str, Any] | StreamingResponse:
     _unsupported(req)
     messages = _messages(req)
@@ -112,7 +112,7 @@ async def chat_completions(
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return _sse_response(_chat_chunks(stream, head, include_usage))
-    done = await collect(stream)
+    done = await collect(stream, request)
     return {
         **head,
         "object": "chat.completion",
@@ -166,7 +166,7 @@ def _completion_prompt(req: CompletionRequest) -> str | list[int]:
 
 @router.post("/completions", response_model=None)
 async def completions(
-    req: CompletionRequest, runtime: Runtime = Depends(get_runtime)
+    req: CompletionRequest, request: Request, runtime: Runtime = Depends(get_runtime)
 ) -> dict[str, Any] | StreamingResponse:
     if req.suffix:
         raise APIError(400, "suffix (fill-in-the-middle) is not supported yet", param="suffix")
@@ -187,7 +187,7 @@ async def completions(
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return _sse_response(_completion_chunks(stream, head, echo, include_usage))
-    done = await collect(stream)
+    done = await collect(stream, request)
     return {
         **head,
         "choices": [
