@@ -132,3 +132,19 @@ def test_health_and_openapi_docs(server):
     assert httpx.get(server.url + "/docs").status_code == 200
     spec = httpx.get(server.url + "/openapi.json").json()
     assert "/v1/chat/completions" in spec["paths"]
+
+
+def test_second_architecture_gemma3_loads_lazily_and_completes(server, model_home, client):
+    from lokal.store.model_store import ModelStore
+    from lokal.store.pull import pull_model
+
+    pull_model(ModelStore(model_home), "gemma3:270m")
+    r = client.completions.create(model="gemma3:270m", prompt="The capital of France is", temperature=0, max_tokens=8)
+    assert r.model == "gemma3:270m" and r.choices[0].text.strip()
+    # no chat template in this GGUF: the Gemma fallback turns are used
+    chat = client.chat.completions.create(
+        model="gemma3:270m", messages=[{"role": "user", "content": "Hello"}], temperature=0, max_tokens=8
+    )
+    assert chat.usage.prompt_tokens > 5
+    loaded = [m["name"] for m in httpx.get(server.url + "/health").json()["loaded"]]
+    assert "gemma3:270m" in loaded
