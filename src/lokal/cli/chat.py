@@ -7,6 +7,8 @@ from typing import Any
 
 from rich.console import Console
 
+from lokal.engine.chat_template import TemplateError
+from lokal.engine.engine import PromptTooLong
 from lokal.engine.sampling import SamplingParams
 from lokal.engine.sequence import FinishReason
 from lokal.runtime.loaded_model import LoadedModel
@@ -28,8 +30,8 @@ async def _stream_answer(model: LoadedModel, prompt: list[int], params: Sampling
 
 def answer(model: LoadedModel, messages: list[dict[str, Any]], params: SamplingParams, console: Console) -> str | None:
     """Stream one answer; Ctrl-C stops it and returns None (the program goes on)."""
-    prompt = model.chat_prompt(messages)
     try:
+        prompt = model.chat_prompt(messages)
         text = asyncio.run(_stream_answer(model, prompt, params, console))
     except KeyboardInterrupt:
         console.print("\n[dim]stopped[/dim]")
@@ -62,7 +64,11 @@ def interactive(model: LoadedModel, params: SamplingParams, console: Console, sy
             console.print(f"[dim]{HELP}[/dim]")
             continue
         history.append({"role": "user", "content": line})
-        reply = answer(model, history, params, console)
+        try:
+            reply = answer(model, history, params, console)
+        except (PromptTooLong, TemplateError, ValueError) as exc:
+            console.print(f"[bold red]error:[/bold red] {exc} (/clear starts over)", highlight=False)
+            reply = None
         if reply is None:
             history.pop()  # a stopped answer is not part of the conversation
         else:

@@ -76,6 +76,7 @@ def test_interactive_chat_keeps_history_ctrl_c_stops_an_answer_and_bye_leaves(mo
         child.sendline("My name is Ada. Say hi to me.")
         child.expect_exact(">>> ")
         child.sendline("Write a very long essay about the history of Rome.")
+        child.expect_exact("history of Rome.")  # the terminal's echo of the line
         child.expect(r"\w+")  # the answer has started streaming
         child.sendintr()
         child.expect_exact("stopped")
