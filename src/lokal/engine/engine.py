@@ -169,9 +169,11 @@ class Engine:
                 n = 0
         else:
             self.model.forget(a.slot, 0)
-            if a.source is not None and n > 0 and not self.model.share_prefix(a.source, a.slot, n):
-                self.model.forget(a.slot, 0)
-                n = 0
+            if a.source is not None and n > 0:
+                n = min(n, self.model.cached_tokens(a.source))  # the source may have been cut
+                if n <= 0 or not self.model.share_prefix(a.source, a.slot, n):
+                    self.model.forget(a.slot, 0)
+                    n = 0
         seq.n_past = seq.n_cached = n
         recent_n = seq.params.repeat_last_n if seq.params.repeat_last_n >= 0 else seq.n_prompt
         seq.sampler = self.model.new_sampler(seq.params, seq.prompt[-recent_n:] if recent_n else [])

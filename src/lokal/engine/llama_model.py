@@ -191,6 +191,10 @@ class LlamaModel:
         """Drop a sequence's cells from ``from_pos`` on; False if llama.cpp cannot cut there."""
         return bool(C.llama_memory_seq_rm(self._mem, seq_id, from_pos, -1))
 
+    def cached_tokens(self, seq_id: int) -> int:
+        """How many leading positions of a sequence are in the KV cache (0 when empty)."""
+        return int(C.llama_memory_seq_pos_max(self._mem, seq_id)) + 1
+
     def share_prefix(self, src: int, dst: int, n_tokens: int) -> bool:
         """Give dst the first n_tokens cells of src. Streams are per slot, so llama.cpp copies the
         whole stream (at the next decode) and the tail is cut off again."""

@@ -82,6 +82,7 @@ class Scheduler:
             slot, source, n = self._place(seq)
             self.free_slots.remove(slot)
             seq.slot = slot
+            seq.n_past = n  # provisional, so a later admission in this round can borrow it too
             seq.status = SequenceStatus.PREFILLING
             seq.admitted_at = time.perf_counter()
             self.running.append(seq)
