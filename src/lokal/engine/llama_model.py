@@ -224,7 +224,7 @@ class SamplerChain:
         if p.logit_bias:
             arr = (C.llama_logit_bias * len(p.logit_bias))()
             for i, (tok, bias) in enumerate(p.logit_bias.items()):
-                arr[i].token = tok
+                arr[i].token = tok  # type: ignore[assignment]  # ctypes converts
                 arr[i].bias = bias
             add(chain, C.llama_sampler_init_logit_bias(model.n_vocab, len(p.logit_bias), arr))
         if p.repeat_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:

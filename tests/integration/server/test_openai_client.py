@@ -148,3 +148,12 @@ def test_second_architecture_gemma3_loads_lazily_and_completes(server, model_hom
     assert chat.usage.prompt_tokens > 5
     loaded = [m["name"] for m in httpx.get(server.url + "/health").json()["loaded"]]
     assert "gemma3:270m" in loaded
+
+
+def test_logit_bias_forces_a_token(client):
+    r = client.completions.create(
+        model=MODEL, prompt="Hello", temperature=0, max_tokens=5, logit_bias={"330": 100}
+    )
+    text = r.choices[0].text
+    assert r.usage.completion_tokens == 5
+    assert text and text == text[: len(text) // 5] * 5  # the same token five times
