@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     default_model: str = "smollm2:135m"
     threads: int = Field(default_factory=_default_threads, ge=1)
     ctx_size: int = Field(default=4096, ge=64, description="context length per slot")
-    parallel: int = Field(default=4, ge=1, le=256, description="sequences decoded together")
+    parallel: int = Field(default=0, ge=0, le=256, description="sequences decoded together; 0 = automatic")
     batch_size: int = Field(default=512, ge=16, description="token budget of one decode step")
     max_queue: int = Field(default=256, ge=0, description="waiting requests before 503")
     prefix_cache: bool = Field(default=True, description="reuse KV cells of earlier prompts")

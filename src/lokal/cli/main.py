@@ -248,7 +248,9 @@ def serve(
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="model to pull if missing and load at start")
     ] = None,
-    parallel: Annotated[int | None, typer.Option(help="sequences decoded together (slots)")] = None,
+    parallel: Annotated[
+        int | None, typer.Option(help="sequences decoded together (slots); 0 = as many as memory allows, max 8")
+    ] = None,
     ctx_size: Annotated[int | None, typer.Option("--ctx-size", help="context length per slot")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads")] = None,
     max_queue: Annotated[int | None, typer.Option("--max-queue", help="waiting requests before 503")] = None,
@@ -270,7 +272,7 @@ def serve(
     app_ = create_app(settings, Runtime(settings), preload=preload)
     console.print(
         f"lokal {__version__} serving on [bold]http://{settings.host}:{settings.port}[/bold] "
-        f"(slots={settings.parallel}, ctx={settings.ctx_size}, threads={settings.threads})"
+        f"(slots={settings.parallel or 'auto'}, ctx={settings.ctx_size}, threads={settings.threads})"
     )
     uvicorn.run(app_, host=settings.host, port=settings.port, log_level=settings.log_level)
 

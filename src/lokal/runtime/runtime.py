@@ -6,9 +6,13 @@ import asyncio
 import time
 from collections import OrderedDict
 
+import psutil
+
 from lokal.config import Settings
 from lokal.engine.llama_model import ContextShape
 from lokal.runtime.loaded_model import LoadedModel
+from lokal.runtime.sizing import auto_parallel
+from lokal.store.gguf_facts import GgufFacts
 from lokal.store.model_store import ModelStore
 from lokal.store.names import parse_model_name
 
@@ -24,9 +28,12 @@ class Runtime:
         self._locks: dict[str, asyncio.Lock] = {}
         self._last_used: dict[str, float] = {}
 
-    def shape(self) -> ContextShape:
+    def shape(self, facts: GgufFacts) -> ContextShape:
+        """The KV layout for a model: ``--parallel`` slots, or as many as memory allows (0)."""
         s = self.settings
-        return ContextShape(slot_ctx=s.ctx_size, n_slots=s.parallel, n_batch=s.batch_size, n_threads=s.threads)
+        slots = s.parallel or auto_parallel(facts, s.ctx_size, psutil.virtual_memory().available)
+        return ContextShape(slot_ctx=s.ctx_size, n_slots=slots, n_batch=max(s.batch_size, 2 * slots),
+                            n_threads=s.threads)
 
     def load_sync(self, name: str, start_thread: bool = True) -> LoadedModel:
         """Load a model in this thread (the CLI's `run` and the offline LLM use this)."""
@@ -34,7 +41,13 @@ class Runtime:
         manifest = self.store.get(key)
         path = self.store.gguf_path(key)
         return LoadedModel.load(
-            key, manifest, path, self.shape(), self.settings.max_queue, self.settings.prefix_cache, start_thread
+            key,
+            manifest,
+            path,
+            self.shape(manifest.facts),
+            self.settings.max_queue,
+            self.settings.prefix_cache,
+            start_thread,
         )
 
     async def get(self, name: str) -> LoadedModel:
