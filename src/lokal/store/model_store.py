@@ -18,6 +18,7 @@ import builtins
 import errno
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -98,6 +99,13 @@ class ModelStore:
             report(PullProgress(f"waiting for another pull of {_as_name(name)}"))
             lock.acquire()
         return lock
+
+    def finish_pull(self, manifest: Manifest, work: Path, report: ProgressCallback) -> Manifest:
+        """Publish a pulled model's manifest (its blob is already verified) and drop partial work."""
+        self.write_manifest(manifest)
+        shutil.rmtree(work, ignore_errors=True)
+        report(PullProgress("success"))
+        return manifest
 
     def lock(self) -> FileLock:
         """The store-wide lock: held while a manifest is written or a model deleted."""

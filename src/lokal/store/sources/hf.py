@@ -8,7 +8,6 @@ sha256 the Hub publishes in its LFS metadata before it becomes a blob.
 from __future__ import annotations
 
 import re
-import shutil
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,10 +127,7 @@ class HfSource:
                 facts=facts,
                 license=facts.license,
             )
-            self.store.write_manifest(manifest)
-            shutil.rmtree(work, ignore_errors=True)
-            report(PullProgress("success"))
-            return manifest
+            return self.store.finish_pull(manifest, work, report)
         finally:
             lock.release()
 

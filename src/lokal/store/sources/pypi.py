@@ -58,10 +58,7 @@ class PypiSource:
                 license=entry.license,
                 parameters=dict(entry.parameters),
             )
-            self.store.write_manifest(manifest)
-            shutil.rmtree(work, ignore_errors=True)
-            report(PullProgress("success"))
-            return manifest
+            return self.store.finish_pull(manifest, work, report)
         finally:
             lock.release()
 
