@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -30,7 +30,25 @@ class Settings(BaseSettings):
     max_queue: int = Field(default=256, ge=0, description="waiting requests before 503")
     prefix_cache: bool = Field(default=True, description="reuse KV cells of earlier prompts")
     max_loaded_models: int = Field(default=2, ge=1, description="models kept in memory at once")
+    keep_alive: str = Field(
+        default="5m", description='idle time before a model unloads ("5m", "1h30m", seconds; 0 at once, -1 never)'
+    )
     log_level: str = "info"
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _valid_keep_alive(cls, value: object) -> str:
+        from lokal.runtime.keep_alive import parse_keep_alive
+
+        parse_keep_alive(value)
+        return str(value)
+
+    @property
+    def keep_alive_s(self) -> float:
+        """keep_alive in seconds (``math.inf``: never unload)."""
+        from lokal.runtime.keep_alive import parse_keep_alive
+
+        return parse_keep_alive(self.keep_alive)
 
 
 def get_settings() -> Settings:

@@ -255,6 +255,10 @@ def serve(
     threads: Annotated[int | None, typer.Option(help="CPU threads")] = None,
     max_queue: Annotated[int | None, typer.Option("--max-queue", help="waiting requests before 503")] = None,
     no_preload: Annotated[bool, typer.Option("--no-preload", help="load models only on first request")] = False,
+    keep_alive: Annotated[
+        str | None,
+        typer.Option("--keep-alive", help='idle time before a model unloads: "5m" (default), "1h30m", 0, -1 = never'),
+    ] = None,
 ) -> None:
     """Serve the OpenAI-compatible API (and /docs) on one port."""
     import uvicorn
@@ -264,7 +268,7 @@ def serve(
 
     settings = _settings(
         host=host, port=port, parallel=parallel, ctx_size=ctx_size, threads=threads, max_queue=max_queue,
-        default_model=model,
+        default_model=model, keep_alive=keep_alive,
     )
     if not no_preload:
         _ensure_pulled(settings, settings.default_model)
