@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lokal.engine.async_engine import AsyncEngine
 from lokal.engine.chat_template import ChatTemplate
+from lokal.engine.embedder import Embedder, EmbedResult
 from lokal.engine.engine import Engine
 from lokal.engine.llama_model import ContextShape, LlamaModel
 from lokal.engine.sampling import SamplingParams
@@ -43,6 +44,7 @@ class LoadedModel:
     runner: AsyncEngine | None  # the engine thread; None when the caller steps the engine itself
     template: ChatTemplate
     defaults: dict[str, Any] = field(default_factory=dict)
+    embedder: Embedder | None = None  # its llama.cpp context is made on the first embed
 
     @classmethod
     def load(cls, name: str, manifest: Manifest, path: Path, shape: ContextShape,
@@ -56,7 +58,7 @@ class LoadedModel:
         defaults = {
             _PARAM_ALIASES[k]: v for k, v in (manifest.parameters or {}).items() if k in _PARAM_ALIASES
         }
-        return cls(name, manifest, model, engine, runner, template, defaults)
+        return cls(name, manifest, model, engine, runner, template, defaults, Embedder(model))
 
     @property
     def context_length(self) -> int:
@@ -88,7 +90,18 @@ class LoadedModel:
             raise RuntimeError("this model is stepped by its owner; it has no engine thread")
         return self.runner.submit(prompt, params)
 
+    def embed(self, texts: Sequence[str | Sequence[int]], truncate: bool = True,
+              normalize: bool = True) -> EmbedResult:
+        """Pooled embeddings of texts (or token id lists), L2-normalized unless asked otherwise.
+        Blocking, and safe beside generation: call it off the event loop. Raises InputTooLong
+        (truncate=False) or ValueError (an empty input, an unknown token id)."""
+        if self.embedder is None:
+            self.embedder = Embedder(self.model)
+        return self.embedder.embed(texts, truncate=truncate, normalize=normalize)
+
     def close(self) -> None:
+        if self.embedder is not None:
+            self.embedder.close()  # before the model it borrows is freed
         if self.runner is not None:
             self.runner.close()  # stops the thread, then frees the model
         else:
