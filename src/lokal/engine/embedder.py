@@ -13,6 +13,7 @@ import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import llama_cpp as C
 
@@ -89,7 +90,7 @@ class Embedder:
         )
         self._lock = threading.Lock()
         self._ctx: ctypes.c_void_p | None = None
-        self._batch: C.llama_batch | None = None
+        self._batch: Any = None  # a llama_batch; typed Any as its ctypes stubs misread seq_id
         self._closed = False
 
     @property
