@@ -80,7 +80,8 @@ class Embedder:
             limit = min(limit, model.n_ctx_train)
         self.n_ctx = limit  # the longest input, and the token budget of one llama_decode
         self.n_threads = n_threads or model.shape.n_threads
-        self.max_seqs = max(1, min(max_seqs, 256))
+        # llama.cpp allows 256 sequences, and no more than n_batch outputs (GGML_ASSERT otherwise).
+        self.max_seqs = max(1, min(max_seqs, 256, self.n_ctx))
         self.pooling = model_pooling(model)
         # The C handle is LlamaModel's: the same weights, never loaded twice.
         self._model_ptr = model._model

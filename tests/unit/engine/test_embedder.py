@@ -1,0 +1,122 @@
+"""The Embedder on the real smollm2 weights: pooled, normalized, batch-independent vectors."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lokal.engine.embedder import Embedder, InputTooLong
+from lokal.engine.llama_model import ContextShape, LlamaModel
+from lokal.store.model_store import ModelStore
+
+CAT = "The cat sat on the mat."
+KITTEN = "A kitten is sleeping on the rug."
+STOCKS = "Stock markets fell sharply after the interest rate decision."
+
+
+@pytest.fixture(scope="module")
+def model(model_home: Path) -> Iterator[LlamaModel]:
+    path = ModelStore(model_home).gguf_path("smollm2:135m")
+    m = LlamaModel(path, ContextShape(slot_ctx=512, n_slots=1, n_batch=64, n_threads=2))
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="module")
+def embedder(model: LlamaModel) -> Iterator[Embedder]:
+    e = Embedder(model)
+    yield e
+    e.close()
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_generative_model_without_pooling_in_its_gguf_is_mean_pooled(embedder: Embedder) -> None:
+    assert embedder.pooling_name == "mean"
+
+
+def test_vectors_are_unit_length_with_the_models_embedding_size(embedder: Embedder, model: LlamaModel) -> None:
+    result = embedder.embed([CAT, STOCKS])
+    n_embd = int(model.meta(f"{model.architecture}.embedding_length") or 0)
+    assert embedder.n_embd == n_embd == 576
+    assert len(result.vectors) == 2
+    for v in result.vectors:
+        assert len(v) == n_embd
+        assert math.isclose(float(np.linalg.norm(v)), 1.0, rel_tol=1e-6)
+    assert result.prompt_tokens == len(embedder.tokenize(CAT)) + len(embedder.tokenize(STOCKS))
+
+
+def test_a_text_gets_the_same_vector_alone_or_batched_with_others(embedder: Embedder) -> None:
+    alone = embedder.embed([CAT]).vectors[0]
+    first = embedder.embed([CAT, KITTEN, STOCKS]).vectors[0]
+    last = embedder.embed([STOCKS, KITTEN, CAT]).vectors[2]
+    np.testing.assert_allclose(first, alone, atol=1e-5)
+    np.testing.assert_allclose(last, alone, atol=1e-5)
+
+
+def test_inputs_beyond_one_batch_are_split_and_keep_their_order(model: LlamaModel, embedder: Embedder) -> None:
+    texts = [CAT, KITTEN, STOCKS, "one", "two more words"]
+    small = Embedder(model, max_seqs=2)  # 5 inputs → 3 llama_decode calls
+    try:
+        split = small.embed(texts).vectors
+    finally:
+        small.close()
+    together = embedder.embed(texts).vectors
+    np.testing.assert_allclose(split, together, atol=1e-5)
+
+
+def test_different_texts_differ_and_similar_ones_are_closer(embedder: Embedder) -> None:
+    cat, kitten, stocks = embedder.embed([CAT, KITTEN, STOCKS]).vectors
+    assert cosine(cat, kitten) < 0.999
+    assert cosine(cat, kitten) > cosine(cat, stocks)
+    assert cosine(cat, kitten) > cosine(kitten, stocks)
+
+
+def test_token_ids_embed_like_the_text_they_spell(embedder: Embedder) -> None:
+    by_text = embedder.embed([CAT]).vectors[0]
+    by_tokens = embedder.embed([embedder.tokenize(CAT)]).vectors[0]
+    np.testing.assert_allclose(by_tokens, by_text, atol=1e-6)
+
+
+def test_unnormalized_vectors_point_the_same_way(embedder: Embedder) -> None:
+    raw = embedder.embed([CAT], normalize=False).vectors[0]
+    unit = embedder.embed([CAT]).vectors[0]
+    assert not math.isclose(float(np.linalg.norm(raw)), 1.0, rel_tol=1e-3)
+    np.testing.assert_allclose(np.asarray(raw) / np.linalg.norm(raw), unit, atol=1e-6)
+
+
+def test_long_input_is_cut_to_the_context_or_refused(model: LlamaModel) -> None:
+    small = Embedder(model, n_ctx=32)
+    try:
+        long_tokens = small.tokenize("one two three four five six seven eight nine ten " * 8)
+        assert len(long_tokens) > 32
+        cut = small.embed([long_tokens], truncate=True)
+        assert cut.prompt_tokens == 32
+        np.testing.assert_allclose(cut.vectors[0], small.embed([long_tokens[:32]]).vectors[0], atol=1e-6)
+        with pytest.raises(InputTooLong, match=r"holds 32 tokens") as info:
+            small.embed(["short", long_tokens], truncate=False)
+        assert (info.value.index, info.value.n_tokens) == (1, len(long_tokens))
+    finally:
+        small.close()
+
+
+def test_empty_inputs(embedder: Embedder, model: LlamaModel) -> None:
+    assert embedder.embed([]).vectors == []
+    with pytest.raises(ValueError, match="empty"):
+        embedder.embed([[]])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        embedder.embed([[model.n_vocab]])
+
+
+def test_a_closed_embedder_refuses_work(model: LlamaModel) -> None:
+    e = Embedder(model)
+    e.embed(["warm up"])
+    e.close()
+    with pytest.raises(RuntimeError, match="unloaded"):
+        e.embed(["again"])
