@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from lokal import __version__
 from lokal.config import Settings
 from lokal.runtime.runtime import Runtime
+from lokal.server.embeddings import router as embeddings_router
 from lokal.server.errors import install_error_handlers
 from lokal.server.openai.routes import router as openai_router
 
@@ -39,6 +40,7 @@ def create_app(
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(openai_router)
+    app.include_router(embeddings_router)
 
     @app.get("/health", tags=["lokal"])
     async def health() -> dict[str, object]:
