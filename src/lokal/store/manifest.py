@@ -32,6 +32,7 @@ class Manifest(BaseModel):
     system: str | None = None
     template: str | None = Field(default=None, description="overrides the GGUF chat template")
     parameters: dict[str, Any] = {}
+    messages: list[dict[str, str]] = Field(default=[], description="MESSAGE turns put before every chat")
     license: str | None = None
     modified_at: datetime = Field(default_factory=utc_now)
 

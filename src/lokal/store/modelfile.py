@@ -1,0 +1,310 @@
+"""Modelfiles, as Ollama writes them: ``FROM``, ``PARAMETER``, ``SYSTEM``, ``TEMPLATE``,
+``MESSAGE``, ``LICENSE`` (and ``ADAPTER``, refused).
+
+The text is untrusted (it arrives over HTTP in ``/api/create``): its size, the number of
+instructions and every value are bounded, and each error names the line it is about.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lokal.store.manifest import Manifest
+
+MAX_MODELFILE_CHARS = 1024 * 1024
+MAX_INSTRUCTIONS = 4096
+MAX_STOP_STRINGS = 64
+MESSAGE_ROLES = ("system", "user", "assistant")
+
+# Ollama's options (api.Options) by type; lokal's sampler honours some, the others are kept so
+# that Modelfiles written for Ollama still create.
+_INT_PARAMETERS = {
+    "num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "num_keep", "seed", "num_predict",
+    "top_k", "repeat_last_n", "mirostat",
+}
+_FLOAT_PARAMETERS = {
+    "temperature", "top_p", "min_p", "typical_p", "repeat_penalty", "presence_penalty",
+    "frequency_penalty", "mirostat_tau", "mirostat_eta", "tfs_z",
+}
+_BOOL_PARAMETERS = {"use_mmap", "use_mlock", "numa", "penalize_newline", "low_vram", "f16_kv", "vocab_only"}
+_LIST_PARAMETERS = {"stop"}
+PARAMETER_NAMES = frozenset(_INT_PARAMETERS | _FLOAT_PARAMETERS | _BOOL_PARAMETERS | _LIST_PARAMETERS)
+
+_INSTRUCTIONS = ("from", "parameter", "system", "template", "message", "license", "adapter")
+_TRUE = {"1", "t", "true"}
+_FALSE = {"0", "f", "false"}
+_WORD = re.compile(r"\S+")
+
+
+@dataclass
+class Modelfile:
+    """What a Modelfile says: the base model and what the new model changes about it."""
+
+    from_: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    system: str | None = None
+    template: str | None = None
+    messages: list[dict[str, str]] = field(default_factory=list)
+    license: str | None = None
+
+
+class ModelfileError(ValueError):
+    """A Modelfile that cannot be used; the message names the line (``line 3: …``)."""
+
+
+def parse_parameter(name: str, value: Any) -> Any:
+    """``value`` (text, or already typed from JSON) as the type Ollama gives option ``name``.
+
+    Raises :class:`ModelfileError` for an unknown name or a value of the wrong type. ``stop``
+    values come back as a list of strings.
+    """
+    key = name.lower()
+    if key not in PARAMETER_NAMES:
+        raise ModelfileError(f'unknown parameter "{name[:64]}"')
+    if key in _LIST_PARAMETERS:
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, str) and v for v in values):
+            raise ModelfileError(f"parameter {key} takes non-empty strings")
+        return list(values)
+    text = str(value).strip() if not isinstance(value, bool) else ("true" if value else "false")
+    try:
+        if key in _BOOL_PARAMETERS:
+            if text.lower() in _TRUE:
+                return True
+            if text.lower() in _FALSE:
+                return False
+            raise ValueError
+        if key in _INT_PARAMETERS:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(float(text)) if isinstance(value, float) else int(text)
+        number = float(text)
+        if not math.isfinite(number):
+            raise ValueError
+        return number
+    except ValueError:
+        kind = "true or false" if key in _BOOL_PARAMETERS else "an integer" if key in _INT_PARAMETERS else "a number"
+        raise ModelfileError(f'parameter {key} must be {kind}, not "{text[:64]}"') from None
+
+
+def parse_modelfile(text: str) -> Modelfile:
+    """Parse a Modelfile. Raises :class:`ModelfileError` naming the line of the first problem.
+
+    Instruction keywords are case-insensitive; ``#`` starts a comment line; a value is the rest
+    of its line, a ``"quoted"`` string (``\\"`` and ``\\\\`` escapes), or a ``\"\"\"triple-quoted\"\"\"``
+    block taken verbatim, both of which may span lines. ``SYSTEM``/``TEMPLATE`` given twice: the
+    last wins; ``PARAMETER stop`` and ``MESSAGE`` accumulate; ``LICENSE`` texts are joined.
+    """
+    if not isinstance(text, str):
+        raise ModelfileError("a Modelfile must be text")
+    if len(text) > MAX_MODELFILE_CHARS:
+        raise ModelfileError(f"the Modelfile is {len(text)} characters, more than the limit of {MAX_MODELFILE_CHARS}")
+    if "\x00" in text:
+        raise ModelfileError(f"line {text.count(chr(10), 0, text.index(chr(0))) + 1}: NUL character")
+
+    reader = _Reader(text.replace("\r\n", "\n"))
+    from_: str | None = None
+    parameters: dict[str, Any] = {}
+    system: str | None = None
+    template: str | None = None
+    messages: list[dict[str, str]] = []
+    licenses: list[str] = []
+    count = 0
+    while True:
+        reader.skip_blank_and_comments()
+        if reader.at_end():
+            break
+        line = reader.line
+        count += 1
+        if count > MAX_INSTRUCTIONS:
+            raise ModelfileError(f"line {line}: more than {MAX_INSTRUCTIONS} instructions")
+        keyword = reader.word()
+        instruction = keyword.lower()
+        if instruction not in _INSTRUCTIONS:
+            raise ModelfileError(
+                f'line {line}: unknown instruction "{keyword[:64]}" '
+                "(expected FROM, PARAMETER, SYSTEM, TEMPLATE, MESSAGE, LICENSE)"
+            )
+        if instruction == "adapter":
+            raise ModelfileError(f"line {line}: ADAPTER (LoRA adapters) is not supported by lokal")
+        if instruction == "parameter":
+            name = reader.word()
+            if not name:
+                raise ModelfileError(f"line {line}: PARAMETER needs a name and a value")
+            value = reader.value(f"PARAMETER {name[:64]}")
+            try:
+                typed = parse_parameter(name, value)
+            except ModelfileError as e:
+                raise ModelfileError(f"line {line}: {e}") from None
+            if isinstance(typed, list):
+                stops = parameters.setdefault(name.lower(), [])
+                stops.extend(typed)
+                if len(stops) > MAX_STOP_STRINGS:
+                    raise ModelfileError(f"line {line}: more than {MAX_STOP_STRINGS} stop strings")
+            else:
+                parameters[name.lower()] = typed
+            continue
+        if instruction == "message":
+            role = reader.word()
+            if role.lower() not in MESSAGE_ROLES:
+                raise ModelfileError(
+                    f'line {line}: MESSAGE role must be system, user or assistant, not "{role[:64]}"'
+                )
+            messages.append({"role": role.lower(), "content": reader.value("MESSAGE", allow_empty=True)})
+            continue
+        value = reader.value(keyword.upper(), allow_empty=instruction in ("system", "template"))
+        if instruction == "from":
+            if from_ is not None:
+                raise ModelfileError(f"line {line}: a second FROM (a Modelfile has one base model)")
+            from_ = value
+        elif instruction == "system":
+            system = value
+        elif instruction == "template":
+            template = value
+        else:
+            licenses.append(value)
+    if from_ is None:
+        raise ModelfileError("the Modelfile has no FROM line (FROM <model name, .gguf path or sha256:digest>)")
+    return Modelfile(
+        from_=from_,
+        parameters=parameters,
+        system=system,
+        template=template,
+        messages=messages,
+        license="\n\n".join(licenses) if licenses else None,
+    )
+
+
+def render_modelfile(manifest: Manifest) -> str:
+    """The Modelfile that recreates ``manifest`` (``lokal show --modelfile``): parsing it gives
+    back the same system prompt, template, parameters, messages and license."""
+    short = manifest.digest.split(":", 1)[1][:12]
+    lines = [
+        f"# Modelfile of {manifest.name} ({short}), generated by lokal show",
+        "# To build a new model on top of it, replace the FROM line with:",
+        f"# FROM {manifest.name}",
+        "",
+        f"FROM {manifest.digest}",
+    ]
+    if manifest.template is not None:
+        lines.append(f"TEMPLATE {quote(manifest.template)}")
+    if manifest.system is not None:
+        lines.append(f"SYSTEM {quote(manifest.system)}")
+    for name, value in manifest.parameters.items():
+        for item in value if isinstance(value, list) else [value]:
+            lines.append(f"PARAMETER {name} {_parameter_text(item)}")
+    for message in manifest.messages:
+        lines.append(f"MESSAGE {message.get('role', 'user')} {quote(message.get('content', ''))}")
+    if manifest.license:
+        lines.append(f"LICENSE {quote(manifest.license)}")
+    return "\n".join(lines) + "\n"
+
+
+def quote(value: str) -> str:
+    """``value`` as a Modelfile value that parses back to exactly ``value``."""
+    if '"' not in value and "\\" not in value and "\n" not in value:
+        return f'"{value}"'
+    if '"""' not in value and not value.endswith('"'):
+        return f'"""{value}"""'
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _parameter_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return json.dumps(value)
+    return quote(str(value))
+
+
+class _Reader:
+    """A cursor over the Modelfile text that tracks its line number."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+        self.line = 1
+
+    def at_end(self) -> bool:
+        return self.pos >= len(self.text)
+
+    def _advance(self, to: int) -> None:
+        self.line += self.text.count("\n", self.pos, to)
+        self.pos = to
+
+    def skip_blank_and_comments(self) -> None:
+        while not self.at_end():
+            char = self.text[self.pos]
+            if char.isspace():
+                self._advance(self.pos + 1)
+            elif char == "#":
+                end = self.text.find("\n", self.pos)
+                self._advance(len(self.text) if end < 0 else end)
+            else:
+                return
+
+    def _skip_inline_space(self) -> None:
+        while not self.at_end() and self.text[self.pos] in " \t":
+            self.pos += 1
+
+    def word(self) -> str:
+        """The next whitespace-free word on this line ("" at the end of the line)."""
+        self._skip_inline_space()
+        match = _WORD.match(self.text, self.pos)
+        if match is None:
+            return ""
+        end = match.end()
+        newline = self.text.find("\n", self.pos, end)
+        if newline >= 0:
+            end = newline
+        word = self.text[self.pos : end]
+        self.pos = end
+        return word
+
+    def value(self, what: str, allow_empty: bool = False) -> str:
+        """The value that ends an instruction: quoted, triple-quoted, or the rest of the line."""
+        self._skip_inline_space()
+        start_line = self.line
+        if self.text.startswith('"""', self.pos):
+            end = self.text.find('"""', self.pos + 3)
+            if end < 0:
+                raise ModelfileError(f'line {start_line}: {what}: unterminated """ (no closing """)')
+            value = self.text[self.pos + 3 : end]
+            self._advance(end + 3)
+        elif self.text.startswith('"', self.pos):
+            value = self._quoted(what, start_line)
+        else:
+            end = self.text.find("\n", self.pos)
+            end = len(self.text) if end < 0 else end
+            value = self.text[self.pos : end].strip()
+            self.pos = end
+            if not value and not allow_empty:
+                raise ModelfileError(f"line {start_line}: {what} needs a value")
+            return value
+        self._skip_inline_space()
+        if not self.at_end() and self.text[self.pos] != "\n":
+            raise ModelfileError(f"line {self.line}: {what}: unexpected text after the closing quote")
+        if not value and not allow_empty:
+            raise ModelfileError(f"line {start_line}: {what} needs a value")
+        return value
+
+    def _quoted(self, what: str, start_line: int) -> str:
+        out: list[str] = []
+        i = self.pos + 1
+        while i < len(self.text):
+            char = self.text[i]
+            if char == "\\" and i + 1 < len(self.text) and self.text[i + 1] in '"\\':
+                out.append(self.text[i + 1])
+                i += 2
+            elif char == '"':
+                self._advance(i + 1)
+                return "".join(out)
+            else:
+                out.append(char)
+                i += 1
+        raise ModelfileError(f'line {start_line}: {what}: unterminated " (no closing quote)')
