@@ -6,12 +6,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
 
 from lokal import __version__
 from lokal.config import Settings
 from lokal.runtime.runtime import Runtime
-from lokal.server.embeddings import router as embeddings_router
 from lokal.server.errors import install_error_handlers
+from lokal.server.ollama.routes import router as ollama_router
 from lokal.server.openai.routes import router as openai_router
 
 
@@ -33,14 +34,20 @@ def create_app(
     app = FastAPI(
         title="lokal",
         version=__version__,
-        description="Local LLM runtime: OpenAI-compatible API on llama.cpp with continuous batching.",
+        description="Local LLM runtime: OpenAI- and Ollama-compatible APIs on llama.cpp with continuous batching.",
         lifespan=lifespan,
     )
     app.state.runtime = runtime
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(openai_router)
-    app.include_router(embeddings_router)
+    app.include_router(ollama_router)
+
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=PlainTextResponse, tags=["ollama"])
+    async def root() -> str:
+        """Ollama's heartbeat: clients (the ollama CLI, Open WebUI, editors) probe ``/`` and some
+        match its exact text, so lokal answers as Ollama does. ``/health`` says what lokal is."""
+        return "Ollama is running"
 
     @app.get("/health", tags=["lokal"])
     async def health() -> dict[str, object]:

@@ -1,4 +1,6 @@
-"""One error type for every route, rendered in the shape of the API the client speaks."""
+"""One error type for every route, rendered in the shape of the API the client speaks: OpenAI's
+``{"error": {"message", "type", "param", "code"}}`` everywhere except under ``/api/``, where
+Ollama's clients expect ``{"error": "message"}``."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ class APIError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        ollama_message: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -27,9 +30,20 @@ class APIError(Exception):
         self.param = param
         self.code = code
         self.headers = headers
+        self.ollama_message = ollama_message  # Ollama's own wording, where clients may match on it
 
     def openai_body(self) -> dict[str, object]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def ollama_body(self) -> dict[str, object]:
+        return {"error": self.ollama_message or self.message}
+
+    def body_for(self, request: Request) -> dict[str, object]:
+        return self.ollama_body() if is_ollama_path(request.url.path) else self.openai_body()
+
+
+def is_ollama_path(path: str) -> bool:
+    return path == "/api" or path.startswith("/api/")
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -43,17 +57,32 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return "invalid request body: " + "; ".join(parts), param
 
 
+def _ollama_validation_message(exc: RequestValidationError) -> str:
+    """Ollama's words for the common cases ("model is required", "missing request body")."""
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+    if first.get("type") == "json_invalid":
+        return f"invalid JSON in request body: {first.get('ctx', {}).get('error', first.get('msg'))}"
+    if first.get("type") == "missing" and not loc:
+        return "missing request body"
+    if first.get("type") == "missing" and loc == ["model"]:
+        return "model is required"
+    return _validation_message(exc)[0]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse(exc.openai_body(), status_code=exc.status, headers=exc.headers)
+        return JSONResponse(exc.body_for(request), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
-        return JSONResponse(APIError(400, message, param=param).openai_body(), status_code=400)
+        err = APIError(400, message, param=param, ollama_message=_ollama_validation_message(exc))
+        return JSONResponse(err.body_for(request), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         err = APIError(exc.status_code, str(exc.detail), type="invalid_request_error")
-        return JSONResponse(err.openai_body(), status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse(err.body_for(request), status_code=exc.status_code, headers=exc.headers)

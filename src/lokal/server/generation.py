@@ -23,16 +23,22 @@ from lokal.store.errors import InvalidModelName, ModelNotFound, StoreError
 
 RETRY_AFTER_S = 1
 DISCONNECT_POLL_S = 0.25
+OLLAMA_BUSY = "server busy, please try again.  maximum pending requests exceeded"  # Ollama's words
 
 
-async def load_model(runtime: Runtime, name: str) -> LoadedModel:
+def ollama_not_found(name: str) -> str:
+    return f'model "{name}" not found, try pulling it first'
+
+
+async def load_model(runtime: Runtime, name: str, keep_alive: float | None = None) -> LoadedModel:
+    """The loaded model (see Runtime.get for keep_alive), or the APIError a client should see."""
     try:
-        return await runtime.get(name)
+        return await runtime.get(name, keep_alive)
     except InvalidModelName as exc:
         raise APIError(400, str(exc), param="model", code="invalid_model_name") from exc
     except ModelNotFound as exc:
         raise APIError(404, f"The model `{name}` does not exist. {exc}", param="model",
-                       code="model_not_found") from exc
+                       code="model_not_found", ollama_message=ollama_not_found(name)) from exc
     except (StoreError, ModelLoadError) as exc:
         raise APIError(500, f"could not load model `{name}`: {exc}", type="server_error") from exc
 
@@ -62,7 +68,7 @@ def submit(loaded: LoadedModel, prompt: list[int], params) -> AsyncIterator[Delt
         raise APIError(400, str(exc), param="messages", code="context_length_exceeded") from exc
     except QueueFull as exc:
         raise APIError(503, str(exc), type="server_error", code="server_busy",
-                       headers={"Retry-After": str(RETRY_AFTER_S)}) from exc
+                       headers={"Retry-After": str(RETRY_AFTER_S)}, ollama_message=OLLAMA_BUSY) from exc
     except ValueError as exc:
         raise APIError(400, str(exc)) from exc
 
@@ -110,3 +116,16 @@ def openai_finish_reason(reason: FinishReason | None) -> str | None:
     if reason is None:
         return None
     return "length" if reason is FinishReason.LENGTH else "stop"
+
+
+def formatted_prompt(loaded: LoadedModel, text: str) -> list[int]:
+    """Tokenize a prompt that is already in the model's format (raw, or rendered by a request's
+    own template): special tokens are parsed, BOS added if the model wants one and it is missing."""
+    model = loaded.model
+    add_bos = model.add_bos and not (model.bos_text and text.startswith(model.bos_text))
+    return model.tokenize(text, add_special=add_bos, parse_special=True)
+
+
+def plain_tokens(loaded: LoadedModel, text: str) -> list[int]:
+    """Tokens of generated text, to hand back as context (no BOS, no special-token parsing)."""
+    return loaded.model.tokenize(text, add_special=False, parse_special=False) if text else []

@@ -1,0 +1,1 @@
+"""Ollama-compatible endpoints under ``/api`` (generate, chat, models, pull, create, blobs)."""

@@ -1,0 +1,146 @@
+"""``POST /api/create`` (a model from another one or from an uploaded GGUF, with its system
+prompt, template, parameters, messages and license) and ``HEAD/POST /api/blobs/sha256:<hex>``."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import StreamingResponse
+
+from lokal.runtime.runtime import Runtime
+from lokal.server.errors import APIError
+from lokal.server.ollama.generate import get_runtime
+from lokal.server.ollama.ndjson import ndjson_response
+from lokal.server.ollama.progress import as_status_lines, last_status, run_in_thread_with_progress
+from lokal.server.ollama.schemas import CreateRequest
+from lokal.store.digests import parse_digest
+from lokal.store.errors import InvalidGguf, StoreError
+from lokal.store.gguf_facts import read_gguf_facts
+from lokal.store.model_store import ModelStore
+from lokal.store.progress import PullProgress
+
+if TYPE_CHECKING:
+    from lokal.store.modelfile import Modelfile
+
+router = APIRouter(tags=["ollama"])
+
+_CHUNK = 1 << 20
+
+
+# ---- blobs ------------------------------------------------------------------------------------
+
+def _digest(digest: str) -> str:
+    try:
+        return parse_digest(digest)
+    except StoreError as exc:
+        raise APIError(400, f"invalid digest {digest!r}: expected sha256:<64 hex digits>", param="digest") from exc
+
+
+@router.head("/blobs/{digest}")
+async def blob_exists(digest: str, runtime: Runtime = Depends(get_runtime)) -> Response:
+    exists = runtime.store.blob_path(_digest(digest)).is_file()
+    return Response(status_code=200 if exists else 404)
+
+
+@router.post("/blobs/{digest}", status_code=201)
+async def upload_blob(digest: str, request: Request, runtime: Runtime = Depends(get_runtime)) -> Response:
+    """Store the body as a blob if its sha256 is ``digest`` and it is a GGUF file (the only
+    kind of file lokal can use in ``files``)."""
+    expected = _digest(digest)
+    store = runtime.store
+    if store.blob_path(expected).is_file():
+        return Response(status_code=201)  # already stored (blobs only ever appear verified)
+    store.tmp_dir.mkdir(parents=True, exist_ok=True)
+    partial = store.tmp_dir / f"upload-{uuid.uuid4().hex}.partial"
+    try:
+        sha = hashlib.sha256()
+        with partial.open("wb") as f:
+            async for chunk in request.stream():
+                sha.update(chunk)
+                f.write(chunk)
+        got = f"sha256:{sha.hexdigest()}"
+        if got != expected:
+            raise APIError(400, f"digest mismatch, expected {expected}, got {got}", param="digest")
+        try:
+            await asyncio.to_thread(read_gguf_facts, partial)
+        except InvalidGguf as exc:
+            raise APIError(400, f"the blob is not a GGUF file; lokal only stores GGUF models ({exc})") from exc
+        await asyncio.to_thread(store.add_blob, partial, expected)
+    finally:
+        partial.unlink(missing_ok=True)
+    return Response(status_code=201)
+
+
+# ---- create ----------------------------------------------------------------------------------
+
+@router.post("/create", response_model=None)
+async def create(req: CreateRequest, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any] | StreamingResponse:
+    modelfile = _modelfile(req, runtime.store)
+    store, name = runtime.store, req.model
+
+    def work(report: Any) -> None:
+        _create(store, name, modelfile, report)
+
+    lines = run_in_thread_with_progress(work)
+    if req.stream:
+        return ndjson_response(as_status_lines(lines))
+    return await last_status(lines)
+
+
+def _modelfile(req: CreateRequest, store: ModelStore) -> Modelfile:
+    """The request as a Modelfile: the old API's Modelfile text, overridden by the JSON fields."""
+    from lokal.store.modelfile import Modelfile, parse_modelfile
+
+    if req.quantize:
+        raise APIError(400, "quantize is not supported: lokal stores GGUF files as they are", param="quantize")
+    if req.adapters:
+        raise APIError(400, "adapters (LoRA) are not supported yet", param="adapters")
+    try:
+        base = parse_modelfile(req.modelfile) if req.modelfile else None
+    except ValueError as exc:
+        raise APIError(400, f"invalid modelfile: {exc}", param="modelfile") from exc
+    source = req.from_ or (base.from_ if base else None)
+    if req.files:
+        source = _gguf_from_files(req.files, store)
+    if not source:
+        raise APIError(400, "neither 'from' nor 'files' was specified", param="from")
+    license = "\n".join(req.license) if isinstance(req.license, list) else req.license
+    messages = [{"role": m.role, "content": m.content} for m in req.messages or []]
+    return Modelfile(
+        from_=source,
+        parameters={**(base.parameters if base else {}), **(req.parameters or {})},
+        system=req.system if req.system is not None else (base.system if base else None),
+        template=req.template if req.template is not None else (base.template if base else None),
+        messages=messages or (list(base.messages) if base else []),
+        license=license if license is not None else (base.license if base else None),
+    )
+
+
+def _gguf_from_files(files: dict[str, str], store: ModelStore) -> str:
+    """The path of the one uploaded GGUF blob named in ``files`` ({file name: digest})."""
+    ggufs = {name: digest for name, digest in files.items() if name.lower().endswith(".gguf")}
+    if len(ggufs) != 1 or len(files) != 1:
+        raise APIError(400, "files must name exactly one .gguf file (safetensors and other files are not supported)",
+                       param="files")
+    (digest,) = ggufs.values()
+    path = store.blob_path(_digest(digest))
+    if not path.is_file():
+        raise APIError(400, f"blob {digest} not found: upload it with POST /api/blobs/{digest} first",
+                       param="files")
+    return str(path)
+
+
+def _create(store: ModelStore, name: str, modelfile: Modelfile, report: Any) -> None:
+    from lokal.store.create import create_model
+
+    if Path(modelfile.from_).is_absolute():
+        report(PullProgress("parsing GGUF"))
+    manifest = create_model(store, name, modelfile)
+    report(PullProgress(f"using existing layer {manifest.digest}"))
+    report(PullProgress("writing manifest"))
+    report(PullProgress("success"))

@@ -1,0 +1,255 @@
+"""``POST /api/generate`` and ``POST /api/chat``: NDJSON streams (the default) or one object."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+
+from lokal.engine.sampling import SamplingParams
+from lokal.engine.sequence import Delta, FinishReason, Timings, Usage
+from lokal.runtime.keep_alive import parse_keep_alive
+from lokal.runtime.loaded_model import LoadedModel
+from lokal.runtime.runtime import Runtime
+from lokal.server.errors import APIError
+from lokal.server.generation import (
+    build_prompt,
+    collect,
+    formatted_prompt,
+    load_model,
+    ollama_not_found,
+    plain_tokens,
+    submit,
+)
+from lokal.server.ollama.go_template import render_go_template
+from lokal.server.ollama.ndjson import ndjson_response
+from lokal.server.ollama.options import context_limit, fit_to_context, sampling_from_options
+from lokal.server.ollama.schemas import ChatRequest, GenerateRequest, Message, rfc3339
+from lokal.store.errors import InvalidModelName, ModelNotFound
+
+router = APIRouter(tags=["ollama"])
+
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+Piece = Callable[[str], dict[str, Any]]
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+@dataclass
+class _Run:
+    """One generation request on its way: what the final chunk reports about it."""
+
+    model: str  # as the client named it
+    loaded: LoadedModel
+    prompt: list[int]
+    started: float  # perf_counter when the request arrived
+    load_s: float
+
+
+def keep_alive_seconds(value: object) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_keep_alive(value)
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="keep_alive") from exc
+
+
+def _refuse_common(model: str, fmt: Any, think: bool | str | None, logprobs: bool | None) -> None:
+    if fmt not in (None, ""):
+        raise APIError(400, "format (JSON mode and structured outputs) is not supported yet", param="format")
+    if think not in (None, False):
+        raise APIError(400, f'"{model}" does not support thinking (think)', param="think")
+    if logprobs:
+        raise APIError(400, "logprobs are not supported yet", param="logprobs")
+
+
+def _no_images(model: str, images: list[str] | None) -> None:
+    if images:
+        raise APIError(400, f'"{model}" does not support images: the model has no vision', param="images")
+
+
+async def _load_or_unload(runtime: Runtime, model: str, keep_alive: float | None, empty: dict[str, Any]) -> dict:
+    """A request with nothing to generate: keep_alive 0 unloads the model (``ollama stop``),
+    anything else loads it. Answers like Ollama, with done_reason "unload" or "load"."""
+    head = {"model": model, "created_at": rfc3339(), **empty, "done": True}
+    if keep_alive == 0:
+        try:
+            runtime.store.get(model)
+        except InvalidModelName as exc:
+            raise APIError(400, str(exc), param="model") from exc
+        except ModelNotFound as exc:
+            raise APIError(404, ollama_not_found(model), param="model") from exc
+        await runtime.unload(model)
+        return {**head, "done_reason": "unload"}
+    await load_model(runtime, model, keep_alive)
+    return {**head, "done_reason": "load"}
+
+
+async def _load(runtime: Runtime, model: str, keep_alive: float | None) -> tuple[LoadedModel, float]:
+    started = time.perf_counter()
+    loaded = await load_model(runtime, model, keep_alive)
+    return loaded, time.perf_counter() - started
+
+
+def _params(loaded: LoadedModel, options: dict[str, Any] | None, prompt: list[int]) -> SamplingParams:
+    params = sampling_from_options(loaded, options)
+    return fit_to_context(params, len(prompt), context_limit(loaded, options), loaded.context_length)
+
+
+# ---- /api/generate ---------------------------------------------------------------------------
+
+@router.post("/generate", response_model=None)
+async def generate(
+    req: GenerateRequest, request: Request, runtime: Runtime = Depends(get_runtime)
+) -> dict[str, Any] | StreamingResponse:
+    started = time.perf_counter()
+    if req.suffix:
+        raise APIError(400, f'"{req.model}" does not support insert (suffix, fill-in-the-middle)', param="suffix")
+    _no_images(req.model, req.images)
+    _refuse_common(req.model, req.format, req.think, req.logprobs)
+    keep_alive = keep_alive_seconds(req.keep_alive)
+    if not req.prompt:
+        return await _load_or_unload(runtime, req.model, keep_alive, {"response": ""})
+    loaded, load_s = await _load(runtime, req.model, keep_alive)
+    prompt = build_prompt(lambda: _generate_prompt(loaded, req))
+    params = _params(loaded, req.options, prompt)
+    run = _Run(req.model, loaded, prompt, started, load_s)
+
+    def piece(text: str) -> dict[str, Any]:
+        return {"response": text}
+
+    def final(text: str) -> dict[str, Any]:
+        return {} if req.raw else {"context": prompt + plain_tokens(loaded, text)}
+
+    return await _respond(runtime, run, params, request, req.stream, piece, final)
+
+
+def _generate_prompt(loaded: LoadedModel, req: GenerateRequest) -> list[int]:
+    prompt = req.prompt or ""
+    if req.raw:
+        tokens = formatted_prompt(loaded, prompt)
+    elif req.template:
+        system = req.system if req.system is not None else (loaded.manifest.system or "")
+        tokens = formatted_prompt(loaded, render_go_template(req.template, {"System": system, "Prompt": prompt}))
+    else:
+        messages = [{"role": "system", "content": req.system}] if req.system else []
+        tokens = loaded.chat_prompt([*messages, {"role": "user", "content": prompt}])
+    if req.context:
+        # The context already starts with BOS: do not put a second one in the middle.
+        if loaded.model.add_bos and tokens and tokens[0] == req.context[0]:
+            tokens = tokens[1:]
+        tokens = list(req.context) + tokens
+    return tokens
+
+
+# ---- /api/chat -------------------------------------------------------------------------------
+
+@router.post("/chat", response_model=None)
+async def chat(
+    req: ChatRequest, request: Request, runtime: Runtime = Depends(get_runtime)
+) -> dict[str, Any] | StreamingResponse:
+    started = time.perf_counter()
+    if req.tools:
+        raise APIError(400, "tools are not supported yet", param="tools")
+    _refuse_common(req.model, req.format, req.think, req.logprobs)
+    messages = _chat_messages(req.model, req.messages or [])
+    keep_alive = keep_alive_seconds(req.keep_alive)
+    if not messages:
+        return await _load_or_unload(runtime, req.model, keep_alive, {"message": {"role": "assistant", "content": ""}})
+    loaded, load_s = await _load(runtime, req.model, keep_alive)
+    prompt = build_prompt(lambda: loaded.chat_prompt(messages))
+    params = _params(loaded, req.options, prompt)
+    run = _Run(req.model, loaded, prompt, started, load_s)
+
+    def piece(text: str) -> dict[str, Any]:
+        return {"message": {"role": "assistant", "content": text}}
+
+    return await _respond(runtime, run, params, request, req.stream, piece, lambda _: {})
+
+
+def _chat_messages(model: str, messages: list[Message]) -> list[dict[str, Any]]:
+    out = []
+    for i, m in enumerate(messages):
+        if m.role not in CHAT_ROLES:
+            raise APIError(400, f"messages[{i}].role: invalid role {m.role!r}; expected one of "
+                                + ", ".join(CHAT_ROLES), param=f"messages.{i}.role")
+        _no_images(model, m.images)
+        msg: dict[str, Any] = {"role": m.role, "content": m.content}
+        if m.tool_calls:
+            msg["tool_calls"] = m.tool_calls
+        if m.tool_name:
+            msg["name"] = m.tool_name
+        out.append(msg)
+    return out
+
+
+# ---- one generation, streamed or not ---------------------------------------------------------
+
+async def _respond(
+    runtime: Runtime, run: _Run, params: SamplingParams, request: Request, stream: bool,
+    piece: Piece, final: Callable[[str], dict[str, Any]],
+) -> dict[str, Any] | StreamingResponse:
+    deltas = submit(run.loaded, run.prompt, params)
+    if stream:
+        return ndjson_response(_chunks(runtime, run, deltas, piece, final))
+    try:
+        done = await collect(deltas, request)
+    finally:
+        await runtime.release(run.loaded.name)
+    return {
+        "model": run.model, "created_at": rfc3339(), **piece(done.text), "done": True,
+        **_summary(run, done.finish_reason, done.usage, done.timings), **final(done.text),
+    }
+
+
+async def _chunks(
+    runtime: Runtime, run: _Run, deltas: AsyncIterator[Delta], piece: Piece, final: Callable[[str], dict[str, Any]]
+) -> AsyncIterator[dict[str, Any]]:
+    parts: list[str] = []
+    try:
+        async for d in deltas:
+            if d.finish_reason is FinishReason.ERROR:
+                yield {"error": f"generation failed: {d.error}"}
+                return
+            if d.text:
+                parts.append(d.text)
+                yield {"model": run.model, "created_at": rfc3339(), **piece(d.text), "done": False}
+            if d.finish_reason is not None and d.usage is not None:
+                text = "".join(parts)
+                yield {
+                    "model": run.model, "created_at": rfc3339(), **piece(""), "done": True,
+                    **_summary(run, d.finish_reason, d.usage, d.timings), **final(text),
+                }
+                return
+    finally:
+        await deltas.aclose()  # type: ignore[attr-defined]
+        await runtime.release(run.loaded.name)
+
+
+def _summary(run: _Run, reason: FinishReason, usage: Usage, timings: Timings | None) -> dict[str, Any]:
+    """done_reason and Ollama's counters; every duration in nanoseconds."""
+    prompt_s = eval_s = 0.0
+    if timings is not None:
+        first = timings.ttft_s if timings.ttft_s is not None else timings.total_s
+        prompt_s = max(0.0, first - timings.queued_s)
+        eval_s = max(0.0, timings.total_s - first)
+    return {
+        "done_reason": "length" if reason is FinishReason.LENGTH else "stop",
+        "total_duration": _ns(time.perf_counter() - run.started),
+        "load_duration": _ns(run.load_s),
+        "prompt_eval_count": usage.prompt_tokens,
+        "prompt_eval_duration": _ns(prompt_s),
+        "eval_count": usage.completion_tokens,
+        "eval_duration": _ns(eval_s),
+    }
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1e9)

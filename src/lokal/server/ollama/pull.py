@@ -1,0 +1,27 @@
+"""``POST /api/pull``: the store's pull in a thread, its progress as Ollama's NDJSON status lines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import StreamingResponse
+
+from lokal.runtime.runtime import Runtime
+from lokal.server.ollama.generate import get_runtime
+from lokal.server.ollama.ndjson import ndjson_response
+from lokal.server.ollama.progress import as_status_lines, last_status, run_in_thread_with_progress
+from lokal.server.ollama.schemas import PullRequest
+from lokal.store.pull import pull_model
+
+router = APIRouter(tags=["ollama"])
+
+
+@router.post("/pull", response_model=None)
+async def pull(req: PullRequest, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any] | StreamingResponse:
+    """Pull a catalog or hf.co/ model. A pull whose client goes away still finishes."""
+    store, name = runtime.store, req.model
+    lines = run_in_thread_with_progress(lambda report: pull_model(store, name, progress=report))
+    if req.stream:
+        return ndjson_response(as_status_lines(lines))
+    return await last_status(lines)
