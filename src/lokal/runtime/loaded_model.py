@@ -76,6 +76,9 @@ class LoadedModel:
         """Render messages through the chat template and tokenize (special tokens parsed)."""
         if self.manifest.system and not any(m.get("role") == "system" for m in messages):
             messages = [{"role": "system", "content": self.manifest.system}, *messages]
+        if self.manifest.messages:  # Modelfile MESSAGE turns: after the system message, before the chat
+            lead = 1 if messages and messages[0].get("role") == "system" else 0
+            messages = [*messages[:lead], *self.manifest.messages, *messages[lead:]]
         text = self.template.render(messages, add_generation_prompt=True, tools=tools)
         add_bos = self.model.add_bos and not (self.model.bos_text and text.startswith(self.model.bos_text))
         return self.model.tokenize(text, add_special=add_bos, parse_special=True)
