@@ -40,8 +40,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from lokal.engine.engine import PromptTooLong
     from lokal.engine.llama_model import ModelLoadError
     from lokal.store.errors import StoreError
+    from lokal.store.modelfile import ModelfileError
 
-    return (UserError, StoreError, ModelLoadError, TemplateError, PromptTooLong, ValidationError, OSError)
+    return (
+        UserError, StoreError, ModelfileError, ModelLoadError, TemplateError, PromptTooLong, ValidationError, OSError
+    )
 
 
 def friendly(fn: F) -> F:
@@ -148,14 +151,38 @@ def list_models() -> None:
 @friendly
 def show(
     name: str,
+    modelfile: Annotated[bool, typer.Option("--modelfile", help="Print the model's Modelfile.")] = False,
+    parameters: Annotated[bool, typer.Option("--parameters", help="Print only the parameters.")] = False,
     template: Annotated[bool, typer.Option("--template", help="Print only the chat template.")] = False,
+    system: Annotated[bool, typer.Option("--system", help="Print only the system prompt.")] = False,
+    license_: Annotated[bool, typer.Option("--license", help="Print only the license.")] = False,
 ) -> None:
     """Show a model's architecture, size, quantization, context, template and license."""
+    if sum((modelfile, parameters, template, system, license_)) > 1:
+        raise UserError("choose one of --modelfile, --parameters, --template, --system, --license")
     m = _store(_settings()).get(name)
     f = m.facts
     tpl = m.template or f.chat_template
+    if modelfile:
+        from lokal.store.modelfile import render_modelfile
+
+        console.out(render_modelfile(m), highlight=False, end="")
+        return
+    if parameters:
+        from lokal.store.modelfile import quote
+
+        for key, value in m.parameters.items():
+            for item in value if isinstance(value, list) else [value]:
+                console.out(f"{key:<20}{quote(item) if isinstance(item, str) else item}", highlight=False)
+        return
     if template:
         console.out(tpl or "(none: lokal uses a fallback for this architecture)", highlight=False)
+        return
+    if system:
+        console.out(m.system or "", highlight=False)
+        return
+    if license_:
+        console.out(m.license or f.license or "", highlight=False)
         return
     params = f"{f.parameter_count / 1e6:.0f}M" if f.parameter_count else "?"
     table = Table(box=None, show_header=False)
@@ -175,11 +202,133 @@ def show(
     ]
     if m.system:
         rows.append(("system", m.system))
+    if m.parameters:
+        rows.append(("sampling", ", ".join(f"{k}={v}" for k, v in m.parameters.items())))
+    if m.messages:
+        rows.append(("messages", f"{len(m.messages)} (lokal show --modelfile lists them)"))
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
     console.print("[bold]chat template[/bold]")
     console.out(tpl or "(none: lokal uses a fallback for this architecture)", highlight=False)
+
+
+@app.command()
+@friendly
+def create(
+    name: Annotated[str, typer.Argument(help="name of the new model, e.g. pirate:latest")],
+    file: Annotated[Path, typer.Option("--file", "-f", help="the Modelfile")] = Path("Modelfile"),
+) -> None:
+    """Create a model from a Modelfile (FROM a model, a .gguf file or a sha256 digest)."""
+    from lokal.store.create import create_model
+    from lokal.store.modelfile import MAX_MODELFILE_CHARS, parse_modelfile
+
+    if not file.is_file():
+        raise UserError(f"{file}: no such Modelfile (give one with -f)")
+    if file.stat().st_size > MAX_MODELFILE_CHARS * 4:
+        raise UserError(f"{file}: too large for a Modelfile")
+    spec = parse_modelfile(file.read_text(encoding="utf-8"))
+    store = _store(_settings())
+    from lokal.cli.progress import PullProgressBar
+
+    with PullProgressBar(err_console, spec.from_) as bar:
+        manifest = create_model(store, name, spec, base_dir=file.resolve().parent, progress=bar)
+    console.print(f"[green]✔[/green] created {manifest.name}")
+
+
+@app.command("cp")
+@friendly
+def copy_model(
+    source: Annotated[str, typer.Argument(help="model to copy")],
+    destination: Annotated[str, typer.Argument(help="new name")],
+) -> None:
+    """Copy a model under a new name (the weights are shared, not copied)."""
+    manifest = _store(_settings()).copy(source, destination)
+    console.print(f"copied '{source}' to '{manifest.name}'")
+
+
+def _server_url(settings: Settings) -> str:
+    host = settings.host.strip()
+    if "://" in host:
+        return host.rstrip("/")
+    if host in ("0.0.0.0", "::", "[::]", ""):
+        host = "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{settings.port}"
+
+
+def _server_request(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """One request to the running `lokal serve`; its absence or an error is one UserError line."""
+    import httpx
+
+    url = _server_url(_settings())
+    try:
+        response = httpx.request(method, url + path, json=body, timeout=60)
+    except httpx.HTTPError:
+        raise UserError(f"lokal serve is not running at {url} (start it with 'lokal serve')") from None
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if response.status_code >= 400:
+        message = data.get("error") if isinstance(data, dict) else None
+        if isinstance(message, dict):
+            message = message.get("message")
+        raise UserError(f"{message or response.reason_phrase} (HTTP {response.status_code} from {url}{path})")
+    return data
+
+
+def _until(expires_at: str | None) -> str:
+    if not expires_at:
+        return "Forever"
+    try:
+        when = datetime.fromisoformat(expires_at.replace("Z", "+00:00"))
+    except ValueError:
+        return expires_at
+    if when.year > 2200:  # keep_alive -1: Ollama reports a date far in the future
+        return "Forever"
+    seconds = (when - datetime.now(UTC)).total_seconds()
+    if seconds <= 0:
+        return "Stopping..."
+    for unit, span in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= span:
+            n = int(seconds // span)
+            return f"{n} {unit}{'s' if n > 1 else ''} from now"
+    return "less than a minute from now"
+
+
+@app.command()
+@friendly
+def ps() -> None:
+    """List the models loaded by the running server."""
+    data = _server_request("GET", "/api/ps")
+    table = Table(box=None, header_style="bold")
+    for col in ("NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"):
+        table.add_column(col)
+    for m in (data or {}).get("models", []):
+        digest = str(m.get("digest", "")).split(":", 1)[-1][:12]
+        size = int(m.get("size") or 0)
+        vram = int(m.get("size_vram") or 0)
+        processor = "100% CPU" if not vram else "100% GPU" if vram >= size else f"{100 - vram * 100 // size}% CPU"
+        context = str(m.get("context_length") or "")
+        table.add_row(m.get("name") or m.get("model", "?"), digest, _human_size(size), processor, context,
+                      _until(m.get("expires_at")))
+    console.print(table)
+
+
+@app.command()
+@friendly
+def stop(model: Annotated[str, typer.Argument(help="a model loaded by the running server")]) -> None:
+    """Unload a model from the running server (keep_alive 0)."""
+    from lokal.store.names import parse_model_name
+
+    wanted = str(parse_model_name(model))
+    loaded = (_server_request("GET", "/api/ps") or {}).get("models", [])
+    names = {str(m.get("name") or m.get("model")).lower() for m in loaded}
+    if wanted.lower() not in names and model.lower() not in names:
+        raise UserError(f'model "{model}" is not running (see lokal ps)')
+    _server_request("POST", "/api/generate", {"model": model, "keep_alive": 0})
 
 
 @app.command("rm")
