@@ -167,6 +167,9 @@ def _import_base(
     if not path.is_absolute():
         path = (base_dir or Path.cwd()) / path
     path = path.resolve()
+    blob_name = _DIGEST.fullmatch(path.name)
+    if blob_name and path.parent == store.blobs_dir.resolve() and path.is_file():
+        return _resolve_base(store, path.name, base_dir, report, allow_paths)  # a blob: nothing to import
     if path.is_dir():
         raise ModelfileError(f"FROM {ref}: is a folder; lokal creates models from one .gguf file")
     if not path.is_file():
