@@ -1,4 +1,6 @@
-"""The Embedder on the real smollm2 weights: pooled, normalized, batch-independent vectors."""
+"""The Embedder on the real smollm2 weights (a generative model: mean pooling) and on a tiny
+generated BERT (an embedding model: non-causal, pooling from its GGUF): pooled, normalized,
+batch-independent vectors."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gguf import GGUFWriter, PoolingType, TokenType
 
 from lokal.engine.embedder import Embedder, InputTooLong
 from lokal.engine.llama_model import ContextShape, LlamaModel
@@ -120,3 +123,84 @@ def test_a_closed_embedder_refuses_work(model: LlamaModel) -> None:
     e.close()
     with pytest.raises(RuntimeError, match="unloaded"):
         e.embed(["again"])
+
+
+# ---- an embedding model: a tiny BERT written here (random weights, a 16-word WordPiece vocab) ----
+BERT_WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran", "stock", "market", "fell", "."]
+
+
+def write_tiny_bert(path: Path, pooling: int, n_embd: int = 32, n_ctx_train: int = 64) -> Path:
+    rng = np.random.default_rng(7)
+    tokens = ["[PAD]"] + [f"[unused{i}]" for i in range(1, 100)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokens += ["\u2581" + w for w in BERT_WORDS]  # WordPiece word starts, as llama.cpp's converter writes them
+    w = GGUFWriter(str(path), "bert")
+    w.add_context_length(n_ctx_train)
+    w.add_embedding_length(n_embd)
+    w.add_feed_forward_length(2 * n_embd)
+    w.add_block_count(1)
+    w.add_head_count(2)
+    w.add_layer_norm_eps(1e-12)
+    w.add_causal_attention(False)
+    if pooling != PoolingType.NONE:
+        w.add_pooling_type(PoolingType(pooling))
+    w.add_tokenizer_model("bert")
+    w.add_token_list(tokens)
+    w.add_token_types([TokenType.CONTROL if t.startswith("[") else TokenType.NORMAL for t in tokens])
+    w.add_token_type_count(2)
+    w.add_bos_token_id(101)
+    w.add_sep_token_id(102)
+    w.add_unk_token_id(100)
+    w.add_pad_token_id(0)
+
+    def rand(*shape: int) -> np.ndarray:
+        return rng.standard_normal(shape, dtype=np.float32) * 0.2
+
+    def norm(prefix: str) -> None:
+        w.add_tensor(f"{prefix}.weight", np.ones(n_embd, dtype=np.float32))
+        w.add_tensor(f"{prefix}.bias", np.zeros(n_embd, dtype=np.float32))
+
+    w.add_tensor("token_embd.weight", rand(len(tokens), n_embd))
+    w.add_tensor("token_types.weight", rand(2, n_embd))
+    w.add_tensor("position_embd.weight", rand(n_ctx_train, n_embd))
+    norm("token_embd_norm")
+    for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
+        w.add_tensor(f"blk.0.{name}.weight", rand(n_embd, n_embd))
+        w.add_tensor(f"blk.0.{name}.bias", rand(n_embd))
+    norm("blk.0.attn_output_norm")
+    w.add_tensor("blk.0.ffn_up.weight", rand(2 * n_embd, n_embd))
+    w.add_tensor("blk.0.ffn_down.weight", rand(n_embd, 2 * n_embd))
+    norm("blk.0.layer_output_norm")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.fixture(params=[PoolingType.CLS, PoolingType.MEAN, PoolingType.NONE], ids=["cls", "mean", "none"])
+def bert(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int, LlamaModel]]:
+    path = write_tiny_bert(tmp_path / "tiny-bert.gguf", int(request.param))
+    m = LlamaModel(path, ContextShape(slot_ctx=512, n_slots=1, n_batch=64, n_threads=1))
+    yield int(request.param), m
+    m.close()
+
+
+def test_an_embedding_models_pooling_comes_from_its_gguf(bert: tuple[int, LlamaModel]) -> None:
+    pooling, model = bert
+    e = Embedder(model)
+    try:
+        assert e.pooling_name == {PoolingType.CLS: "cls", PoolingType.MEAN: "mean", PoolingType.NONE: "mean"}[pooling]
+        assert e.n_embd == 32
+        assert e.n_ctx == 64  # capped by the GGUF's training context, not the 512 asked for
+        assert e.tokenize("the cat sat.")[0] == 101 and e.tokenize("the cat sat.")[-1] == 102  # [CLS] … [SEP]
+        texts = ["the cat sat on the mat", "a dog ran", "stock market fell"]
+        together = e.embed(texts).vectors
+        np.testing.assert_allclose(np.linalg.norm(together, axis=1), np.ones(3), rtol=1e-6)
+        # Non-causal attention: neighbours in the batch must still not see each other.
+        np.testing.assert_allclose(e.embed([texts[1]]).vectors[0], together[1], atol=1e-5)
+        assert cosine(together[0], together[2]) < 0.999
+        with pytest.raises(InputTooLong, match="holds 64 tokens"):
+            e.embed(["the cat " * 40], truncate=False)
+        assert e.embed(["the cat " * 40]).prompt_tokens == 64
+    finally:
+        e.close()
