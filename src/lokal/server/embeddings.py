@@ -38,16 +38,22 @@ class Embeddings:
     total_s: float
 
 
-async def compute_embeddings(runtime: Runtime, model: str, inputs: list[EmbedInput], *, truncate: bool = True,
+async def compute_embeddings(request: Request, model: str, inputs: list[EmbedInput], *, truncate: bool = True,
                              normalize: bool = True, keep_alive: float | None = None,
-                             param: str = "input") -> Embeddings:
+                             exact_dimensions: int | None = None, param: str = "input") -> Embeddings:
     """Resolve the model (loading it if needed) and embed the inputs off the event loop. An empty
     list still loads the model (Ollama's way to preload one) and yields no vectors."""
+    runtime: Runtime = request.app.state.runtime
     started = time.monotonic()
     loaded = await load_model(runtime, model, keep_alive)
     load_s = time.monotonic() - started
     try:
-        result = await asyncio.to_thread(loaded.embed, inputs, truncate, normalize)
+        dimensions = loaded.embedder.n_embd if loaded.embedder is not None else 0
+        if exact_dimensions is not None and exact_dimensions != dimensions:
+            raise APIError(400, f"model `{model}` produces {dimensions}-dimensional embeddings; "
+                           f"dimensions={exact_dimensions} is not supported", param="dimensions")
+        async with _embedding_turn(request):
+            result = await asyncio.to_thread(loaded.embed, inputs, truncate, normalize)
     except InputTooLong as exc:
         raise APIError(400, str(exc), param=param, code="context_length_exceeded") from exc
     except ValueError as exc:
@@ -56,12 +62,17 @@ async def compute_embeddings(runtime: Runtime, model: str, inputs: list[EmbedInp
         raise APIError(500, f"embedding failed: {exc}", type="server_error") from exc
     finally:
         await runtime.release(loaded.name)
-    dimensions = loaded.embedder.n_embd if loaded.embedder is not None else 0
     return Embeddings(result.vectors, result.prompt_tokens, dimensions, load_s, time.monotonic() - started)
 
 
-def _runtime(request: Request) -> Runtime:
-    return request.app.state.runtime  # type: ignore[no-any-return]
+def _embedding_turn(request: Request) -> asyncio.Lock:
+    """One embedding at a time per server: the others wait here, on the event loop, rather than
+    each holding a worker thread (which model loads and unloads need too) while it waits."""
+    state = request.app.state
+    lock: asyncio.Lock | None = getattr(state, "embedding_lock", None)
+    if lock is None:
+        lock = state.embedding_lock = asyncio.Lock()
+    return lock
 
 
 def _keep_alive(value: float | int | str | None) -> float | None:
@@ -135,10 +146,7 @@ async def openai_embeddings(body: EmbeddingRequest, request: Request) -> Embeddi
     if body.dimensions is not None and body.dimensions <= 0:
         raise APIError(400, "dimensions must be a positive integer", param="dimensions")
     # Like OpenAI, an input longer than the context is an error rather than silently cut.
-    result = await compute_embeddings(_runtime(request), body.model, inputs, truncate=False)
-    if body.dimensions is not None and body.dimensions != result.dimensions:
-        raise APIError(400, f"model `{body.model}` produces {result.dimensions}-dimensional embeddings; "
-                       f"dimensions={body.dimensions} is not supported", param="dimensions")
+    result = await compute_embeddings(request, body.model, inputs, truncate=False, exact_dimensions=body.dimensions)
     encode = _base64_floats if body.encoding_format == "base64" else (lambda v: v)
     return EmbeddingResponse(
         data=[EmbeddingData(index=i, embedding=encode(v)) for i, v in enumerate(result.vectors)],
@@ -185,7 +193,7 @@ async def ollama_embed(body: OllamaEmbedRequest, request: Request) -> OllamaEmbe
     """Ollama's embed: L2-normalized vectors; an empty input only loads the model."""
     raw = body.input
     inputs: list[EmbedInput] = ([raw] if raw else []) if isinstance(raw, str) or raw is None else list(raw)
-    result = await compute_embeddings(_runtime(request), body.model, inputs, truncate=body.truncate,
+    result = await compute_embeddings(request, body.model, inputs, truncate=body.truncate,
                                       keep_alive=_keep_alive(body.keep_alive))
     vectors = result.vectors
     if body.dimensions is not None and 0 < body.dimensions < result.dimensions:
@@ -204,6 +212,6 @@ async def ollama_embed(body: OllamaEmbedRequest, request: Request) -> OllamaEmbe
 async def ollama_embeddings(body: OllamaEmbeddingsRequest, request: Request) -> OllamaEmbeddingsResponse:
     """Ollama's older endpoint: one vector, not normalized; an empty prompt only loads the model."""
     inputs: list[EmbedInput] = [body.prompt] if body.prompt else []
-    result = await compute_embeddings(_runtime(request), body.model, inputs, normalize=False,
+    result = await compute_embeddings(request, body.model, inputs, normalize=False,
                                       keep_alive=_keep_alive(body.keep_alive), param="prompt")
     return OllamaEmbeddingsResponse(embedding=result.vectors[0] if result.vectors else [])
