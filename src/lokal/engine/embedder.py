@@ -107,12 +107,12 @@ class Embedder:
         """Embed texts (tokenized here) or token id lists, in as few llama_decode calls as the
         token budget and sequence limit allow. Too long: cut to ``n_ctx`` tokens, or InputTooLong.
         Raises ValueError for an input with no tokens or an unknown token id."""
-        token_lists = [self._tokens(i, item, truncate) for i, item in enumerate(inputs)]
-        if not token_lists:
-            return EmbedResult([], 0)
-        with self._lock:
+        with self._lock:  # tokenizing reads the model's vocab too: not once close() has run
             if self._closed:
                 raise RuntimeError("the model was unloaded")
+            token_lists = [self._tokens(i, item, truncate) for i, item in enumerate(inputs)]
+            if not token_lists:
+                return EmbedResult([], 0)
             self._ensure_context()
             vectors: list[list[float]] = []
             for group in self._groups(token_lists):

@@ -117,12 +117,17 @@ def test_empty_inputs(embedder: Embedder, model: LlamaModel) -> None:
         embedder.embed([[model.n_vocab]])
 
 
-def test_a_closed_embedder_refuses_work(model: LlamaModel) -> None:
-    e = Embedder(model)
+def test_an_unloaded_models_embedder_refuses_work_before_touching_the_freed_vocab(model_home: Path) -> None:
+    m = LlamaModel(ModelStore(model_home).gguf_path("smollm2:135m"),
+                   ContextShape(slot_ctx=64, n_slots=1, n_batch=64, n_threads=1))
+    e = Embedder(m)
     e.embed(["warm up"])
     e.close()
+    m.close()  # what LoadedModel.close does; a request holding the LoadedModel may still call embed
     with pytest.raises(RuntimeError, match="unloaded"):
         e.embed(["again"])
+    with pytest.raises(RuntimeError, match="unloaded"):
+        e.embed([])
 
 
 # ---- an embedding model: a tiny BERT written here (random weights, a 16-word WordPiece vocab) ----
