@@ -11,6 +11,7 @@ from fastapi.responses import PlainTextResponse
 from lokal import __version__
 from lokal.config import Settings
 from lokal.runtime.runtime import Runtime
+from lokal.server.embeddings import router as embeddings_router
 from lokal.server.errors import install_error_handlers
 from lokal.server.ollama.routes import router as ollama_router
 from lokal.server.openai.routes import router as openai_router
@@ -42,6 +43,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(openai_router)
     app.include_router(ollama_router)
+    app.include_router(embeddings_router)
 
     @app.api_route("/", methods=["GET", "HEAD"], response_class=PlainTextResponse, tags=["ollama"])
     async def root() -> str:
