@@ -56,7 +56,7 @@ def friendly(fn: F) -> F:
             return fn(*args, **kwargs)
         except _user_errors() as exc:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+            err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("[dim]interrupted[/dim]")
@@ -228,11 +228,25 @@ def create(
     if file.stat().st_size > MAX_MODELFILE_CHARS * 4:
         raise UserError(f"{file}: too large for a Modelfile")
     spec = parse_modelfile(file.read_text(encoding="utf-8"))
-    store = _store(_settings())
     from lokal.cli.progress import PullProgressBar
+    from lokal.store.progress import PullProgress
 
-    with PullProgressBar(err_console, spec.from_) as bar:
-        manifest = create_model(store, name, spec, base_dir=file.resolve().parent, progress=bar)
+    bar: PullProgressBar | None = None
+
+    def report(p: PullProgress) -> None:
+        # Only a pull or an import of the base is worth a bar; a plain create prints one line.
+        nonlocal bar
+        if bar is None and p.status in ("using base model", "writing manifest", "success"):
+            return
+        if bar is None:
+            bar = PullProgressBar(err_console, spec.from_).__enter__()
+        bar(p)
+
+    try:
+        manifest = create_model(_store(_settings()), name, spec, base_dir=file.resolve().parent, progress=report)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
     console.print(f"[green]✔[/green] created {manifest.name}")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from lokal.store.catalog import find_catalog_entry
 from lokal.store.errors import InvalidModelName, ModelNotFound
 from lokal.store.gguf_facts import GgufFacts, read_gguf_facts
-from lokal.store.go_template import GoTemplateError, go_to_jinja, looks_like_go_template
+from lokal.store.go_template import SUPPORTED, GoTemplateError, go_to_jinja, looks_like_go_template
 from lokal.store.manifest import Manifest, utc_now
 from lokal.store.model_store import ModelStore
 from lokal.store.modelfile import MESSAGE_ROLES, Modelfile, ModelfileError, parse_parameter
@@ -102,8 +102,8 @@ def prepare_template(template: str) -> str:
             jinja = go_to_jinja(template)
         except GoTemplateError as e:
             raise ModelfileError(
-                f"TEMPLATE: this Go (Ollama) template cannot be translated: {e}; "
-                "lokal's chat templates are Jinja (a Hugging Face chat_template)"
+                f"TEMPLATE: cannot translate this Go template ({e}); lokal translates {SUPPORTED}, "
+                "or give a Jinja chat template"
             ) from None
     try:
         rendered = ChatTemplate(jinja).render(_SAMPLE_CONVERSATION, add_generation_prompt=True)

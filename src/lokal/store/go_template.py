@@ -168,7 +168,7 @@ class _Parser:
                 target = body[5:].strip()
                 if target not in (".Messages", "$.Messages"):
                     raise GoTemplateError(
-                        f"{{{{ {body} }}}}: only {{{{ range .Messages }}}} is supported ({SUPPORTED})"
+                        f"{{{{ {body} }}}}: only {{{{ range .Messages }}}} is supported"
                     )
                 if in_range:
                     raise GoTemplateError("nested {{ range }} is not supported")
@@ -202,7 +202,7 @@ class _Parser:
                 expr, response = _translate_expr(rest[2:], in_range)
                 node.branches.append((expr, response, self.parse_list(in_range, depth + 1, stop=("end", "else"))))
             elif rest:
-                raise GoTemplateError(f"{{{{ {action} }}}} is not supported ({SUPPORTED})")
+                raise GoTemplateError(f"{{{{ {action} }}}} is not supported")
             else:
                 node.otherwise = self.parse_list(in_range, depth + 1, stop=("end", "else"))
                 self._expect_end("if")
@@ -256,8 +256,8 @@ def _translate_expr(text: str, in_range: bool) -> tuple[str, bool]:
             if name in ("Role", "Content") and in_range and not root:
                 return f"message.{name.lower()}", i + 1
             where = "inside" if in_range else "outside"
-            raise GoTemplateError(f"{{{{ {text} }}}}: {value} is not supported {where} range ({SUPPORTED})")
-        raise GoTemplateError(f'{{{{ {text} }}}}: "{value}" is not supported ({SUPPORTED})')
+            raise GoTemplateError(f"{{{{ {text} }}}}: {value} is not supported {where} range")
+        raise GoTemplateError(f'{{{{ {text} }}}}: "{value}" is not supported')
 
     def command(i: int) -> tuple[str, int]:
         if i >= len(tokens):
@@ -266,7 +266,7 @@ def _translate_expr(text: str, in_range: bool) -> tuple[str, bool]:
         if kind != "ident":
             return operand(i)
         if value not in _FUNCTIONS:
-            raise GoTemplateError(f'{{{{ {text} }}}}: function "{value}" is not supported ({SUPPORTED})')
+            raise GoTemplateError(f'{{{{ {text} }}}}: function "{value}" is not supported')
         args: list[str] = []
         i += 1
         while i < len(tokens) and tokens[i][0] != ")":
@@ -285,7 +285,7 @@ def _translate_expr(text: str, in_range: bool) -> tuple[str, bool]:
 
     expr, end = command(0)
     if end != len(tokens) or pos != len(text):
-        raise GoTemplateError(f"{{{{ {text} }}}} is not supported ({SUPPORTED})")
+        raise GoTemplateError(f"{{{{ {text} }}}} is not supported")
     return expr, reads_response
 
 

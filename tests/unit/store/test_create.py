@@ -216,7 +216,7 @@ def test_a_go_template_is_stored_translated_to_jinja(store: ModelStore, base: Ma
         ("{% for m in messages %}", "does not compile"),
         ("{{ raise_exception('no') }}", "refused the messages"),
         ("static text", "does not render the conversation"),
-        ("{{ range .Messages }}{{ .Images }}{{ end }}", "cannot be translated.*Jinja"),
+        ("{{ range .Messages }}{{ .Images }}{{ end }}", "cannot translate this Go template.*Jinja"),
         ("{{ ''.__class__.__mro__ }}{{ messages }}", "unsafe"),
     ],
 )
