@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,6 +36,8 @@ class HubFile:
     content: bytes
     lfs: bool = True
     served: bytes | None = None  # what GET returns, when it should differ from the content
+    chunk_delay: float = 0.0  # seconds between 1 KB chunks: a slow download that a test can kill
+    ignore_range: bool = False  # answer a Range request with the whole file (200), as some servers do
 
     @property
     def sha256(self) -> str:
@@ -46,6 +49,7 @@ class FakeHub:
     url: str = ""
     repos: dict[str, dict[str, HubFile]] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)
+    ranges: list[str] = field(default_factory=list)  # the Range header of each download ("" for none)
 
     def add(self, repo_id: str, filename: str, content: bytes, **options: object) -> HubFile:
         hub_file = HubFile(content, **options)  # type: ignore[arg-type]
@@ -98,19 +102,33 @@ class _Handler(BaseHTTPRequestHandler):
         data = f.served if f.served is not None else f.content
         headers = {"ETag": f'"{f.sha256}"', "X-Repo-Commit": COMMIT, "Accept-Ranges": "bytes"}
         start = 0
-        if m := re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", "")):
+        if body:
+            self.hub.ranges.append(self.headers.get("Range", ""))
+        if (m := re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))) and not f.ignore_range:
             start = int(m.group(1))
+            if start >= len(data):
+                return self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"}, body)
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-        self._send(206 if start else 200, data[start:], headers, body)
+        self._send(206 if start else 200, data[start:], headers, body, f.chunk_delay)
 
-    def _send(self, status: int, data: bytes, headers: dict[str, str], body: bool) -> None:
+    def _send(self, status: int, data: bytes, headers: dict[str, str], body: bool, delay: float = 0.0) -> None:
         self.send_response(status)
         for key, value in headers.items():
             self.send_header(key, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        if body:
+        if not body:
+            return
+        if not delay:
             self.wfile.write(data)
+            return
+        try:
+            for i in range(0, len(data), 1024):
+                self.wfile.write(data[i : i + 1024])
+                self.wfile.flush()
+                time.sleep(delay)
+        except OSError:  # the client was killed mid-download
+            pass
 
 
 @pytest.fixture
@@ -245,3 +263,107 @@ def test_hf_endpoint_from_the_environment_is_honoured(tmp_path: Path, hub: FakeH
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["source"] == f"hf.co/{REPO}/tiny-Q4_K_S.gguf"
+
+
+# -- resuming, disk space, progress --------------------------------------------------------
+
+
+def test_a_pull_killed_mid_download_is_resumed_with_a_range_request(
+    store: ModelStore, hub: FakeHub, tmp_path: Path
+) -> None:
+    hub_file = hub.repos[REPO]["tiny-Q8_0.gguf"]
+    hub_file.chunk_delay = 0.05
+    name = f"hf.co/{REPO}:Q8_0"
+    code = "import sys; from lokal.store import ModelStore, pull_model; "
+    code += "pull_model(ModelStore(sys.argv[1]), sys.argv[2])"
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_TELEMETRY": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(store.home), name], env=env)
+    partial = store.pull_dir(name) / "files" / f"{hub_file.sha256}.partial"
+    deadline = time.monotonic() + 60
+    while not (partial.exists() and partial.stat().st_size >= 4096):
+        assert proc.poll() is None and time.monotonic() < deadline, "the pull ended before it could be killed"
+        time.sleep(0.02)
+    proc.kill()  # SIGKILL: no cleanup of any kind
+    proc.wait()
+    kept = partial.stat().st_size
+    assert 4096 <= kept < len(hub_file.content)
+    assert not store.exists(name)
+
+    hub_file.chunk_delay = 0.0
+    seen: list[PullProgress] = []
+    manifest = pull_model(store, name, seen.append, hf_endpoint=hub.url)
+    assert hub.ranges[-1] == f"bytes={kept}-"
+    assert store.gguf_path(manifest.name).read_bytes() == hub_file.content
+    downloading = [p for p in seen if p.status == "downloading"]
+    assert downloading[0].completed == kept and downloading[-1].completed == len(hub_file.content)
+    assert all(p.total == len(hub_file.content) and p.digest == manifest.digest for p in downloading)
+    assert not store.pull_dir(name).exists()
+
+
+def test_a_corrupt_partial_file_fails_the_sha256_check_once_then_the_pull_starts_over(
+    store: ModelStore, hub: FakeHub
+) -> None:
+    hub_file = hub.repos[REPO]["tiny-Q8_0.gguf"]
+    name = f"hf.co/{REPO}:Q8_0"
+    partial = store.pull_dir(name) / "files" / f"{hub_file.sha256}.partial"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"\xff" * 1000)  # not a prefix of the file
+    with pytest.raises(PullError, match="does not match the Hub's sha256"):
+        pull_model(store, name, hf_endpoint=hub.url)
+    assert not partial.exists() and blobs(store) == []
+    manifest = pull_model(store, name, hf_endpoint=hub.url)
+    assert hub.ranges == ["bytes=1000-", ""]
+    assert store.gguf_path(manifest.name).read_bytes() == hub_file.content
+
+
+def test_a_server_that_ignores_range_gets_the_whole_file_again(store: ModelStore, hub: FakeHub) -> None:
+    hub_file = hub.repos[REPO]["tiny-Q8_0.gguf"]
+    hub_file.ignore_range = True
+    name = f"hf.co/{REPO}:Q8_0"
+    partial = store.pull_dir(name) / "files" / f"{hub_file.sha256}.partial"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(hub_file.content[:3000])
+    manifest = pull_model(store, name, hf_endpoint=hub.url)
+    assert hub.ranges == ["bytes=3000-"]
+    assert store.gguf_path(manifest.name).read_bytes() == hub_file.content
+
+
+def test_a_complete_partial_file_is_not_downloaded_again(store: ModelStore, hub: FakeHub) -> None:
+    hub_file = hub.repos[REPO]["tiny-Q8_0.gguf"]
+    name = f"hf.co/{REPO}:Q8_0"
+    partial = store.pull_dir(name) / "files" / f"{hub_file.sha256}.partial"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(hub_file.content)
+    pull_model(store, name, hf_endpoint=hub.url)
+    assert hub.downloads() == []
+
+
+def test_not_enough_disk_space_is_refused_before_downloading(
+    store: ModelStore, hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lokal.store.sources import hf
+
+    monkeypatch.setattr(hf, "disk_free", lambda _path: 1234)
+    size = len(hub.repos[REPO]["tiny-Q8_0.gguf"].content)
+    with pytest.raises(PullError) as caught:
+        pull_model(store, f"hf.co/{REPO}:Q8_0", hf_endpoint=hub.url)
+    message = str(caught.value)
+    assert message.startswith(f"not enough disk space to download hf.co/{REPO}/tiny-Q8_0.gguf: ")
+    assert f"{size} bytes needed, 1234 bytes free in " in message
+    assert hub.downloads() == [] and store.list() == []
+
+
+def test_the_disk_check_counts_only_the_bytes_still_missing(
+    store: ModelStore, hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lokal.store.sources import hf
+
+    hub_file = hub.repos[REPO]["tiny-Q8_0.gguf"]
+    name = f"hf.co/{REPO}:Q8_0"
+    partial = store.pull_dir(name) / "files" / f"{hub_file.sha256}.partial"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(hub_file.content[:-100])
+    needed: list[int] = []
+    monkeypatch.setattr(hf, "check_disk_space", lambda _folder, n, _what: needed.append(n))
+    pull_model(store, name, hf_endpoint=hub.url)
+    assert needed == [100]

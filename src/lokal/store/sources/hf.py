@@ -1,27 +1,34 @@
 """Pull a GGUF file from a Hugging Face Hub repository: ``hf.co/<owner>/<repo>[:<quant|file>]``.
 
-The file is chosen from the repository's listing (``model_info(files_metadata=True)``),
-downloaded by ``huggingface_hub`` into ``tmp/pull-<name>/files/``, and verified against the
-sha256 the Hub publishes in its LFS metadata before it becomes a blob.
+The file is chosen from the repository's listing (``huggingface_hub``'s
+``model_info(files_metadata=True)``), downloaded into ``tmp/pull-<name>/files/<sha256>.partial``
+(kept when a pull is interrupted, and resumed with an HTTP Range request by the next pull; free
+disk space is checked first), and verified against the sha256 the Hub publishes in its LFS
+metadata before it becomes a blob. huggingface_hub's own downloader is not used for the file:
+it writes to a per-process temporary file that it deletes on failure, so it cannot resume.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from concurrent.futures import ThreadPoolExecutor, wait
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lokal.store.errors import DigestMismatch, InvalidGguf, PullError
 from lokal.store.gguf_facts import read_gguf_facts
 from lokal.store.manifest import Manifest
 from lokal.store.model_store import ModelStore
 from lokal.store.names import DEFAULT_TAG, ModelName
-from lokal.store.progress import ByteProgress, ProgressCallback, PullProgress, folder_size
+from lokal.store.progress import ByteProgress, ProgressCallback, PullProgress
 
 HF_PREFIXES = ("hf.co/", "huggingface.co/")
 DEFAULT_QUANT = "Q4_K_M"
-POLL_INTERVAL = 0.2
+CONNECT_TIMEOUT = 15.0
+READ_TIMEOUT = 60.0
+DISK_RESERVE = 64 * 1024 * 1024  # keep this much free: a full disk breaks more than this pull
 _REPO_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 
@@ -147,34 +154,78 @@ class HfSource:
         return HfFile(repo_id, filename, info.sha, lfs.sha256.lower(), lfs.size)
 
     def _download(self, file: HfFile, work: Path, downloading: ByteProgress) -> Path:
-        from huggingface_hub import hf_hub_download
+        """Download ``file`` into ``work/files/<sha256>.partial``, resuming what an earlier,
+        interrupted pull left there (an HTTP Range request), after checking free disk space."""
+        import httpx
+        from huggingface_hub import hf_hub_url
+        from huggingface_hub.utils import build_hf_headers
 
         files = work / "files"
         files.mkdir(parents=True, exist_ok=True)
-        # Partial downloads of an earlier, killed run: huggingface_hub names them per process.
-        for stale in files.rglob("*.incomplete"):
-            stale.unlink(missing_ok=True)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lokal-hf-pull") as pool:
-            future = pool.submit(
-                hf_hub_download,
-                file.repo_id,
-                file.filename,
-                revision=file.revision,
-                local_dir=files,
-                endpoint=self.endpoint,
-                token=self.token,
+        partial = files / f"{file.sha256}.partial"
+        done = partial.stat().st_size if partial.exists() else 0
+        if done > file.size:  # not this file's prefix: start over
+            partial.unlink()
+            done = 0
+        check_disk_space(files, file.size - done, file.source)
+        if done:
+            downloading(done, force=True)
+        if done == file.size:
+            return partial
+        url = hf_hub_url(file.repo_id, file.filename, revision=file.revision, endpoint=self.endpoint)
+        headers = build_hf_headers(token=self.token, library_name="lokal")
+        if done:
+            headers["Range"] = f"bytes={done}-"
+        timeout = httpx.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT, write=READ_TIMEOUT, pool=CONNECT_TIMEOUT)
+        try:
+            # Authorization is dropped if the Hub redirects to another host (its CDN): httpx does that.
+            with httpx.stream("GET", url, headers=headers, follow_redirects=True, timeout=timeout) as response:
+                if response.status_code == 416 and done:  # the partial is not a prefix of this file
+                    partial.unlink()
+                    raise PullError(f"cannot resume {file.source}: the Hub refused the range; pull again to restart")
+                if response.status_code not in (200, 206):
+                    raise PullError(f"cannot download {file.source}: HTTP {response.status_code} from {url}")
+                resumed = response.status_code == 206 and _range_start(response.headers) == done
+                with partial.open("ab" if resumed else "wb") as out:
+                    written = done if resumed else 0
+                    for chunk in response.iter_bytes():
+                        out.write(chunk)
+                        written += len(chunk)
+                        if written > file.size:
+                            break
+                        downloading(written)
+                    out.flush()
+                    os.fsync(out.fileno())
+        except httpx.HTTPError as e:  # the partial file is kept: pulling again resumes it
+            raise PullError(f"cannot download {file.source}: {_one_line(e)} (pull again to resume)") from e
+        size = partial.stat().st_size
+        if size != file.size:
+            if size > file.size:
+                partial.unlink()
+            raise PullError(
+                f"cannot download {file.source}: got {size} of {file.size} bytes (pull again to resume)"
             )
-            # Progress is the size of what huggingface_hub has written so far, reported from
-            # this thread so that callbacks never run on a helper thread.
-            while not future.done():
-                downloading(folder_size(files))
-                wait([future], timeout=POLL_INTERVAL)
-            try:
-                path = Path(future.result())
-            except Exception as e:
-                raise PullError(f"cannot download {file.source}: {_one_line(e)}") from e
         downloading(file.size, force=True)
-        return path
+        return partial
+
+
+def disk_free(path: Path) -> int:
+    """Bytes free for an unprivileged user on the filesystem of ``path``."""
+    return shutil.disk_usage(path).free
+
+
+def check_disk_space(folder: Path, needed: int, what: str) -> None:
+    """Raise :class:`PullError` unless ``needed`` bytes (and a small reserve) fit under ``folder``."""
+    free = disk_free(folder)
+    if needed + DISK_RESERVE > free:
+        raise PullError(
+            f"not enough disk space to download {what}: {needed} bytes needed, {free} bytes free in {folder}"
+        )
+
+
+def _range_start(headers: Any) -> int | None:
+    match = re.match(r"bytes (\d+)-", headers.get("Content-Range", ""))
+    return int(match.group(1)) if match else None
 
 
 def _one_line(error: BaseException) -> str:
