@@ -44,6 +44,21 @@ class Residency:
         return datetime.now(UTC) + timedelta(seconds=max(0.0, self.keep_alive_s - idle_for))
 
 
+class ModelHold:
+    """A request's claim on a loaded model: it is not unloaded for keep_alive or to make room
+    until released (once; releasing again does nothing)."""
+
+    def __init__(self, runtime: Runtime, name: str) -> None:
+        self._runtime = runtime
+        self.name = name
+        self._released = False
+
+    async def release(self) -> None:
+        if not self._released:
+            self._released = True
+            await self._runtime._release(self.name)
+
+
 class Runtime:
     """Loads models on first use (one engine thread each), unloads each when its keep_alive
     has passed since its last request, and the least recently used idle one when more than
@@ -57,8 +72,8 @@ class Runtime:
         self._locks: dict[str, asyncio.Lock] = {}
         self._last_used: dict[str, float] = {}
         self._residency: dict[str, Residency] = {}
-        self._load_seconds: dict[str, float] = {}
         self._reaper: asyncio.Task[None] | None = None
+        self._holds: dict[str, int] = {}
 
     def shape(self, facts: GgufFacts) -> ContextShape:
         """The KV layout for a model: ``--parallel`` slots, or as many as memory allows (0)."""
@@ -95,9 +110,7 @@ class Runtime:
             async with lock:
                 loaded = self._loaded.get(key)
                 if loaded is None:
-                    started = time.monotonic()
                     loaded = await asyncio.to_thread(self.load_sync, key)
-                    self._load_seconds[key] = time.monotonic() - started
                     self._loaded[key] = loaded
                     await self._evict_beyond_limit(keep=key)
         self._loaded.move_to_end(key)
@@ -122,11 +135,7 @@ class Runtime:
         residency = self._residency.get(loaded.name)
         if residency is None:
             return datetime.now(UTC) + _FOREVER_SPAN
-        return residency.expires_at(busy=loaded.engine.has_work())
-
-    def take_load_seconds(self, name: str) -> float:
-        """Seconds spent loading name, once: the first request after a load reports it."""
-        return self._load_seconds.pop(str(parse_model_name(name)), 0.0)
+        return residency.expires_at(busy=self._in_use(loaded.name, loaded))
 
     @staticmethod
     def memory_bytes(loaded: LoadedModel) -> int:
@@ -135,16 +144,29 @@ class Runtime:
         per_token = kv_bytes_per_token(loaded.manifest.facts) or 0
         return loaded.manifest.size + per_token * shape.slot_ctx * shape.n_slots
 
-    async def release(self, name: str) -> None:
-        """A request on name has ended: its keep_alive counts from now, and a keep_alive of 0
-        unloads the model at once unless other requests are still using it."""
+    def hold(self, name: str) -> ModelHold:
+        """Claim a loaded model for one request (call right after get, with no await between)."""
         key = str(parse_model_name(name))
+        self._holds[key] = self._holds.get(key, 0) + 1
+        return ModelHold(self, key)
+
+    def _in_use(self, key: str, loaded: LoadedModel) -> bool:
+        return self._holds.get(key, 0) > 0 or loaded.engine.has_work()
+
+    async def _release(self, key: str) -> None:
+        """A request has ended: the keep_alive counts from now, and a keep_alive of 0 unloads
+        the model at once unless other requests are still using it."""
+        held = self._holds.get(key, 0) - 1
+        if held > 0:
+            self._holds[key] = held
+        else:
+            self._holds.pop(key, None)
         residency = self._residency.get(key)
         loaded = self._loaded.get(key)
         if residency is None or loaded is None:
             return
         residency.idle_since = time.monotonic()
-        if residency.keep_alive_s <= 0 and not loaded.engine.has_work():
+        if residency.keep_alive_s <= 0 and not self._in_use(key, loaded):
             await self.unload(key)
 
     async def unload(self, name: str) -> bool:
@@ -164,7 +186,7 @@ class Runtime:
             residency = self._residency.get(key)
             if residency is None:
                 continue
-            if loaded.engine.has_work():
+            if self._in_use(key, loaded):
                 residency.idle_since = now
             elif now - residency.idle_since >= residency.keep_alive_s:
                 await self.unload(key)
@@ -186,7 +208,7 @@ class Runtime:
             if len(self._loaded) <= self.settings.max_loaded_models:
                 return
             model = self._loaded[key]
-            if key != keep and not model.engine.has_work():
+            if key != keep and not self._in_use(key, model):
                 await self.unload(key)
 
     async def close(self) -> None:

@@ -94,7 +94,7 @@ async def create(req: CreateRequest, runtime: Runtime = Depends(get_runtime)) ->
 
 def _modelfile(req: CreateRequest, store: ModelStore) -> Modelfile:
     """The request as a Modelfile: the old API's Modelfile text, overridden by the JSON fields."""
-    from lokal.store.modelfile import Modelfile, parse_modelfile
+    from lokal.store.modelfile import Modelfile, parse_modelfile, parse_parameter
 
     if req.quantize:
         raise APIError(400, "quantize is not supported: lokal stores GGUF files as they are", param="quantize")
@@ -110,10 +110,14 @@ def _modelfile(req: CreateRequest, store: ModelStore) -> Modelfile:
     if not source:
         raise APIError(400, "neither 'from' nor 'files' was specified", param="from")
     license = "\n".join(req.license) if isinstance(req.license, list) else req.license
+    try:
+        parameters = {key: parse_parameter(key, value) for key, value in (req.parameters or {}).items()}
+    except ValueError as exc:
+        raise APIError(400, f"invalid parameters: {exc}", param="parameters") from exc
     messages = [{"role": m.role, "content": m.content} for m in req.messages or []]
     return Modelfile(
         from_=source,
-        parameters={**(base.parameters if base else {}), **(req.parameters or {})},
+        parameters={**(base.parameters if base else {}), **parameters},
         system=req.system if req.system is not None else (base.system if base else None),
         template=req.template if req.template is not None else (base.template if base else None),
         messages=messages or (list(base.messages) if base else []),

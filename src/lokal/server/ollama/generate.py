@@ -14,7 +14,7 @@ from lokal.engine.sampling import SamplingParams
 from lokal.engine.sequence import Delta, FinishReason, Timings, Usage
 from lokal.runtime.keep_alive import parse_keep_alive
 from lokal.runtime.loaded_model import LoadedModel
-from lokal.runtime.runtime import Runtime
+from lokal.runtime.runtime import ModelHold, Runtime
 from lokal.server.errors import APIError
 from lokal.server.generation import (
     build_prompt,
@@ -47,6 +47,7 @@ class _Run:
 
     model: str  # as the client named it
     loaded: LoadedModel
+    hold: ModelHold  # released when the answer is complete
     prompt: list[int]
     started: float  # perf_counter when the request arrived
     load_s: float
@@ -92,10 +93,10 @@ async def _load_or_unload(runtime: Runtime, model: str, keep_alive: float | None
     return {**head, "done_reason": "load"}
 
 
-async def _load(runtime: Runtime, model: str, keep_alive: float | None) -> tuple[LoadedModel, float]:
+async def _load(runtime: Runtime, model: str, keep_alive: float | None) -> tuple[LoadedModel, ModelHold, float]:
     started = time.perf_counter()
     loaded = await load_model(runtime, model, keep_alive)
-    return loaded, time.perf_counter() - started
+    return loaded, runtime.hold(loaded.name), time.perf_counter() - started
 
 
 def _params(loaded: LoadedModel, options: dict[str, Any] | None, prompt: list[int]) -> SamplingParams:
@@ -117,10 +118,14 @@ async def generate(
     keep_alive = keep_alive_seconds(req.keep_alive)
     if not req.prompt:
         return await _load_or_unload(runtime, req.model, keep_alive, {"response": ""})
-    loaded, load_s = await _load(runtime, req.model, keep_alive)
-    prompt = build_prompt(lambda: _generate_prompt(loaded, req))
-    params = _params(loaded, req.options, prompt)
-    run = _Run(req.model, loaded, prompt, started, load_s)
+    loaded, hold, load_s = await _load(runtime, req.model, keep_alive)
+    try:
+        prompt = build_prompt(lambda: _generate_prompt(loaded, req))
+        params = _params(loaded, req.options, prompt)
+    except BaseException:
+        await hold.release()
+        raise
+    run = _Run(req.model, loaded, hold, prompt, started, load_s)
 
     def piece(text: str) -> dict[str, Any]:
         return {"response": text}
@@ -128,7 +133,7 @@ async def generate(
     def final(text: str) -> dict[str, Any]:
         return {} if req.raw else {"context": prompt + plain_tokens(loaded, text)}
 
-    return await _respond(runtime, run, params, request, req.stream, piece, final)
+    return await _respond(run, params, request, req.stream, piece, final)
 
 
 def _generate_prompt(loaded: LoadedModel, req: GenerateRequest) -> list[int]:
@@ -163,15 +168,19 @@ async def chat(
     keep_alive = keep_alive_seconds(req.keep_alive)
     if not messages:
         return await _load_or_unload(runtime, req.model, keep_alive, {"message": {"role": "assistant", "content": ""}})
-    loaded, load_s = await _load(runtime, req.model, keep_alive)
-    prompt = build_prompt(lambda: loaded.chat_prompt(messages))
-    params = _params(loaded, req.options, prompt)
-    run = _Run(req.model, loaded, prompt, started, load_s)
+    loaded, hold, load_s = await _load(runtime, req.model, keep_alive)
+    try:
+        prompt = build_prompt(lambda: loaded.chat_prompt(messages))
+        params = _params(loaded, req.options, prompt)
+    except BaseException:
+        await hold.release()
+        raise
+    run = _Run(req.model, loaded, hold, prompt, started, load_s)
 
     def piece(text: str) -> dict[str, Any]:
         return {"message": {"role": "assistant", "content": text}}
 
-    return await _respond(runtime, run, params, request, req.stream, piece, lambda _: {})
+    return await _respond(run, params, request, req.stream, piece, lambda _: {})
 
 
 def _chat_messages(model: str, messages: list[Message]) -> list[dict[str, Any]]:
@@ -193,24 +202,29 @@ def _chat_messages(model: str, messages: list[Message]) -> list[dict[str, Any]]:
 # ---- one generation, streamed or not ---------------------------------------------------------
 
 async def _respond(
-    runtime: Runtime, run: _Run, params: SamplingParams, request: Request, stream: bool,
+    run: _Run, params: SamplingParams, request: Request, stream: bool,
     piece: Piece, final: Callable[[str], dict[str, Any]],
 ) -> dict[str, Any] | StreamingResponse:
-    deltas = submit(run.loaded, run.prompt, params)
+    """Run the request; the model's hold is released once the last chunk is built."""
+    try:
+        deltas = submit(run.loaded, run.prompt, params)
+    except BaseException:
+        await run.hold.release()
+        raise
     if stream:
-        return ndjson_response(_chunks(runtime, run, deltas, piece, final))
+        return ndjson_response(_chunks(run, deltas, piece, final))
     try:
         done = await collect(deltas, request)
+        return {
+            "model": run.model, "created_at": rfc3339(), **piece(done.text), "done": True,
+            **_summary(run, done.finish_reason, done.usage, done.timings), **final(done.text),
+        }
     finally:
-        await runtime.release(run.loaded.name)
-    return {
-        "model": run.model, "created_at": rfc3339(), **piece(done.text), "done": True,
-        **_summary(run, done.finish_reason, done.usage, done.timings), **final(done.text),
-    }
+        await run.hold.release()  # after final(): a keep_alive of 0 frees the tokenizer
 
 
 async def _chunks(
-    runtime: Runtime, run: _Run, deltas: AsyncIterator[Delta], piece: Piece, final: Callable[[str], dict[str, Any]]
+    run: _Run, deltas: AsyncIterator[Delta], piece: Piece, final: Callable[[str], dict[str, Any]]
 ) -> AsyncIterator[dict[str, Any]]:
     parts: list[str] = []
     try:
@@ -230,7 +244,7 @@ async def _chunks(
                 return
     finally:
         await deltas.aclose()  # type: ignore[attr-defined]
-        await runtime.release(run.loaded.name)
+        await run.hold.release()
 
 
 def _summary(run: _Run, reason: FinishReason, usage: Usage, timings: Timings | None) -> dict[str, Any]:

@@ -103,6 +103,7 @@ async def show(req: ShowRequest, runtime: Runtime = Depends(get_runtime)) -> Sho
         parameters=modelfile_parameters(m.parameters),
         template=m.template or m.facts.chat_template or "",
         system=m.system or "",
+        messages=list(m.messages),
         details=details(m),
         model_info=model_info(m.facts, verbose=req.verbose),
         capabilities=capabilities(m.facts),

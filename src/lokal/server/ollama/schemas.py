@@ -139,6 +139,7 @@ class ShowResponse(BaseModel):
     parameters: str = ""
     template: str = ""
     system: str = ""
+    messages: list[dict[str, str]] = []
     details: ModelDetails
     model_info: dict[str, Any]
     capabilities: list[str]
