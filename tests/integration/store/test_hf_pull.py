@@ -367,3 +367,33 @@ def test_the_disk_check_counts_only_the_bytes_still_missing(
     monkeypatch.setattr(hf, "check_disk_space", lambda _folder, n, _what: needed.append(n))
     pull_model(store, name, hf_endpoint=hub.url)
     assert needed == [100]
+
+
+def test_cli_and_api_pull_show_byte_progress_of_a_hub_download(
+    store: ModelStore, hub: FakeHub, tmp_path: Path
+) -> None:
+    import httpx
+
+    from tests.integration.conftest import LiveServer
+
+    env = {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_TELEMETRY": "1"}
+    cli = subprocess.run(
+        [sys.executable, "-m", "lokal.cli.main", "pull", f"hf.co/{REPO}:Q8_0"],
+        env={**os.environ, **env, "LOKAL_HOME": str(store.home)}, capture_output=True, text=True, timeout=120,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert "is ready" in cli.stdout and "pulling hf.co" in cli.stderr  # the bar's label
+
+    (tmp_path / "server-home").mkdir()
+    server = LiveServer(tmp_path / "server-home", "--no-preload", env=env)
+    try:
+        with httpx.stream("POST", server.url + "/api/pull", json={"model": f"hf.co/{REPO}:Q4_K_S"}, timeout=60) as r:
+            lines = [json.loads(line) for line in r.iter_lines() if line]
+    finally:
+        server.stop()
+    expected = hub.repos[REPO]["tiny-Q4_K_S.gguf"]
+    counted = [line for line in lines if "completed" in line and line.get("total")]
+    assert counted, lines
+    assert counted[-1]["completed"] == counted[-1]["total"] == len(expected.content)
+    assert counted[-1]["digest"] == f"sha256:{expected.sha256}"
+    assert lines[-1] == {"status": "success"}
