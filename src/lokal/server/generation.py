@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Request
 from pydantic import ValidationError
@@ -124,6 +125,19 @@ def formatted_prompt(loaded: LoadedModel, text: str) -> list[int]:
     model = loaded.model
     add_bos = model.add_bos and not (model.bos_text and text.startswith(model.bos_text))
     return model.tokenize(text, add_special=add_bos, parse_special=True)
+
+
+def override_template_prompt(loaded: LoadedModel, template: str, messages: list[dict[str, Any]]) -> list[int]:
+    """Render messages through a request's own template (Jinja, or an Ollama Go template as
+    ``lokal create`` translates it) instead of the model's. ValueError if it cannot be used."""
+    from lokal.engine.chat_template import ChatTemplate
+    from lokal.store.create import prepare_template
+
+    model = loaded.model
+    text = ChatTemplate(prepare_template(template), model.bos_text, model.eos_text).render(
+        messages, add_generation_prompt=True
+    )
+    return formatted_prompt(loaded, text)
 
 
 def plain_tokens(loaded: LoadedModel, text: str) -> list[int]:

@@ -120,9 +120,15 @@ def test_raw_prompt_and_template_override(client: ollama.Client) -> None:
                  "<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n{{ .Response }}<|im_end|>",
     )
     assert templated.response == raw.response
+    ranged = client.generate(
+        model=MODEL, prompt="What is the capital of France?", options={"temperature": 0, "num_predict": 12},
+        template="{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+                 "<|im_start|>assistant\n",
+    )
+    assert ranged.response == raw.response
     with pytest.raises(ollama.ResponseError) as e:
-        client.generate(model=MODEL, prompt="x", template="{{ range .Messages }}{{ .Content }}{{ end }}")
-    assert e.value.status_code == 400 and "range" in e.value.error
+        client.generate(model=MODEL, prompt="x", template="{{ .Prompt | printf }}")
+    assert e.value.status_code == 400 and "template" in e.value.error.lower()
 
 
 def test_a_request_without_prompt_only_loads_the_model(client: ollama.Client) -> None:

@@ -22,10 +22,10 @@ from lokal.server.generation import (
     formatted_prompt,
     load_model,
     ollama_not_found,
+    override_template_prompt,
     plain_tokens,
     submit,
 )
-from lokal.server.ollama.go_template import render_go_template
 from lokal.server.ollama.ndjson import ndjson_response
 from lokal.server.ollama.options import context_limit, fit_to_context, sampling_from_options
 from lokal.server.ollama.schemas import ChatRequest, GenerateRequest, Message, rfc3339
@@ -141,8 +141,9 @@ def _generate_prompt(loaded: LoadedModel, req: GenerateRequest) -> list[int]:
     if req.raw:
         tokens = formatted_prompt(loaded, prompt)
     elif req.template:
-        system = req.system if req.system is not None else (loaded.manifest.system or "")
-        tokens = formatted_prompt(loaded, render_go_template(req.template, {"System": system, "Prompt": prompt}))
+        system = req.system or loaded.manifest.system
+        messages = [{"role": "system", "content": system}] if system else []
+        tokens = override_template_prompt(loaded, req.template, [*messages, {"role": "user", "content": prompt}])
     else:
         messages = [{"role": "system", "content": req.system}] if req.system else []
         tokens = loaded.chat_prompt([*messages, {"role": "user", "content": prompt}])
