@@ -46,6 +46,7 @@ async def compute_embeddings(request: Request, model: str, inputs: list[EmbedInp
     runtime: Runtime = request.app.state.runtime
     started = time.monotonic()
     loaded = await load_model(runtime, model, keep_alive)
+    hold = runtime.hold(loaded.name)  # not unloaded (keep_alive, room for another) until released
     load_s = time.monotonic() - started
     try:
         dimensions = loaded.embedder.n_embd if loaded.embedder is not None else 0
@@ -61,7 +62,7 @@ async def compute_embeddings(request: Request, model: str, inputs: list[EmbedInp
     except RuntimeError as exc:
         raise APIError(500, f"embedding failed: {exc}", type="server_error") from exc
     finally:
-        await runtime.release(loaded.name)
+        await hold.release()
     return Embeddings(result.vectors, result.prompt_tokens, dimensions, load_s, time.monotonic() - started)
 
 
