@@ -300,9 +300,9 @@ def _until(expires_at: str | None) -> str:
         when = datetime.fromisoformat(expires_at.replace("Z", "+00:00"))
     except ValueError:
         return expires_at
-    if when.year > 2200:  # keep_alive -1: Ollama reports a date far in the future
-        return "Forever"
     seconds = (when - datetime.now(UTC)).total_seconds()
+    if seconds > 100 * 365 * 86400:  # keep_alive -1: Ollama reports a date centuries away
+        return "Forever"
     if seconds <= 0:
         return "Stopping..."
     for unit, span in (("day", 86400), ("hour", 3600), ("minute", 60)):

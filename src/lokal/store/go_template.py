@@ -253,6 +253,8 @@ def _translate_expr(text: str, in_range: bool) -> tuple[str, bool]:
                 reads_response = True
             if name in _ROOT_FIELDS and (root or not in_range):
                 return f"ns.{name.lower()}", i + 1
+            if name == "Messages" and (root or not in_range):
+                return "messages", i + 1
             if name in ("Role", "Content") and in_range and not root:
                 return f"message.{name.lower()}", i + 1
             where = "inside" if in_range else "outside"

@@ -64,6 +64,14 @@ def test_not_and_or_ne_and_comments() -> None:
     assert render(go) == "![Hello!][Bye]"
 
 
+def test_a_template_for_both_modes_takes_the_messages_branch() -> None:
+    go = (
+        "{{ if .Messages }}{{ range .Messages }}<{{ .Role }}>{{ .Content }}{{ end }}"
+        "{{ else }}{{ .System }}|{{ .Prompt }}|{{ .Response }}{{ end }}"
+    )
+    assert render(go) == "<system>Be brief.<user>Hi<assistant>Hello!<user>Bye"
+
+
 def test_trim_markers_remove_whitespace_like_go() -> None:
     go = "A  \n  {{- .Prompt -}}  \n  B{{ .Response }}"
     assert render(go, [{"role": "user", "content": "p"}]) == "ApB"
