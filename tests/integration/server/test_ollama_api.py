@@ -338,6 +338,15 @@ def test_create_from_a_model_with_system_and_parameters(own_client: ollama.Clien
     with pytest.raises(ollama.ResponseError) as e:
         own_client.create(model="broken", from_="nope:1b")
     assert e.value.status_code in (400, 404)
+    # clients before 0.5 sent the Modelfile's text
+    url = str(own_client._client.base_url)
+    old = httpx.post(url + "/api/create", timeout=60, json={
+        "name": "old:style", "modelfile": f'FROM {MODEL}\nSYSTEM "Be brief."\nPARAMETER top_k 7', "stream": False})
+    assert old.status_code == 200 and old.json() == {"status": "success"}
+    shown = httpx.post(url + "/api/show", json={"name": "old:style"}).json()
+    assert shown["system"] == "Be brief." and "top_k" in shown["parameters"]
+    r, lines = ndjson(url, "/api/create", {"model": "bad:one", "from": MODEL, "parameters": {"top_k": "many"}})
+    assert r.status_code == 400 and "top_k" in lines[-1]["error"]
 
 
 def test_blob_upload_verifies_digest_and_refuses_non_gguf(own: LiveServer, tmp_path: Path) -> None:
