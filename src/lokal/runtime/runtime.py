@@ -58,6 +58,13 @@ class ModelHold:
             self._released = True
             await self._runtime._release(self.name)
 
+    def drop(self) -> None:
+        """Release without waiting (from a finalizer): a keep_alive of 0 then unloads at the
+        reaper's next round instead of at once."""
+        if not self._released:
+            self._released = True
+            self._runtime._release_nowait(self.name)
+
 
 class Runtime:
     """Loads models on first use (one engine thread each), unloads each when its keep_alive
@@ -153,20 +160,24 @@ class Runtime:
     def _in_use(self, key: str, loaded: LoadedModel) -> bool:
         return self._holds.get(key, 0) > 0 or loaded.engine.has_work()
 
-    async def _release(self, key: str) -> None:
-        """A request has ended: the keep_alive counts from now, and a keep_alive of 0 unloads
-        the model at once unless other requests are still using it."""
+    def _release_nowait(self, key: str) -> None:
         held = self._holds.get(key, 0) - 1
         if held > 0:
             self._holds[key] = held
         else:
             self._holds.pop(key, None)
         residency = self._residency.get(key)
+        if residency is not None:
+            residency.idle_since = time.monotonic()
+
+    async def _release(self, key: str) -> None:
+        """A request has ended: the keep_alive counts from now, and a keep_alive of 0 unloads
+        the model at once unless other requests are still using it."""
+        self._release_nowait(key)
+        residency = self._residency.get(key)
         loaded = self._loaded.get(key)
-        if residency is None or loaded is None:
-            return
-        residency.idle_since = time.monotonic()
-        if residency.keep_alive_s <= 0 and not self._in_use(key, loaded):
+        if residency is not None and loaded is not None and residency.keep_alive_s <= 0 \
+                and not self._in_use(key, loaded):
             await self.unload(key)
 
     async def unload(self, name: str) -> bool:

@@ -45,10 +45,14 @@ def create_app(
     app.include_router(ollama_router)
     app.include_router(embeddings_router)
 
-    @app.api_route("/", methods=["GET", "HEAD"], response_class=PlainTextResponse, tags=["ollama"])
+    @app.get("/", response_class=PlainTextResponse, tags=["ollama"])
     async def root() -> str:
         """Ollama's heartbeat: clients (the ollama CLI, Open WebUI, editors) probe ``/`` and some
         match its exact text, so lokal answers as Ollama does. ``/health`` says what lokal is."""
+        return "Ollama is running"
+
+    @app.head("/", response_class=PlainTextResponse, tags=["ollama"])
+    async def root_head() -> str:
         return "Ollama is running"
 
     @app.get("/health", tags=["lokal"])

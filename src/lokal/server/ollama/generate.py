@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -213,7 +214,11 @@ async def _respond(
         await run.hold.release()
         raise
     if stream:
-        return ndjson_response(_chunks(run, deltas, piece, final))
+        chunks = _chunks(run, deltas, piece, final)
+        # A client gone before the body starts leaves the generator unstarted (no finally): the
+        # hold must still go, or keep_alive could never unload the model.
+        weakref.finalize(chunks, run.hold.drop)
+        return ndjson_response(chunks)
     try:
         done = await collect(deltas, request)
         return {
