@@ -57,12 +57,9 @@ def sampling_from_options(loaded: LoadedModel, options: dict[str, Any] | None) -
 def _num_predict(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise APIError(400, f"options.num_predict must be an integer, got {value!r}", param="options.num_predict")
-    if value in (-1, -2):
-        return -1  # no limit; generation still stops when the slot's context is full (-2's meaning)
-    if value <= 0:
-        raise APIError(400, "options.num_predict must be -1 (no limit), -2 (fill the context) or positive",
-                       param="options.num_predict")
-    return value
+    # -1 (no limit), -2 (fill the context) and, as in Ollama's runner, 0: generation stops only
+    # at the end of the answer or when the slot's context is full.
+    return -1 if value <= 0 else value
 
 
 def context_limit(loaded: LoadedModel, options: dict[str, Any] | None) -> int:
