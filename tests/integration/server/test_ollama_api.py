@@ -367,6 +367,11 @@ def test_blob_upload_verifies_digest_and_refuses_non_gguf(own: LiveServer, tmp_p
     assert client.create(model="tiny:upload", files={"tiny.gguf": digest}).status == "success"
     assert client.show("tiny:upload").details.quantization_level == "Q8_0"
     client.delete("tiny:upload")
+    # a path on the server's disk is never read over HTTP: files must be uploaded as blobs
+    with pytest.raises(ollama.ResponseError) as e:
+        client.create(model="tiny:path", from_=str(gguf))
+    assert e.value.status_code == 400
+    assert "tiny:path" not in [m.model for m in client.list().models]
 
 
 def test_keep_alive_zero_unloads_and_a_short_one_expires(own_client: ollama.Client) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -22,7 +21,7 @@ from lokal.store.digests import parse_digest
 from lokal.store.errors import InvalidGguf, StoreError
 from lokal.store.gguf_facts import read_gguf_facts
 from lokal.store.model_store import ModelStore
-from lokal.store.progress import PullProgress
+from lokal.store.progress import ProgressCallback, PullProgress
 
 if TYPE_CHECKING:
     from lokal.store.modelfile import Modelfile
@@ -83,7 +82,7 @@ async def create(req: CreateRequest, runtime: Runtime = Depends(get_runtime)) ->
     modelfile = _modelfile(req, runtime.store)
     store, name = runtime.store, req.model
 
-    def work(report: Any) -> None:
+    def work(report: ProgressCallback) -> None:
         _create(store, name, modelfile, report)
 
     lines = run_in_thread_with_progress(work)
@@ -126,25 +125,23 @@ def _modelfile(req: CreateRequest, store: ModelStore) -> Modelfile:
 
 
 def _gguf_from_files(files: dict[str, str], store: ModelStore) -> str:
-    """The path of the one uploaded GGUF blob named in ``files`` ({file name: digest})."""
+    """The one uploaded GGUF blob named in ``files`` ({file name: digest}), as ``sha256:<hex>``."""
     ggufs = {name: digest for name, digest in files.items() if name.lower().endswith(".gguf")}
     if len(ggufs) != 1 or len(files) != 1:
         raise APIError(400, "files must name exactly one .gguf file (safetensors and other files are not supported)",
                        param="files")
     (digest,) = ggufs.values()
-    path = store.blob_path(_digest(digest))
-    if not path.is_file():
+    digest = _digest(digest)
+    if not store.blob_path(digest).is_file():
         raise APIError(400, f"blob {digest} not found: upload it with POST /api/blobs/{digest} first",
                        param="files")
-    return str(path)
+    return digest
 
 
-def _create(store: ModelStore, name: str, modelfile: Modelfile, report: Any) -> None:
+def _create(store: ModelStore, name: str, modelfile: Modelfile, report: ProgressCallback) -> None:
     from lokal.store.create import create_model
 
-    if Path(modelfile.from_).is_absolute():
+    if modelfile.from_.startswith("sha256:"):
         report(PullProgress("parsing GGUF"))
-    manifest = create_model(store, name, modelfile)
-    report(PullProgress(f"using existing layer {manifest.digest}"))
-    report(PullProgress("writing manifest"))
-    report(PullProgress("success"))
+    # FROM a path would read any file the server can: over HTTP only names and uploaded blobs.
+    create_model(store, name, modelfile, progress=report, allow_paths=False)
