@@ -59,7 +59,8 @@ class LiveServer:
 def server(model_home: Path) -> Iterator[LiveServer]:
     """`lokal serve` with smollm2:135m preloaded, 4 slots, a small context."""
     live = LiveServer(
-        model_home, "--model", "smollm2:135m", "--parallel", "4", "--ctx-size", "1024", "--max-queue", "64"
+        model_home, "--model", "smollm2:135m", "--parallel", "4", "--ctx-size", "1024", "--max-queue", "64",
+        "--keep-alive", "-1",
     )
     yield live
     live.stop()
