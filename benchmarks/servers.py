@@ -85,7 +85,10 @@ def llama_cpp_python(gguf: Path, threads: int, ctx: int, port: int = 11482) -> S
 
 
 def llama_server(binary: str, gguf: Path, threads: int, slots: int, ctx: int, port: int = 11483) -> Server:
-    """llama.cpp's llama-server with `-np slots` and `ctx` tokens per slot (its -c is the total)."""
+    """llama.cpp's llama-server with `-np slots` and `ctx` tokens per slot (its -c is the total).
+
+    `--threads-http 64`: its default (slots + 2 here) drops connections beyond that many clients."""
     argv = [binary, "-m", str(gguf), "-t", str(threads), "-tb", str(threads), "-np", str(slots),
-            "-c", str(ctx * slots), "--host", "127.0.0.1", "--port", str(port), "--alias", "bench", "--no-webui"]
+            "-c", str(ctx * slots), "--host", "127.0.0.1", "--port", str(port), "--alias", "bench", "--no-webui",
+            "--threads-http", "64"]
     return Server("llama-server", argv, port, "bench", health="/health")
