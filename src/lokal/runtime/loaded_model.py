@@ -58,6 +58,8 @@ class LoadedModel:
         defaults = {
             _PARAM_ALIASES[k]: v for k, v in (manifest.parameters or {}).items() if k in _PARAM_ALIASES
         }
+        if isinstance(defaults.get("max_tokens"), int) and defaults["max_tokens"] <= 0:
+            del defaults["max_tokens"]  # Modelfile num_predict -1/-2/0: no limit, as in Ollama's runner
         return cls(name, manifest, model, engine, runner, template, defaults, Embedder(model))
 
     @property
