@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
-from fastapi.responses import PlainTextResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import PlainTextResponse, Response
 
 from lokal import __version__
 from lokal.config import Settings
@@ -15,6 +15,8 @@ from lokal.server.embeddings import router as embeddings_router
 from lokal.server.errors import install_error_handlers
 from lokal.server.ollama.routes import router as ollama_router
 from lokal.server.openai.routes import router as openai_router
+from lokal.ui import routes as ui
+from lokal.ui.request_log import RequestLog, RequestLogMiddleware
 
 
 def create_app(
@@ -44,12 +46,18 @@ def create_app(
     app.include_router(openai_router)
     app.include_router(ollama_router)
     app.include_router(embeddings_router)
+    app.include_router(ui.router)
+    app.state.request_log = RequestLog()  # recent generation requests, for the UI's monitor
+    app.add_middleware(RequestLogMiddleware, log=app.state.request_log)
 
     @app.get("/", response_class=PlainTextResponse, tags=["ollama"])
-    async def root() -> str:
+    async def root(request: Request) -> Response:
         """Ollama's heartbeat: clients (the ollama CLI, Open WebUI, editors) probe ``/`` and some
-        match its exact text, so lokal answers as Ollama does. ``/health`` says what lokal is."""
-        return "Ollama is running"
+        match its exact text, so lokal answers as Ollama does. ``/health`` says what lokal is.
+        A browser (Accept: text/html) gets the web UI instead."""
+        if ui.wants_html(request):
+            return ui.page()
+        return PlainTextResponse("Ollama is running")
 
     @app.head("/", response_class=PlainTextResponse, tags=["ollama"])
     async def root_head() -> str:

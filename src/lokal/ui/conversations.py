@@ -1,0 +1,167 @@
+"""Chat history: conversations and their messages, kept in the UI's SQLite file."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lokal.ui.database import UiDatabase
+
+
+class ConversationNotFound(KeyError):
+    """No conversation has that id."""
+
+
+@dataclass
+class Message:
+    id: int
+    role: str
+    content: str
+    model: str = ""
+    stats: dict[str, Any] = field(default_factory=dict)
+    created_at: float = 0.0
+
+
+@dataclass
+class Conversation:
+    id: str
+    title: str
+    model: str
+    system_prompt: str
+    params: dict[str, Any]
+    created_at: float
+    updated_at: float
+    messages: list[Message] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ConversationStore:
+    """Create, list, search, rename, delete and export conversations; append and cut messages."""
+
+    def __init__(self, db: UiDatabase) -> None:
+        self.db = db
+
+    def create(self, title: str = "New chat", model: str = "", system_prompt: str = "",
+               params: dict[str, Any] | None = None) -> Conversation:
+        now = time.time()
+        conv = Conversation(uuid.uuid4().hex, title.strip() or "New chat", model, system_prompt, params or {}, now, now)
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO conversations (id, title, model, system_prompt, params, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (conv.id, conv.title, model, system_prompt, json.dumps(conv.params), now, now),
+            )
+        return conv
+
+    def list(self, query: str = "") -> list[Conversation]:
+        """Newest first, without messages; ``query`` matches titles and message text (case-insensitive)."""
+        with self.db.reading() as conn:
+            if query:
+                like = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+                rows = conn.execute(
+                    "SELECT * FROM conversations c WHERE c.title LIKE ? ESCAPE '\\' OR EXISTS ("
+                    " SELECT 1 FROM messages m WHERE m.conversation_id = c.id AND m.content LIKE ? ESCAPE '\\')"
+                    " ORDER BY updated_at DESC",
+                    (like, like),
+                ).fetchall()
+            else:
+                rows = conn.execute("SELECT * FROM conversations ORDER BY updated_at DESC").fetchall()
+        return [_conversation(r) for r in rows]
+
+    def get(self, conversation_id: str) -> Conversation:
+        with self.db.reading() as conn:
+            row = conn.execute("SELECT * FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+            if row is None:
+                raise ConversationNotFound(conversation_id)
+            conv = _conversation(row)
+            conv.messages = [
+                _message(m) for m in conn.execute(
+                    "SELECT * FROM messages WHERE conversation_id = ? ORDER BY position", (conversation_id,))
+            ]
+        return conv
+
+    def update(self, conversation_id: str, *, title: str | None = None, model: str | None = None,
+               system_prompt: str | None = None, params: dict[str, Any] | None = None) -> Conversation:
+        """Change the given fields (rename with ``title``)."""
+        changes: dict[str, Any] = {}
+        if title is not None:
+            changes["title"] = title.strip() or "Untitled"
+        if model is not None:
+            changes["model"] = model
+        if system_prompt is not None:
+            changes["system_prompt"] = system_prompt
+        if params is not None:
+            changes["params"] = json.dumps(params)
+        with self.db.transaction() as conn:
+            _require(conn, conversation_id)
+            if changes:
+                assignments = ", ".join(f"{k} = ?" for k in changes)
+                conn.execute(f"UPDATE conversations SET {assignments}, updated_at = ? WHERE id = ?",
+                             (*changes.values(), time.time(), conversation_id))
+        return self.get(conversation_id)
+
+    def delete(self, conversation_id: str) -> None:
+        with self.db.transaction() as conn:
+            _require(conn, conversation_id)
+            conn.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+
+    def append(self, conversation_id: str, role: str, content: str, model: str = "",
+               stats: dict[str, Any] | None = None) -> Message:
+        """Add a message at the end (position taken inside the transaction: concurrent appends never collide)."""
+        now = time.time()
+        with self.db.transaction() as conn:
+            _require(conn, conversation_id)
+            position = conn.execute(
+                "SELECT COALESCE(MAX(position), -1) + 1 FROM messages WHERE conversation_id = ?", (conversation_id,)
+            ).fetchone()[0]
+            cur = conn.execute(
+                "INSERT INTO messages (conversation_id, position, role, content, model, stats, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (conversation_id, position, role, content, model, json.dumps(stats or {}), now),
+            )
+            conn.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conversation_id))
+            return Message(int(cur.lastrowid or 0), role, content, model, stats or {}, now)
+
+    def truncate(self, conversation_id: str, keep: int) -> Conversation:
+        """Keep the first ``keep`` messages (regenerate and edit-and-resend cut the tail this way)."""
+        with self.db.transaction() as conn:
+            _require(conn, conversation_id)
+            conn.execute("DELETE FROM messages WHERE conversation_id = ? AND position >= ?",
+                         (conversation_id, max(0, keep)))
+            conn.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (time.time(), conversation_id))
+        return self.get(conversation_id)
+
+    def export_markdown(self, conversation_id: str) -> str:
+        conv = self.get(conversation_id)
+        lines = [f"# {conv.title}", ""]
+        if conv.model:
+            lines += [f"Model: `{conv.model}`", ""]
+        if conv.system_prompt:
+            lines += ["## System", "", conv.system_prompt, ""]
+        for m in conv.messages:
+            lines += [f"## {m.role.capitalize()}" + (f" ({m.model})" if m.model and m.role == "assistant" else ""),
+                      "", m.content, ""]
+        return "\n".join(lines)
+
+    def export_json(self, conversation_id: str) -> dict[str, Any]:
+        return self.get(conversation_id).to_dict()
+
+
+def _require(conn: sqlite3.Connection, conversation_id: str) -> None:
+    if conn.execute("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)).fetchone() is None:
+        raise ConversationNotFound(conversation_id)
+
+
+def _conversation(row: sqlite3.Row) -> Conversation:
+    return Conversation(row["id"], row["title"], row["model"], row["system_prompt"], json.loads(row["params"]),
+                        row["created_at"], row["updated_at"])
+
+
+def _message(row: sqlite3.Row) -> Message:
+    return Message(row["id"], row["role"], row["content"], row["model"], json.loads(row["stats"]), row["created_at"])

@@ -1,0 +1,81 @@
+"""The monitor's snapshot: machine load, loaded models and their engines, recent requests."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psutil
+
+from lokal.runtime.runtime import Runtime
+from lokal.ui.request_log import RequestLog
+
+
+def machine() -> dict[str, Any]:
+    """CPU (percent since the previous call), RAM, and GPUs when nvidia-ml-py is installed."""
+    ram = psutil.virtual_memory()
+    return {
+        "cpu_percent": psutil.cpu_percent(interval=None),
+        "cpu_count": psutil.cpu_count() or 1,
+        "ram_total": ram.total,
+        "ram_used": ram.total - ram.available,
+        "ram_available": ram.available,
+        "gpus": gpus(),
+    }
+
+
+def gpus() -> list[dict[str, Any]]:
+    try:
+        import pynvml  # nvidia-ml-py, optional
+    except ImportError:
+        return []
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # no driver, no GPU
+        return []
+    found = []
+    try:
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            name = pynvml.nvmlDeviceGetName(handle)
+            found.append({
+                "name": name.decode() if isinstance(name, bytes) else str(name),
+                "util_percent": pynvml.nvmlDeviceGetUtilizationRates(handle).gpu,
+                "memory_total": int(mem.total),
+                "memory_used": int(mem.used),
+            })
+    finally:
+        pynvml.nvmlShutdown()
+    return found
+
+
+def snapshot(runtime: Runtime, log: RequestLog) -> dict[str, Any]:
+    """Everything the monitor page shows, at this moment."""
+    models = []
+    for loaded in runtime.loaded():
+        s = loaded.engine.stats()
+        models.append({
+            "name": loaded.name,
+            "memory_bytes": runtime.memory_bytes(loaded),
+            "running": s.running,
+            "waiting": s.waiting,
+            "slots": s.slots,
+            "kv_cells_used": s.kv_cells_used,
+            "kv_cells_total": s.kv_cells_total,
+            "tokens_per_second": s.tokens_per_second,
+            "generated_tokens": s.generated_tokens,
+            "prompt_tokens": s.prompt_tokens,
+            "recent_ttft_s": list(s.recent_ttft_s),
+            "expires_at": runtime.expires_at(loaded).isoformat(),
+        })
+    return {
+        "time": time.time(),
+        "machine": machine(),
+        "models": models,
+        "running": sum(m["running"] for m in models),
+        "waiting": sum(m["waiting"] for m in models),
+        "tokens_per_second": sum(m["tokens_per_second"] for m in models),
+        "requests_total": log.total,
+        "recent_requests": log.recent(),
+    }

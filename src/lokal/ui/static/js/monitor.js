@@ -1,0 +1,113 @@
+// The monitor page: polls /ui/api/monitor every second while visible; tokens/s chart with uPlot.
+import { getJSON, formatBytes, formatSeconds } from "./api.js";
+
+const POINTS = 180; // three minutes of history at one snapshot per second
+
+export class MonitorPage {
+  constructor(root) {
+    this.root = root;
+    this.chartEl = root.querySelector("#tps-chart");
+    this.times = [];
+    this.tps = [];
+    this.running = [];
+    this.chart = null;
+    this.timer = null;
+    window.addEventListener("resize", () => this.resize());
+  }
+
+  start() {
+    if (this.timer) return;
+    this.poll();
+    this.timer = setInterval(() => this.poll(), 1000);
+  }
+
+  stop() {
+    clearInterval(this.timer);
+    this.timer = null;
+  }
+
+  async poll() {
+    let snap;
+    try {
+      snap = await getJSON("/ui/api/monitor");
+    } catch {
+      return;
+    }
+    this.render(snap);
+  }
+
+  render(snap) {
+    const $ = (id) => this.root.querySelector(id);
+    const m = snap.machine;
+    $("#mon-cpu").textContent = `${m.cpu_percent.toFixed(0)}%`;
+    $("#mon-ram").textContent = `${formatBytes(m.ram_used)} / ${formatBytes(m.ram_total)}`;
+    if (m.gpus.length) {
+      $("#mon-gpu-card").hidden = false;
+      $("#mon-gpu").textContent = m.gpus.map((g) => `${g.util_percent}% · ${formatBytes(g.memory_used)}`).join(", ");
+    }
+    $("#mon-running").textContent = snap.running;
+    $("#mon-waiting").textContent = snap.waiting;
+    $("#mon-tps").textContent = snap.tokens_per_second.toFixed(1);
+    $("#mon-requests").textContent = snap.requests_total;
+
+    const models = $("#mon-models");
+    models.replaceChildren();
+    for (const lm of snap.models) {
+      models.append(row([lm.name, formatBytes(lm.memory_bytes), lm.running, lm.waiting,
+        `${lm.kv_cells_used} / ${lm.kv_cells_total}`, lm.tokens_per_second.toFixed(1)]));
+    }
+    if (!snap.models.length) models.append(row(["No model loaded."], 6));
+
+    const recent = $("#mon-requests-body");
+    recent.replaceChildren();
+    for (const r of [...snap.recent_requests].reverse().slice(0, 20)) {
+      recent.append(row([
+        new Date(r.started_at * 1000).toLocaleTimeString(), r.path, r.model || "–", r.status,
+        formatSeconds(r.ttft_s), r.completion_tokens, r.tokens_per_second ? r.tokens_per_second.toFixed(1) : "–",
+      ]));
+    }
+    if (!snap.recent_requests.length) recent.append(row(["No requests yet."], 7));
+
+    this.times.push(snap.time);
+    this.tps.push(snap.tokens_per_second);
+    this.running.push(snap.running + snap.waiting);
+    if (this.times.length > POINTS) { this.times.shift(); this.tps.shift(); this.running.shift(); }
+    this.draw();
+  }
+
+  draw() {
+    const data = [this.times, this.tps, this.running];
+    if (!this.chart) {
+      if (!window.uPlot || !this.chartEl.clientWidth) return;
+      this.chart = new window.uPlot({
+        width: this.chartEl.clientWidth,
+        height: 220,
+        scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(5, max * 1.1)] } },
+        axes: [{}, { label: "tok/s" }],
+        series: [
+          {},
+          { label: "tokens/s", stroke: "#2563eb", width: 2, fill: "rgba(37,99,235,0.12)" },
+          { label: "requests", stroke: "#d97706", width: 1, scale: "y" },
+        ],
+        legend: { live: false },
+      }, data, this.chartEl);
+    } else {
+      this.chart.setData(data);
+    }
+  }
+
+  resize() {
+    if (this.chart && this.chartEl.clientWidth) this.chart.setSize({ width: this.chartEl.clientWidth, height: 220 });
+  }
+}
+
+function row(values, span) {
+  const tr = document.createElement("tr");
+  for (const v of values) {
+    const td = document.createElement("td");
+    td.textContent = String(v);
+    if (span) td.colSpan = span;
+    tr.append(td);
+  }
+  return tr;
+}
