@@ -50,6 +50,26 @@ def gpus() -> list[dict[str, Any]]:
     return found
 
 
+def throughput_history(records: list[dict[str, Any]], now: float, seconds: int = 180) -> list[list[float]]:
+    """Generated tokens/s for each of the last ``seconds`` whole seconds, from finished requests
+    (each one's tokens spread evenly from its first token to its end): ``[[unix_second, tok/s], ...]``."""
+    end = int(now)
+    start = end - seconds
+    buckets = [0.0] * seconds
+    for r in records:
+        first = r["started_at"] + (r["ttft_s"] or 0.0)
+        last = r["started_at"] + r["duration_s"]
+        tokens = r["completion_tokens"]
+        if tokens <= 0 or last <= start:
+            continue
+        span = max(last - first, 1e-3)
+        for second in range(max(int(first), start), min(int(last), end - 1) + 1):
+            overlap = min(last, second + 1) - max(first, second)
+            if overlap > 0:
+                buckets[second - start] += tokens * overlap / span
+    return [[float(start + i), round(v, 2)] for i, v in enumerate(buckets)]
+
+
 def snapshot(runtime: Runtime, log: RequestLog) -> dict[str, Any]:
     """Everything the monitor page shows, at this moment."""
     models = []
@@ -69,13 +89,16 @@ def snapshot(runtime: Runtime, log: RequestLog) -> dict[str, Any]:
             "recent_ttft_s": list(s.recent_ttft_s),
             "expires_at": runtime.expires_at(loaded).isoformat(),
         })
+    now = time.time()
+    recent = log.recent(limit=100)
     return {
-        "time": time.time(),
+        "time": now,
         "machine": machine(),
         "models": models,
         "running": sum(m["running"] for m in models),
         "waiting": sum(m["waiting"] for m in models),
         "tokens_per_second": sum(m["tokens_per_second"] for m in models),
         "requests_total": log.total,
-        "recent_requests": log.recent(),
+        "recent_requests": recent[-50:],
+        "history": throughput_history(recent, now),
     }

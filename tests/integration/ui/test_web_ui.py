@@ -79,15 +79,21 @@ def open_ui(page: Page, server: LiveServer, view: str = "chat") -> None:
     page.wait_for_selector("body.ready")
 
 
-def screenshot(page: Page, name: str) -> None:
-    """Save the page as test-artifacts/ui/<name>-desktop.png and <name>-narrow.png."""
+def screenshot(page: Page, name: str, narrow_click: str | None = None) -> None:
+    """Save the page as test-artifacts/ui/<name>-desktop.png and <name>-narrow.png (after
+    clicking ``narrow_click`` in the narrow layout, e.g. to open the conversation drawer)."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.wait_for_timeout(200)
     page.screenshot(path=str(SHOTS / f"{name}-desktop.png"))
     size = page.viewport_size
     page.set_viewport_size(NARROW)
     page.wait_for_timeout(300)
+    if narrow_click:
+        page.click(narrow_click)
+        page.wait_for_timeout(200)
     page.screenshot(path=str(SHOTS / f"{name}-narrow.png"))
+    if narrow_click:
+        page.click(narrow_click)
     if size:
         page.set_viewport_size(size)
 
@@ -207,7 +213,7 @@ def test_conversations_are_searched_renamed_and_deleted(ui: PageWatch, ui_server
     delete.click()  # the second click confirms
     expect(page.locator("#conversation-list")).not_to_contain_text("Orchard apples")
     assert httpx.get(f"{ui_server.url}/ui/api/conversations/{apples['id']}").status_code == 404
-    screenshot(page, "conversations")
+    screenshot(page, "conversations", narrow_click="#toggle-sidebar")
 
 
 def test_regenerate_and_edit_and_resend_replace_the_tail(ui: PageWatch, ui_server: LiveServer) -> None:
@@ -287,10 +293,11 @@ def test_models_page_lists_facts_with_a_fit_badge_and_shows_details(ui: PageWatc
     expect(row).to_contain_text("Q4_1")
     expect(row).to_contain_text("8,192")
     expect(row.locator(".badge.fit-fits")).to_have_text("fits")
-    row.get_by_role("button", name="Details").click()
-    expect(page.locator("#model-details")).to_contain_text("llama")
-    expect(page.locator("#model-details")).to_contain_text("<|im_start|>")
     screenshot(page, "models")
+    row.get_by_role("button", name="Details").click()
+    expect(page.locator("#model-details")).to_contain_text("llama.context_length")
+    expect(page.locator("#model-details")).to_contain_text("<|im_start|>")
+    screenshot(page, "model-details")
 
 
 def test_pull_shows_live_progress_and_the_model_appears(

@@ -88,7 +88,7 @@ export class ChatPage {
       rename.addEventListener("click", () => this.rename(c.id));
       const remove = document.createElement("button");
       remove.className = "icon-button delete";
-      remove.textContent = "🗑";
+      remove.textContent = "✕";
       remove.title = "Delete (click twice)";
       remove.setAttribute("aria-label", `Delete ${c.title}`);
       remove.addEventListener("click", () => this.remove(c.id, remove));
@@ -154,7 +154,7 @@ export class ChatPage {
     if (!button.classList.contains("confirm")) {
       button.classList.add("confirm");
       button.textContent = "Delete?";
-      setTimeout(() => { button.classList.remove("confirm"); button.textContent = "🗑"; }, 3000);
+      setTimeout(() => { button.classList.remove("confirm"); button.textContent = "✕"; }, 3000);
       return;
     }
     await sendJSON("DELETE", `/ui/api/conversations/${id}`);

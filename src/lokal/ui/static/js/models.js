@@ -127,9 +127,11 @@ export class ModelsPage {
     }
     for (const [k, v] of Object.entries(rows)) {
       if (v === undefined || v === null || v === "") continue;
+      const pair = document.createElement("div");
       const dt = document.createElement("dt"); dt.textContent = k;
       const dd = document.createElement("dd"); dd.textContent = String(v);
-      facts.append(dt, dd);
+      pair.append(dt, dd);
+      facts.append(pair);
     }
     d.append(facts);
     for (const [label, text] of [["System", info.system], ["Parameters", info.parameters], ["Template", info.template]]) {

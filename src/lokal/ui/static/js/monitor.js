@@ -40,10 +40,13 @@ export class MonitorPage {
     const $ = (id) => this.root.querySelector(id);
     const m = snap.machine;
     $("#mon-cpu").textContent = `${m.cpu_percent.toFixed(0)}%`;
-    $("#mon-ram").textContent = `${formatBytes(m.ram_used)} / ${formatBytes(m.ram_total)}`;
+    $("#mon-cpu-count").textContent = `${m.cpu_count} cores`;
+    $("#mon-ram").textContent = formatBytes(m.ram_used);
+    $("#mon-ram-total").textContent = `of ${formatBytes(m.ram_total)}`;
     if (m.gpus.length) {
       $("#mon-gpu-card").hidden = false;
-      $("#mon-gpu").textContent = m.gpus.map((g) => `${g.util_percent}% · ${formatBytes(g.memory_used)}`).join(", ");
+      $("#mon-gpu").textContent = m.gpus.map((g) => `${g.util_percent}%`).join(" · ");
+      $("#mon-gpu-mem").textContent = m.gpus.map((g) => `${formatBytes(g.memory_used)} of ${formatBytes(g.memory_total)}`).join(" · ");
     }
     $("#mon-running").textContent = snap.running;
     $("#mon-waiting").textContent = snap.waiting;
@@ -68,6 +71,10 @@ export class MonitorPage {
     }
     if (!snap.recent_requests.length) recent.append(row(["No requests yet."], 7));
 
+    if (!this.times.length) {
+      // Seed the chart with what finished requests generated before this page was opened.
+      for (const [t, v] of snap.history) { this.times.push(t); this.tps.push(v); this.running.push(null); }
+    }
     this.times.push(snap.time);
     this.tps.push(snap.tokens_per_second);
     this.running.push(snap.running + snap.waiting);
@@ -87,7 +94,7 @@ export class MonitorPage {
         series: [
           {},
           { label: "tokens/s", stroke: "#2563eb", width: 2, fill: "rgba(37,99,235,0.12)" },
-          { label: "requests", stroke: "#d97706", width: 1, scale: "y" },
+          { label: "running + queued", stroke: "#d97706", width: 1 },
         ],
         legend: { live: false },
       }, data, this.chartEl);
