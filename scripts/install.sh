@@ -27,3 +27,16 @@ if [ ${#wheel[@]} -eq 0 ]; then
 fi
 .venv/bin/pip install --force-reinstall --no-deps "${wheel[0]}"
 .venv/bin/pip install -e ".$EXTRAS"
+
+# The web UI tests drive the system's Chromium through Playwright (never `playwright install`).
+if [ "${1:-}" = "test" ] && [ ! -x /usr/bin/chromium ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian's chromium for the web UI tests..."
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium
+  else
+    echo "NOTE: /usr/bin/chromium is missing and apt-get is not available: install Chromium at" \
+         "/usr/bin/chromium yourself, or the web UI tests (tests/integration/ui) will fail." >&2
+  fi
+fi
