@@ -61,6 +61,8 @@ class PageWatch:
         self.errors: list[str] = []
         page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
         page.on("pageerror", lambda e: self.errors.append(str(e)))
+        # Console errors include Content-Security-Policy violations and failed loads.
+        page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
 
 
 @pytest.fixture
@@ -132,7 +134,15 @@ def test_a_message_gets_a_streamed_answer_and_the_conversation_survives_a_reload
     open_ui(page, ui_server)
     set_param(page, "max_tokens", "120")
     set_param(page, "temperature", "0")
+    expect(page.locator("#param-num_ctx")).to_have_value("1024")  # the server's --ctx-size
+    screenshot(page, "parameters")
     page.click("#toggle-params")
+    page.click("#prompt")
+    page.keyboard.type("one")
+    page.keyboard.press("Shift+Enter")  # a new line, not a send
+    page.keyboard.type("two")
+    expect(page.locator("#prompt")).to_have_value("one\ntwo")
+    expect(page.locator(".message")).to_have_count(0)
     page.fill("#prompt", "Reload test: what is the capital of France?")
     page.press("#prompt", "Enter")
     # While it streams: a partial answer is on screen with the stop button.
@@ -325,6 +335,11 @@ def test_pull_shows_live_progress_and_the_model_appears(
         assert any("verifying sha256 digest" in line for line in seen), seen
         expect(page.locator(f'tr[data-name="{MODEL}"]')).to_contain_text("fits")
         screenshot(page, "models-pulled")
+        delete = page.locator(f'tr[data-name="{MODEL}"]').get_by_role("button", name="Delete")
+        delete.click()
+        page.locator(f'tr[data-name="{MODEL}"]').get_by_role("button", name="Really delete?").click()
+        expect(page.locator("#models-body")).to_contain_text("No models yet")
+        assert httpx.get(server.url + "/api/tags").json()["models"] == []
     finally:
         context.close()
         server.stop()

@@ -1,8 +1,8 @@
 // The chat page: conversations (stored by lokal), streaming answers, stop, regenerate, edit and resend.
 import { getJSON, sendJSON, streamChat, formatSeconds } from "./api.js";
 import { renderMarkdown } from "./markdown.js";
-import { ParamsPanel, requestFields } from "./params.js";
-import { toast, modelOptions } from "./widgets.js";
+import { ParamsPanel, requestFields, setServerContext } from "./params.js";
+import { listModels, modelOptions, toast } from "./widgets.js";
 
 const CHARS_PER_TOKEN = 3.5; // a rough estimate, only to trim old history to the context setting
 
@@ -44,6 +44,7 @@ export class ChatPage {
   }
 
   async start() {
+    setServerContext((await listModels()).ctx_size);
     await Promise.all([this.params.refresh(""), this.refreshModels(), this.refreshList()]);
     this.params.apply("balanced");
     const last = localStorage.getItem("lokal.conversation");

@@ -14,6 +14,12 @@ export const FIELDS = [
 
 let presets = [];
 
+// The context setting starts at the server's slot size (a longer history would be refused).
+export function setServerContext(tokens) {
+  const field = FIELDS.find((f) => f.key === "num_ctx");
+  if (tokens) field.value = tokens;
+}
+
 export async function loadPresets() {
   presets = await getJSON("/ui/api/presets");
   return presets;
