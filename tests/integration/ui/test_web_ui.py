@@ -170,6 +170,27 @@ def test_a_message_gets_a_streamed_answer_and_the_conversation_survives_a_reload
     expect(page.locator(".message.assistant .content")).to_have_text(text)
 
 
+def test_presets_apply_save_and_delete(ui: PageWatch, ui_server: LiveServer) -> None:
+    page = ui.page
+    open_ui(page, ui_server)
+    page.click("#toggle-params")
+    page.select_option("#preset-select", "creative")
+    expect(page.locator("#param-temperature")).to_have_value("1.1")
+    expect(page.locator("#preset-delete")).to_be_disabled()  # built-in
+    page.fill("#param-top_k", "7")
+    expect(page.locator("#preset-select")).to_have_value("")  # edited: now custom
+    page.fill("#preset-name", "terse")
+    page.click("#preset-save")
+    expect(page.locator("#preset-select")).to_have_value("terse")
+    saved = {p["name"]: p for p in api(ui_server, "GET", "/ui/api/presets").json()}
+    assert saved["terse"]["params"]["top_k"] == 7 and saved["terse"]["builtin"] is False
+    page.select_option("#preset-select", "precise")
+    page.select_option("#preset-select", "terse")
+    expect(page.locator("#param-top_k")).to_have_value("7")
+    page.click("#preset-delete")
+    expect(page.locator("#preset-select option[value=terse]")).to_have_count(0)
+
+
 def test_escape_stops_an_answer_mid_way_and_the_partial_answer_is_kept(ui: PageWatch, ui_server: LiveServer) -> None:
     page = ui.page
     open_ui(page, ui_server)

@@ -40,6 +40,10 @@ export class ChatPage {
       const open = root.classList.toggle("params-open");
       toggle.setAttribute("aria-expanded", String(open));
     });
+    root.querySelector("#close-params").addEventListener("click", () => {
+      root.classList.remove("params-open");
+      toggle.setAttribute("aria-expanded", "false");
+    });
     this.title.addEventListener("dblclick", () => this.conversation && this.rename(this.conversation.id));
   }
 

@@ -65,11 +65,13 @@ export class ParamsPanel {
       input.id = `param-${f.key}`;
       input.min = f.min; input.max = f.max; input.step = f.step;
       if (f.value !== null) input.value = f.value;
+      input.addEventListener("input", () => { this.select.value = ""; this.updateDelete(); });
       label.append(caption, input);
       this.fields.append(label);
       this.inputs[f.key] = input;
     }
-    this.select.addEventListener("change", () => this.apply(this.select.value));
+    this.deleteButton = root.querySelector("#preset-delete");
+    this.select.addEventListener("change", () => { this.apply(this.select.value); this.updateDelete(); });
     root.querySelector("#preset-save").addEventListener("click", () => this.save());
     root.querySelector("#preset-delete").addEventListener("click", () => this.remove());
   }
@@ -79,12 +81,20 @@ export class ParamsPanel {
     this.select.replaceChildren(new Option("(custom)", ""));
     for (const p of presets) this.select.append(new Option(p.builtin ? `${p.name} (built-in)` : p.name, p.name));
     if (selected !== undefined) this.select.value = selected;
+    this.updateDelete();
+  }
+
+  // Only a saved (not built-in) preset can be deleted.
+  updateDelete() {
+    const preset = presets.find((p) => p.name === this.select.value);
+    this.deleteButton.disabled = !preset || preset.builtin;
   }
 
   apply(name) {
     if (!name) return;
     this.set({ ...defaults(), ...presetParams(name) });
     this.select.value = name;
+    this.updateDelete();
   }
 
   get() {
