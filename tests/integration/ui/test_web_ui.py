@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from collections.abc import Iterator
@@ -203,6 +204,7 @@ def test_escape_stops_an_answer_mid_way_and_the_partial_answer_is_kept(ui: PageW
         "() => { const s = document.querySelector('.message.assistant.streaming .content');"
         " return s && s.textContent.trim().length > 20; }"
     )
+    screenshot(page, "chat-streaming")
     page.keyboard.press("Escape")
     expect(page.locator("#stop")).to_be_hidden(timeout=5_000)
     stats = page.locator(".message.assistant .stats")
@@ -267,8 +269,15 @@ def test_regenerate_and_edit_and_resend_replace_the_tail(ui: PageWatch, ui_serve
     expect(page.locator(".message.assistant .stats")).to_contain_text("tokens", timeout=60_000)
     stored = api(ui_server, "GET", f"/ui/api/conversations/{conv['id']}").json()["messages"]
     assert [m["role"] for m in stored] == ["user", "assistant"] and stored[0]["content"] == "Say bye."
-    md = httpx.get(f"{ui_server.url}/ui/api/conversations/{conv['id']}/export?format=md").text
+    with page.expect_download() as download:
+        page.click("#export-md")
+    md = Path(download.value.path()).read_text()
+    assert download.value.suggested_filename.endswith(".md")
     assert md.startswith("# Edit test") and "## User\n\nSay bye." in md
+    with page.expect_download() as download:
+        page.click("#export-json")
+    exported = json.loads(Path(download.value.path()).read_text())
+    assert [m["content"] for m in exported["messages"]][0] == "Say bye."
 
 
 def test_script_and_img_onerror_in_an_answer_render_as_text(ui: PageWatch, ui_server: LiveServer) -> None:
