@@ -41,8 +41,9 @@ export class ModelsPage {
       actions.append(button("Details", () => this.show(m.name)), button("Delete", (b) => this.remove(m.name, b)));
       const fitCell = document.createElement("td");
       fitCell.append(badge);
-      tr.append(nameCell, cell(formatBytes(m.size)), cell(m.quantization || "–"),
-        cell(m.context_length ? m.context_length.toLocaleString() : "–"), fitCell, actions);
+      const contextCell = cell(m.context_length ? m.context_length.toLocaleString() : "–");
+      contextCell.dataset.label = "context";
+      tr.append(nameCell, cell(formatBytes(m.size)), cell(m.quantization || "–"), contextCell, fitCell, actions);
       this.body.append(tr);
     }
     if (!models.length) {
