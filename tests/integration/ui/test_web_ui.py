@@ -169,6 +169,8 @@ def test_a_message_gets_a_streamed_answer_and_the_conversation_survives_a_reload
     expect(page.locator(".message")).to_have_count(0)
     page.get_by_role("button", name="Reload test: what is the capital of France?", exact=True).click()
     expect(page.locator(".message.assistant .content")).to_have_text(text)
+    loaded_ms = page.evaluate("performance.getEntriesByType('navigation')[0].domContentLoadedEventEnd")
+    assert loaded_ms < 2000  # no build step, no big bundle: the page is up at once
 
 
 def test_presets_apply_save_and_delete(ui: PageWatch, ui_server: LiveServer) -> None:
@@ -304,6 +306,8 @@ def test_script_and_img_onerror_in_an_answer_render_as_text(ui: PageWatch, ui_se
     assert ui.dialogs == []
     assert page.locator(".message.assistant pre code.hljs").count() == 1  # highlighted code block
     screenshot(page, "hostile-answer")
+    page.emulate_media(color_scheme="dark")
+    screenshot(page, "hostile-answer-dark")
 
 
 def test_a_model_that_echoes_html_cannot_run_it(ui: PageWatch, ui_server: LiveServer) -> None:
@@ -321,6 +325,26 @@ def test_a_model_that_echoes_html_cannot_run_it(ui: PageWatch, ui_server: LiveSe
     page.wait_for_timeout(300)
     assert page.locator(".messages script, .messages img").count() == 0
     assert ui.dialogs == []
+
+
+def test_conversations_are_kept_across_a_server_restart(browser: Browser, tmp_path: Path) -> None:
+    first = LiveServer(tmp_path, "--no-preload")
+    try:
+        conv = api(first, "POST", "/ui/api/conversations", {"title": "Before the restart"}).json()
+        api(first, "POST", f"/ui/api/conversations/{conv['id']}/messages", {"role": "user", "content": "remember me"})
+    finally:
+        first.stop()
+    second = LiveServer(tmp_path, "--no-preload")
+    context = browser.new_context(viewport=DESKTOP)
+    try:
+        page = context.new_page()
+        open_ui(page, second)
+        page.get_by_role("button", name="Before the restart", exact=True).click()
+        expect(page.locator(".message.user .content")).to_have_text("remember me")
+        assert (tmp_path / "ui.sqlite3").is_file()
+    finally:
+        context.close()
+        second.stop()
 
 
 # --- models ---
@@ -420,3 +444,5 @@ def test_monitor_updates_after_a_request(ui: PageWatch, ui_server: LiveServer) -
     assert float(tps) > 0
     assert page.locator("#tps-chart canvas").count() == 1
     screenshot(page, "monitor")
+    page.emulate_media(color_scheme="dark")
+    screenshot(page, "monitor-dark")

@@ -13,6 +13,12 @@ export class MonitorPage {
     this.chart = null;
     this.timer = null;
     window.addEventListener("resize", () => this.resize());
+    // A theme switch redraws the chart with the new axis colours.
+    matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => {
+      this.chart?.destroy();
+      this.chart = null;
+      this.draw();
+    });
   }
 
   start() {
@@ -90,7 +96,7 @@ export class MonitorPage {
         width: this.chartEl.clientWidth,
         height: 220,
         scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(5, max * 1.1)] } },
-        axes: [{}, { label: "tok/s" }],
+        axes: [axis(), { ...axis(), label: "tok/s" }],
         series: [
           {},
           { label: "tokens/s", stroke: "#2563eb", width: 2, fill: "rgba(37,99,235,0.12)" },
@@ -106,6 +112,14 @@ export class MonitorPage {
   resize() {
     if (this.chart && this.chartEl.clientWidth) this.chart.setSize({ width: this.chartEl.clientWidth, height: 220 });
   }
+}
+
+// Axis colours from the page's theme (uPlot draws on a canvas, which CSS cannot restyle).
+function axis() {
+  const style = getComputedStyle(document.documentElement);
+  const text = style.getPropertyValue("--muted").trim() || "#6b7280";
+  const grid = style.getPropertyValue("--border").trim() || "#e3e5e8";
+  return { stroke: text, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } };
 }
 
 function row(values, span) {
