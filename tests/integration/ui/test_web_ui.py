@@ -11,12 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.conftest import REPO_ROOT
 from tests.integration.conftest import LiveServer
-
-playwright_api = pytest.importorskip("playwright.sync_api")
-from playwright.sync_api import Browser, Page, expect  # noqa: E402
 
 pytestmark = pytest.mark.slow
 CHROMIUM = Path("/usr/bin/chromium")
@@ -47,7 +45,7 @@ def ui_server(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         pytest.fail("/usr/bin/chromium is missing: run `scripts/install.sh test` (installs Debian's chromium)")
-    with playwright_api.sync_playwright() as p:
+    with sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
         yield b
         b.close()
