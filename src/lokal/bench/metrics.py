@@ -1,0 +1,67 @@
+"""Percentiles and the summary of one measurement (one target, one concurrency level)."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from lokal.bench.loadgen import RequestRecord
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile (0 ≤ q ≤ 1) with linear interpolation between closest ranks (numpy's default)."""
+    if not values:
+        raise ValueError("percentile of no values")
+    s = sorted(values)
+    pos = q * (len(s) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def distribution(values: list[float], scale: float = 1.0) -> dict[str, float] | None:
+    """mean, p50, p95, p99, min, max of values × scale; None when there are none."""
+    if not values:
+        return None
+    v = [x * scale for x in values]
+    return {"mean": statistics.fmean(v), "p50": percentile(v, 0.5), "p95": percentile(v, 0.95),
+            "p99": percentile(v, 0.99), "min": min(v), "max": max(v)}
+
+
+def summarize(records: list[RequestRecord], wall_s: float) -> dict[str, Any]:
+    """The numbers of one run of the load: throughput over the wall time, distributions over requests."""
+    ok = [r for r in records if r.ok]
+    tokens = sum(r.tokens for r in ok)
+    ttfts = [r.ttft for r in ok if r.ttft is not None]
+    itls = [gap for r in ok for gap in r.itl]
+    # per-stream decode speed: tokens after the first over the time after the first content
+    decode = [(r.tokens - 1) / (r.latency - r.ttft) for r in ok
+              if r.ttft is not None and r.tokens > 1 and r.latency > r.ttft]
+    prompt_speed = [r.prompt_tokens / r.ttft for r in ok if r.prompt_tokens and r.ttft]
+    return {
+        "requests": len(records),
+        "errors": len(records) - len(ok),
+        "wall_s": wall_s,
+        "tokens": tokens,
+        "tok_s": tokens / wall_s if wall_s > 0 else 0.0,
+        "req_s": len(ok) / wall_s if wall_s > 0 else 0.0,
+        "tokens_per_req": tokens / len(ok) if ok else 0.0,
+        "stream_tok_s": statistics.median(decode) if decode else None,
+        "prompt_tok_s": statistics.median(prompt_speed) if prompt_speed else None,
+        "ttft_ms": distribution(ttfts, 1000),
+        "latency_s": distribution([r.latency for r in ok]),
+        "itl_ms": distribution(itls, 1000),
+        "usage_tokens": sum(r.usage_tokens for r in ok if r.usage_tokens is not None),
+        "usage_reported": sum(1 for r in ok if r.usage_tokens is not None),
+    }
+
+
+def merge_reps(reps: list[dict[str, Any]], records: list[RequestRecord]) -> dict[str, Any]:
+    """One level's result from several repetitions: medians of the rates, distributions over all requests."""
+    wall = sum(r["wall_s"] for r in reps)
+    out = summarize(records, wall)
+    for key in ("tok_s", "req_s"):
+        out[key] = statistics.median(r[key] for r in reps)
+    out["reps"] = len(reps)
+    out["ttft_samples_ms"] = [round(r.ttft * 1000, 2) for r in records if r.ok and r.ttft is not None]
+    return out

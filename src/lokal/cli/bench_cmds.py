@@ -1,0 +1,176 @@
+"""`lokal bench run | compare | scenarios`: the comparison tables, measured on this machine against any peer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from lokal.bench.loadgen import RequestRecord
+from lokal.bench.run import BenchEvents
+
+bench_app = typer.Typer(
+    name="bench", help="Benchmark lokal and its peers on this machine (TTFT, tok/s, memory, concurrency).",
+    no_args_is_help=True,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(1)
+
+
+class ProgressEvents(BenchEvents):
+    """A Rich progress bar over every request of the run; failures and notes printed above it."""
+
+    def __init__(self, progress: Progress, total: int) -> None:
+        self.progress = progress
+        self.task = progress.add_task("starting", total=total)
+
+    def failure(self, line: str) -> None:
+        self.progress.console.print(f"[red]✗[/red] {line}", highlight=False, soft_wrap=True)
+
+    def note(self, line: str) -> None:
+        self.progress.console.print(f"[dim]{line}[/dim]", highlight=False)
+
+    def measuring(self, target: str, concurrency: int, rep: int, requests: int) -> None:
+        what = f"c={concurrency} rep {rep + 1}" if concurrency else "prefix check"
+        self.progress.update(self.task, description=f"{target} · {what}")
+
+    def record(self, rec: RequestRecord) -> None:
+        self.progress.advance(self.task)
+
+    def measured(self, target: str, concurrency: int, summary: dict[str, Any]) -> None:
+        err = f", [red]{summary['errors']} errors[/red]" if summary["errors"] else ""
+        self.progress.console.print(f"  {target} c={concurrency}: {summary['tok_s']:.1f} tok/s, "
+                                    f"{summary['req_s']:.2f} req/s{err}", highlight=False)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise typer.BadParameter(f"expected numbers separated by commas, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise typer.BadParameter("concurrency levels must be ≥ 1")
+    return values
+
+
+@bench_app.command("run")
+def run(
+    target: Annotated[list[str] | None, typer.Option(
+        "--target", "-t",
+        help="lokal[:MODEL] (started here), llama-server:PATH, llama-cpp-python, or NAME=URL@MODEL "
+             "(OpenAI API; NAME ollama… or URL ollama+http://… for Ollama's /api/chat). Repeat for several.",
+    )] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="model for targets started here")] = None,
+    scenario: Annotated[str, typer.Option(help="single | sweep | long-prompt | shared-prefix | all")] = "sweep",
+    concurrency: Annotated[str | None, typer.Option(help="levels, e.g. 1,10,100 (default: the scenario's)")] = None,
+    rounds: Annotated[int | None, typer.Option(help="requests per client at each level")] = None,
+    max_tokens: Annotated[int, typer.Option(help="completion tokens per request (EOS ignored where supported)")] = 64,
+    reps: Annotated[int, typer.Option(help="measurements per target and level, interleaved; medians kept")] = 1,
+    seed: Annotated[int, typer.Option(help="prompt order and sampling seed")] = 0,
+    prompts: Annotated[Path | None, typer.Option(help="JSONL prompts (ShareGPT, messages or prompt)")] = None,
+    prompt_tokens: Annotated[int, typer.Option(help="prompt size of long-prompt")] = 1500,
+    prefix_tokens: Annotated[int, typer.Option(help="system prompt size of shared-prefix / the prefix check")] = 1500,
+    threads: Annotated[int | None, typer.Option(help="threads of targets started here (default LOKAL_THREADS)")] = None,
+    slots: Annotated[int, typer.Option(help="parallel slots of targets started here")] = 8,
+    ctx: Annotated[int, typer.Option(help="context per slot of targets started here")] = 4096,
+    baseline: Annotated[str | None, typer.Option(help="system the ratios compare against (default: first)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the results (schema: lokal/bench/schema.json)")]
+    = None,
+    html_out: Annotated[Path | None, typer.Option("--html", help="write a self-contained HTML report with charts")]
+    = None,
+    logs: Annotated[Path | None, typer.Option(help="folder for the logs of servers started here")] = None,
+) -> None:
+    """Measure targets under a scenario; print the comparison tables."""
+    from lokal.bench.report import render
+    from lokal.bench.run import RunConfig, run_bench
+    from lokal.bench.scenarios import load_jsonl, make_scenario
+    from lokal.bench.targets import LocalOptions, TargetSpecError, parse_target
+    from lokal.config import Settings
+
+    specs = target or ["lokal"]
+    settings = Settings()
+    model_name = model or settings.default_model
+    try:
+        sc = make_scenario(scenario, _ints(concurrency) if concurrency else None, rounds, prompt_tokens, prefix_tokens)
+        user_prompts = load_jsonl(prompts) if prompts else None
+    except (ValueError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    local = LocalOptions(model=model_name, home=settings.home, threads=threads or settings.threads, slots=slots,
+                         ctx=ctx)
+    if any(s.split(":", 1)[0] in ("llama-server", "llama-cpp-python") for s in specs):
+        from lokal.store.model_store import ModelStore
+        from lokal.store.pull import pull_model
+
+        store = ModelStore(settings.home)
+        try:
+            pull_model(store, model_name)
+            local.gguf = store.gguf_path(model_name)
+        except Exception as exc:  # noqa: BLE001 - any store failure is one line for the user
+            raise _fail(f"model {model_name}: {exc}") from None
+    try:
+        targets = [parse_target(s, local) for s in specs]
+    except TargetSpecError as exc:
+        raise _fail(str(exc)) from None
+    names = [t.name for t in targets]
+    if len(set(names)) != len(names):
+        raise _fail(f"two targets share a name: {names}; name URL targets NAME=URL@MODEL")
+    if baseline and baseline not in names:
+        raise _fail(f"--baseline {baseline!r} is not one of the targets: {', '.join(names)}")
+    cfg = RunConfig(
+        scenario=sc, max_tokens=max_tokens, reps=reps, seed=seed, user_prompts=user_prompts,
+        prompts_source=str(prompts) if prompts else "builtin", prefix_tokens=prefix_tokens, baseline=baseline,
+        logs=logs, meta={"model": model_name, "threads": local.threads, "slots": slots, "ctx": ctx},
+    )
+    total = sum(c * sc.rounds for c in sc.concurrency) * reps * len(targets)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        doc = run_bench(targets, cfg, ProgressEvents(progress, total))
+    render(doc, console)
+    if json_out:
+        json_out.write_text(json.dumps(doc, indent=2))
+        console.print(f"[dim]results: {json_out}[/dim]")
+    if html_out:
+        from lokal.bench.html import write_html
+
+        try:
+            write_html(doc, html_out)
+        except RuntimeError as exc:
+            raise _fail(str(exc)) from None
+        console.print(f"[dim]report: {html_out}[/dim]")
+    if doc["interrupted"]:
+        raise typer.Exit(130)
+    if all(t["status"] == "failed" for t in doc["targets"]):
+        raise typer.Exit(1)
+
+
+@bench_app.command("compare")
+def compare(
+    a: Annotated[Path, typer.Argument(help="earlier run (--json output)")],
+    b: Annotated[Path, typer.Argument(help="later run")],
+) -> None:
+    """Two earlier runs side by side: tok/s, TTFT p50 and errors per system and concurrency, with changes."""
+    from lokal.bench.compare import compare_table, load
+
+    try:
+        doc_a, doc_b = load(a), load(b)
+    except (ValueError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(compare_table(doc_a, doc_b, a.name, b.name))
+
+
+@bench_app.command("scenarios")
+def scenarios() -> None:
+    """List the named scenarios."""
+    from lokal.bench.scenarios import SCENARIOS
+
+    for name, text in SCENARIOS.items():
+        console.print(f"[bold]{name:<14}[/bold] {text}", highlight=False)
