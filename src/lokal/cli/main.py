@@ -441,7 +441,40 @@ def serve(
         f"lokal {__version__} serving on [bold]http://{settings.host}:{settings.port}[/bold] "
         f"(slots={settings.parallel or 'auto'}, ctx={settings.ctx_size}, threads={settings.threads})"
     )
-    uvicorn.run(app_, host=settings.host, port=settings.port, log_level=settings.log_level)
+    _warn_if_open(settings)
+    # SIGTERM/SIGINT: stop accepting, let running requests finish for up to the grace period; a
+    # second signal exits at once (uvicorn's own handling)
+    uvicorn.run(app_, host=settings.host, port=settings.port, log_level=settings.log_level,
+                timeout_graceful_shutdown=settings.shutdown_grace or None)
+
+
+def _warn_if_open(settings: Settings) -> None:
+    """A loud warning when the API is reachable from other machines and no key protects it."""
+    import ipaddress
+
+    from lokal.server.security.keys import KeyStore
+
+    host = settings.host.strip("[]")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and not KeyStore(settings.home).enabled():
+        err_console.print(
+            f"[bold red]WARNING: serving on {settings.host} with no API keys: anyone who can reach this "
+            "port can use every model and route. Create a key with `lokal keys create NAME`.[/bold red]",
+            highlight=False,
+        )
+
+
+from lokal.cli.bench_cmds import bench_app  # noqa: E402 - registered after the commands above
+
+app.add_typer(bench_app, name="bench")
+
+
+from lokal.cli.keys_cmds import keys_app  # noqa: E402  (after every command above)
+
+app.add_typer(keys_app, name="keys")
 
 
 if __name__ == "__main__":
