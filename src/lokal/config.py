@@ -34,6 +34,19 @@ class Settings(BaseSettings):
         default="5m", description='idle time before a model unloads ("5m", "1h30m", seconds; 0 at once, -1 never)'
     )
     log_level: str = "info"
+    # production: see lokal.server.security and the README's Production section
+    rate_rpm: int = Field(default=0, ge=0, description="requests per minute per API key (or client address); 0 = off")
+    rate_tpm: int = Field(default=0, ge=0, description="prompt+generated tokens per minute per key; 0 = off")
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="largest request body; 413 beyond")
+    max_tokens_limit: int = Field(default=0, ge=0, description="largest max_tokens/num_predict per request; 0 = off")
+    max_prompt_tokens: int = Field(default=0, ge=0, description="largest prompt in tokens per request; 0 = off")
+    request_timeout: float = Field(default=0, ge=0, description="seconds a generation may run; 0 = no limit")
+    origins: str = Field(default="", description="CORS allow-list, comma-separated origins; empty = CORS off")
+    audit_log: bool = Field(default=True, description="one JSON line per request in $LOKAL_HOME/logs/audit.log")
+    audit_prompts: bool = Field(default=False, description="also write prompt text into the audit log")
+    audit_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="audit log size before rotation")
+    audit_backups: int = Field(default=5, ge=0, description="rotated audit logs kept")
+    shutdown_grace: float = Field(default=30.0, ge=0, description="seconds in-flight requests get on SIGTERM")
 
     @field_validator("keep_alive", mode="before")
     @classmethod

@@ -11,6 +11,7 @@ from fastapi.responses import PlainTextResponse, Response
 from lokal import __version__
 from lokal.config import Settings
 from lokal.runtime.runtime import Runtime
+from lokal.server import security
 from lokal.server.embeddings import router as embeddings_router
 from lokal.server.errors import install_error_handlers
 from lokal.server.ollama.routes import router as ollama_router
@@ -49,6 +50,7 @@ def create_app(
     app.include_router(ui.router)
     app.state.request_log = RequestLog()  # recent generation requests, for the UI's monitor
     app.add_middleware(RequestLogMiddleware, log=app.state.request_log)
+    security.install(app, settings, runtime)  # keys, limits, /metrics, audit log, /ready; outermost
 
     @app.get("/", response_class=PlainTextResponse, tags=["ollama"])
     async def root(request: Request) -> Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,15 +16,18 @@ from pydantic import ValidationError
 from lokal.engine.chat_template import TemplateError
 from lokal.engine.engine import PromptTooLong
 from lokal.engine.llama_model import ModelLoadError
+from lokal.engine.sampling import SamplingParams
 from lokal.engine.scheduler import QueueFull
 from lokal.engine.sequence import Delta, FinishReason, Timings, Usage
 from lokal.runtime.loaded_model import LoadedModel
 from lokal.runtime.runtime import Runtime
 from lokal.server.errors import APIError
+from lokal.server.security.tracking import RequestFacts, RequestLimits, current_request
 from lokal.store.errors import InvalidModelName, ModelNotFound, StoreError
 
 RETRY_AFTER_S = 1
 DISCONNECT_POLL_S = 0.25
+TIMEOUT_ERROR = "request timed out"
 OLLAMA_BUSY = "server busy, please try again.  maximum pending requests exceeded"  # Ollama's words
 
 
@@ -63,8 +67,11 @@ def checked_sampling(loaded: LoadedModel, **fields: object):  # type: ignore[no-
 
 
 def submit(loaded: LoadedModel, prompt: list[int], params) -> AsyncIterator[Delta]:  # type: ignore[no-untyped-def]
+    facts = current_request.get()
+    if facts is not None:
+        params = within_limits(facts.limits, prompt, params)
     try:
-        return loaded.submit(prompt, params)
+        stream = loaded.submit(prompt, params)
     except PromptTooLong as exc:
         raise APIError(400, str(exc), param="messages", code="context_length_exceeded") from exc
     except QueueFull as exc:
@@ -72,6 +79,68 @@ def submit(loaded: LoadedModel, prompt: list[int], params) -> AsyncIterator[Delt
                        headers={"Retry-After": str(RETRY_AFTER_S)}, ollama_message=OLLAMA_BUSY) from exc
     except ValueError as exc:
         raise APIError(400, str(exc)) from exc
+    return stream if facts is None else observed(stream, facts, loaded.name, len(prompt))
+
+
+def within_limits(limits: RequestLimits, prompt: list[int], params: SamplingParams) -> SamplingParams:
+    """The server's per-request bounds (LOKAL_MAX_PROMPT_TOKENS, LOKAL_MAX_TOKENS_LIMIT): a request
+    over them is refused; one that sets no max_tokens gets the limit."""
+    if limits.max_prompt_tokens and len(prompt) > limits.max_prompt_tokens:
+        raise APIError(400, f"prompt is {len(prompt)} tokens, over this server's limit of "
+                       f"{limits.max_prompt_tokens}", param="messages", code="context_length_exceeded")
+    cap = limits.max_tokens
+    if cap and params.max_tokens is None:
+        return params.model_copy(update={"max_tokens": cap})
+    if cap and params.max_tokens > cap:
+        raise APIError(400, f"max_tokens (num_predict) {params.max_tokens} is over this server's limit of {cap}",
+                       param="max_tokens", code="max_tokens_exceeded")
+    return params
+
+
+async def observed(stream: AsyncIterator[Delta], facts: RequestFacts, model: str, n_prompt: int
+                   ) -> AsyncIterator[Delta]:
+    """The stream as it is, timed for the metrics and the audit log: time to first token, the
+    gaps between tokens, token counts. Ends it with an error delta past LOKAL_REQUEST_TIMEOUT."""
+    facts.model = model
+    timeout = facts.limits.timeout_s
+    deadline = time.perf_counter() + timeout if timeout else None
+    last: float | None = None
+    generated = 0
+    finished = False
+    try:
+        while True:
+            try:
+                if deadline is None:
+                    delta = await anext(stream)
+                else:
+                    delta = await asyncio.wait_for(anext(stream), max(0.0, deadline - time.perf_counter()))
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                yield Delta(finish_reason=FinishReason.ERROR, error=f"{TIMEOUT_ERROR} after {timeout:g} s")
+                return
+            now = time.perf_counter()
+            if delta.token_ids:
+                generated += len(delta.token_ids)
+                if last is None:
+                    facts.ttft_s = now - facts.started
+                else:
+                    facts.inter_token_s.append(now - last)
+                last = now
+            if delta.finish_reason is not None:
+                finished = True
+                usage = delta.usage
+                facts.prompt_tokens += usage.prompt_tokens if usage else n_prompt
+                facts.completion_tokens += usage.completion_tokens if usage else generated
+                facts.generation_s = now - facts.started
+            yield delta
+            if finished:
+                return
+    finally:
+        if not finished:
+            facts.prompt_tokens += n_prompt
+            facts.completion_tokens += generated
+        await stream.aclose()  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -107,6 +176,8 @@ async def _collect(stream: AsyncIterator[Delta]) -> Completed:
         parts.append(delta.text)
         if delta.finish_reason is not None:
             if delta.finish_reason is FinishReason.ERROR:
+                if (delta.error or "").startswith(TIMEOUT_ERROR):
+                    raise APIError(504, f"{delta.error} (LOKAL_REQUEST_TIMEOUT)", type="timeout", code="timeout")
                 raise APIError(500, f"generation failed: {delta.error}", type="server_error")
             assert delta.usage is not None
             return Completed("".join(parts), delta.finish_reason, delta.usage, delta.timings)

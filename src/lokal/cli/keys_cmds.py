@@ -1,0 +1,62 @@
+"""`lokal keys create | list | revoke`: API keys of this ``$LOKAL_HOME`` (only hashes are stored)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lokal.config import Settings
+from lokal.server.security.keys import KeyStore, KeyStoreError
+
+keys_app = typer.Typer(help="API keys: once one exists, every API request needs Authorization: Bearer <key>.",
+                       no_args_is_help=True)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _store() -> KeyStore:
+    return KeyStore(Settings().home)
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+    return typer.Exit(1)
+
+
+@keys_app.command("create")
+def create(name: Annotated[str, typer.Argument(help="a name for the key (shown in the audit log)")]) -> None:
+    """Make a key and print it: it is shown this once, and only its hash is kept."""
+    try:
+        key = _store().create(name)
+    except KeyStoreError as exc:
+        raise _fail(exc) from None
+    print(key)  # alone on stdout, so that `KEY=$(lokal keys create ci)` works
+    err_console.print(f"key [bold]{name}[/bold] created; store it now, it cannot be shown again", highlight=False)
+
+
+@keys_app.command("list")
+def list_keys() -> None:
+    """Names, key prefixes and creation times (never the keys)."""
+    keys = _store().keys()
+    if not keys:
+        console.print("no keys: auth is off (every client is allowed)")
+        return
+    table = Table("NAME", "PREFIX", "CREATED", box=None, pad_edge=False)
+    for k in keys.values():
+        table.add_row(k.name, k.prefix + "…", k.created)
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def revoke(name: Annotated[str, typer.Argument(help="the key's name")]) -> None:
+    """Delete a key; a running server refuses it from its next request."""
+    store = _store()
+    try:
+        store.revoke(name)
+    except KeyStoreError as exc:
+        raise _fail(exc) from None
+    left = len(store.keys())
+    console.print(f"revoked {name}" + ("" if left else "; no keys left: auth is off"))

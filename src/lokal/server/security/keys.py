@@ -1,0 +1,114 @@
+"""API keys: only their SHA-256 digests are stored, in ``$LOKAL_HOME/keys.json`` (mode 0600).
+
+A key is ``lokal-`` followed by 32 random bytes (256 bits, URL-safe base64), so a fast hash is
+enough: a slow KDF (argon2, scrypt) protects low-entropy passwords from guessing, and nobody can
+guess 256 random bits. The digest is compared in constant time. The file is re-read when its
+mtime changes, so ``lokal keys revoke`` takes effect on a running server at its next request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+KEY_PREFIX = "lokal-"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+
+
+class KeyStoreError(ValueError):
+    """A key operation the user asked for cannot be done (bad or duplicate name, unknown key)."""
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    """One key as stored: never the key itself."""
+
+    name: str
+    sha256: str
+    prefix: str  # the first characters of the key, to tell keys apart in `lokal keys list`
+    created: str
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class KeyStore:
+    """The API keys of one ``$LOKAL_HOME``."""
+
+    def __init__(self, home: Path) -> None:
+        self.path = Path(home) / "keys.json"
+        self._cache: tuple[float, int, dict[str, StoredKey]] | None = None
+
+    def keys(self) -> dict[str, StoredKey]:
+        """Stored keys by name (cached until the file changes)."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            self._cache = None
+            return {}
+        if self._cache is not None and self._cache[:2] == (st.st_mtime, st.st_size):
+            return self._cache[2]
+        data = json.loads(self.path.read_text(encoding="utf-8") or "{}")
+        keys = {k["name"]: StoredKey(**k) for k in data.get("keys", [])}
+        self._cache = (st.st_mtime, st.st_size, keys)
+        return keys
+
+    def enabled(self) -> bool:
+        """Auth is on exactly when at least one key exists."""
+        return bool(self.keys())
+
+    def verify(self, key: str) -> str | None:
+        """The name of the key, or None if it is not a valid key."""
+        if not key.startswith(KEY_PREFIX):
+            return None
+        wanted = digest(key)
+        found = None
+        for stored in self.keys().values():  # compare against all: timing says nothing about which
+            if hmac.compare_digest(stored.sha256, wanted):
+                found = stored.name
+        return found
+
+    def create(self, name: str) -> str:
+        """Make a key called name and return it: the only time it is ever shown."""
+        if not NAME_PATTERN.match(name):
+            raise KeyStoreError(f"invalid key name {name!r}: letters, digits, '_', '.', '@', '-', at most 64")
+        keys = dict(self.keys())
+        if name in keys:
+            raise KeyStoreError(f"a key named {name!r} exists; revoke it first")
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        created = datetime.now(UTC).isoformat(timespec="seconds")
+        keys[name] = StoredKey(name=name, sha256=digest(key), prefix=key[: len(KEY_PREFIX) + 4], created=created)
+        self._write(keys)
+        return key
+
+    def revoke(self, name: str) -> None:
+        keys = dict(self.keys())
+        if keys.pop(name, None) is None:
+            raise KeyStoreError(f"no key named {name!r}")
+        self._write(keys)
+
+    def _write(self, keys: dict[str, StoredKey]) -> None:
+        """Atomic: a temp file (0600) in the same directory, fsync, rename."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        body = json.dumps({"keys": [asdict(k) for k in keys.values()]}, indent=2).encode()
+        fd, tmp = tempfile.mkstemp(prefix=".keys-", dir=self.path.parent)  # created 0600
+        try:
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), 0o600)
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self._cache = None

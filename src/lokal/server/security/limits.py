@@ -1,0 +1,169 @@
+"""Limits on what one client may ask: requests and tokens per minute (per API key, or per client
+address when auth is off), request body size, and CORS. Limits on a single generation
+(max_tokens, prompt length, timeout) are enforced where generation starts: ``server/generation.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lokal.server.errors import APIError
+from lokal.server.security.auth import is_open, send_error
+from lokal.server.security.tracking import RequestFacts, current_request
+
+WINDOW_S = 60.0
+UNLIMITED_PATHS = frozenset({"/metrics"})
+OLLAMA_RATE_LIMITED = "rate limit exceeded, try again later"
+
+
+@dataclass
+class _Usage:
+    requests: deque[float] = field(default_factory=deque)
+    tokens: deque[tuple[float, int]] = field(default_factory=deque)
+    token_sum: int = 0
+
+
+class RateLimiter:
+    """Sliding one-minute windows of requests and tokens per identity (key name or address)."""
+
+    def __init__(self, rpm: int, tpm: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rpm = rpm
+        self.tpm = tpm
+        self._clock = clock
+        self._usage: dict[str, _Usage] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return self.rpm > 0 or self.tpm > 0
+
+    def _window(self, who: str, now: float) -> _Usage:
+        usage = self._usage.setdefault(who, _Usage())
+        while usage.requests and usage.requests[0] <= now - WINDOW_S:
+            usage.requests.popleft()
+        while usage.tokens and usage.tokens[0][0] <= now - WINDOW_S:
+            usage.token_sum -= usage.tokens.popleft()[1]
+        return usage
+
+    def admit(self, who: str) -> float | None:
+        """Count one request; None if admitted, else the seconds until one would be."""
+        now = self._clock()
+        usage = self._window(who, now)
+        if self.rpm and len(usage.requests) >= self.rpm:
+            return usage.requests[0] + WINDOW_S - now
+        if self.tpm and usage.token_sum >= self.tpm:
+            # wait until enough old tokens leave the window to bring the sum under the limit
+            over = usage.token_sum - self.tpm
+            for t, n in usage.tokens:
+                over -= n
+                if over < 0:
+                    return t + WINDOW_S - now
+        usage.requests.append(now)
+        if len(self._usage) > 10_000:  # forget idle identities so addresses cannot grow the map
+            for idle in [k for k, u in self._usage.items() if not u.requests and not u.tokens]:
+                del self._usage[idle]
+        return None
+
+    def charge(self, who: str, tokens: int) -> None:
+        """Count tokens a finished request used."""
+        if self.tpm and tokens > 0:
+            usage = self._window(who, self._clock())
+            usage.tokens.append((self._clock(), tokens))
+            usage.token_sum += tokens
+
+    def charge_facts(self, facts: RequestFacts) -> None:
+        """Sink for TrackingMiddleware: charge a finished request's tokens to its identity."""
+        self.charge(identity(facts), facts.prompt_tokens + facts.completion_tokens)
+
+
+def identity(facts: RequestFacts) -> str:
+    return f"key:{facts.key_name}" if facts.key_name else f"addr:{facts.client.rsplit(':', 1)[0]}"
+
+
+class RateLimitMiddleware:
+    """429 with Retry-After once an identity is over its requests or tokens per minute.
+    Sits inside AuthMiddleware, which names the key."""
+
+    def __init__(self, app: ASGIApp, limiter: RateLimiter) -> None:
+        self.app = app
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        facts = current_request.get()
+        if (scope["type"] != "http" or facts is None or not self.limiter.enabled
+                or is_open(scope["method"], scope["path"]) or scope["path"] in UNLIMITED_PATHS):
+            await self.app(scope, receive, send)
+            return
+        wait = self.limiter.admit(identity(facts))
+        if wait is not None:
+            retry = str(max(1, math.ceil(wait)))
+            await send_error(scope, send, APIError(
+                429, f"rate limit exceeded for this key: retry in {retry} s", type="rate_limit_error",
+                code="rate_limit_exceeded", headers={"Retry-After": retry}, ollama_message=OLLAMA_RATE_LIMITED,
+            ))
+            return
+        await self.app(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimitMiddleware:
+    """413 for a request body over ``max_bytes``, declared (Content-Length) or streamed (chunked)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _error(self) -> APIError:
+        return APIError(413, f"request body is larger than {self.max_bytes} bytes (LOKAL_MAX_BODY_BYTES)",
+                        code="request_too_large")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await send_error(scope, send, self._error())
+                return
+        received = 0
+        started = False
+
+        async def receive_() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        async def send_(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive_, send_)
+        except _BodyTooLarge:
+            if not started:
+                await send_error(scope, send, self._error())
+
+
+def install_cors(app: FastAPI, origins: str) -> None:
+    """CORS for the listed origins only (comma-separated; ``*`` for any); nothing when empty."""
+    allowed = [o.strip() for o in origins.split(",") if o.strip()]
+    if allowed:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=allowed, allow_methods=["*"], allow_headers=["*"],
+            expose_headers=["Retry-After"], max_age=600,
+        )

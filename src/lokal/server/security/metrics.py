@@ -1,0 +1,121 @@
+"""Prometheus metrics at ``GET /metrics``.
+
+Request counters and latency histograms are observed when a request ends (a TrackingMiddleware
+sink); token times come from the generation hook. Engine state (running/waiting sequences, KV
+cells, loaded models and their memory) is read at scrape time by a collector, so it is never
+stale and costs nothing between scrapes. Each app has its own registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from lokal.runtime.runtime import Runtime
+from lokal.server.security.tracking import RequestFacts
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1, 2.5)
+SKIPPED_PATHS = ("/ui/static/",)
+
+disable_created_metrics()  # the *_created series double the output and no dashboard reads them
+
+
+class EngineCollector(Collector):
+    """Gauges read from the runtime at scrape time, one series per loaded model."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[Metric]:
+        def gauge(name: str, doc: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=["model"])
+
+        loaded = gauge("lokal_model_loaded", "1 for each model in memory")
+        memory = gauge("lokal_model_memory_bytes", "estimated memory of a loaded model: weights plus KV cache")
+        running = gauge("lokal_num_requests_running", "sequences being prefilled or decoded")
+        waiting = gauge("lokal_num_requests_waiting", "sequences queued for a slot")
+        slots = gauge("lokal_slots", "sequences a model can decode together")
+        kv_used = gauge("lokal_kv_cache_used_cells", "KV-cache cells holding tokens (running and cached prefixes)")
+        kv_total = gauge("lokal_kv_cache_total_cells", "KV-cache cells of a model")
+        kv_usage = gauge("lokal_kv_cache_usage_ratio", "KV-cache cells used, 0..1")
+        tps = gauge("lokal_generation_tokens_per_second", "generated tokens per second over the engine's window")
+        for m in self.runtime.loaded():
+            s = m.engine.stats()
+            name = [m.name]
+            loaded.add_metric(name, 1)
+            memory.add_metric(name, self.runtime.memory_bytes(m))
+            running.add_metric(name, s.running)
+            waiting.add_metric(name, s.waiting)
+            slots.add_metric(name, s.slots)
+            kv_used.add_metric(name, s.kv_cells_used)
+            kv_total.add_metric(name, s.kv_cells_total)
+            kv_usage.add_metric(name, s.kv_cells_used / s.kv_cells_total if s.kv_cells_total else 0.0)
+            tps.add_metric(name, s.tokens_per_second)
+        yield from (loaded, memory, running, waiting, slots, kv_used, kv_total, kv_usage, tps)
+
+
+class Metrics:
+    """lokal's metrics in their own registry."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("lokal_http_requests", "HTTP requests by route template, method and status",
+                                ["route", "method", "status"], registry=r)
+        self.request_latency = Histogram("lokal_http_request_duration_seconds", "HTTP request time, end to end",
+                                         ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("lokal_time_to_first_token_seconds", "request received to first generated token",
+                              ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.itl = Histogram("lokal_inter_token_latency_seconds", "time between two generated tokens of a stream",
+                             ["model"], buckets=ITL_BUCKETS, registry=r)
+        self.e2e = Histogram("lokal_e2e_request_latency_seconds", "generation request received to last token",
+                             ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.prompt_tokens = Counter("lokal_prompt_tokens", "prompt tokens read", ["model"], registry=r)
+        self.generation_tokens = Counter("lokal_generation_tokens", "tokens generated", ["model"], registry=r)
+        self.generations = Counter("lokal_generation_requests", "generation requests finished by model and status",
+                                   ["model", "status"], registry=r)
+        r.register(EngineCollector(runtime))
+
+    def observe(self, facts: RequestFacts) -> None:
+        """Sink for TrackingMiddleware."""
+        if facts.path.startswith(SKIPPED_PATHS):
+            return
+        self.requests.labels(facts.route, facts.method, str(facts.status)).inc()
+        self.request_latency.labels(facts.route).observe(facts.latency_s)
+        if facts.model is None:
+            return
+        model = facts.model
+        self.generations.labels(model, str(facts.status)).inc()
+        self.prompt_tokens.labels(model).inc(facts.prompt_tokens)
+        self.generation_tokens.labels(model).inc(facts.completion_tokens)
+        if facts.ttft_s is not None:
+            self.ttft.labels(model).observe(facts.ttft_s)
+        itl = self.itl.labels(model)
+        for gap in facts.inter_token_s:
+            itl.observe(gap)
+        if facts.generation_s is not None:
+            self.e2e.labels(model).observe(facts.generation_s)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+router = APIRouter(tags=["lokal"])
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics (text exposition format)."""
+    return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,144 @@
+"""What is known about the request being served, gathered as it runs and handed to the metrics
+and the audit log when it ends.
+
+``TrackingMiddleware`` is the outermost of lokal's own middlewares: it makes one
+``RequestFacts`` per HTTP request and puts it in a context variable; auth fills in the key
+name, the generation hook (``server/generation.py``) the model, tokens and token times. When
+the response is over, every sink (metrics, audit) gets the finished facts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI
+from starlette.routing import compile_path
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("lokal.server")
+
+PROMPT_PEEK_BYTES = 1 << 20  # prompt text for the audit log comes from the first MiB of a body
+
+
+@dataclass
+class RequestLimits:
+    """Per-request bounds that the generation hook enforces (0 = no bound)."""
+
+    max_tokens: int = 0
+    max_prompt_tokens: int = 0
+    timeout_s: float = 0.0
+
+
+@dataclass
+class RequestFacts:
+    """One request, as the metrics and the audit log see it (times in seconds)."""
+
+    method: str
+    path: str
+    client: str
+    started_at: float  # Unix time
+    started: float = field(default_factory=time.perf_counter)
+    route: str = ""  # the matched route's template, e.g. /v1/models/{model_id}
+    status: int = 0
+    key_name: str | None = None
+    model: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_s: float | None = None
+    inter_token_s: list[float] = field(default_factory=list)
+    generation_s: float | None = None  # submit to last token
+    prompt_text: str | None = None
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    latency_s: float = 0.0
+
+
+current_request: ContextVar[RequestFacts | None] = ContextVar("lokal_request", default=None)
+
+Sink = Callable[[RequestFacts], None]
+
+
+class TrackingMiddleware:
+    """Make the facts of each HTTP request and pass them to the sinks when it ends."""
+
+    def __init__(self, app: ASGIApp, sinks: list[Sink], limits: RequestLimits, api: FastAPI,
+                 capture_prompts: bool = False) -> None:
+        self.app = app
+        self.api = api
+        self._templates: list[tuple[re.Pattern[str], str]] | None = None
+        self.sinks = sinks
+        self.limits = limits
+        self.capture_prompts = capture_prompts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        facts = RequestFacts(
+            method=scope["method"], path=scope["path"], client=f"{client[0]}:{client[1]}" if client else "",
+            started_at=time.time(), limits=self.limits,
+        )
+        token = current_request.set(facts)
+        body = bytearray()
+
+        async def receive_() -> Message:
+            message = await receive()
+            if self.capture_prompts and message["type"] == "http.request" and len(body) < PROMPT_PEEK_BYTES:
+                body.extend(message.get("body", b""))
+            return message
+
+        async def send_(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                facts.status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive_, send_)
+        except BaseException:
+            facts.status = facts.status or 500
+            raise
+        finally:
+            current_request.reset(token)
+            facts.latency_s = time.perf_counter() - facts.started
+            facts.route = self.route_template(scope["path"])
+            if self.capture_prompts and body:
+                facts.prompt_text = prompt_text(bytes(body))
+            for sink in self.sinks:
+                try:
+                    sink(facts)
+                except Exception:  # observing a request must never break serving it
+                    log.exception("request sink %r failed", sink)
+
+
+    def route_template(self, path: str) -> str:
+        """The template of the route a path matches (``/v1/models/{model_id}``), whether or not the
+        request got that far (a 401 or 429 comes before routing); ``unmatched`` for unknown paths,
+        so that scanners cannot grow the metrics' label sets. Templates come from the OpenAPI
+        schema, which lists every route with its full prefix."""
+        if self._templates is None:
+            self._templates = [(compile_path(p)[0], p) for p in self.api.openapi().get("paths", {})]
+        for pattern, template in self._templates:
+            if pattern.match(path):
+                return template
+        return "unmatched"
+
+
+def prompt_text(body: bytes) -> str | None:
+    """The prompt of an OpenAI or Ollama request body (messages, prompt or input), as JSON text."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    for name in ("messages", "prompt", "input", "system"):
+        if name in data:
+            value = data[name]
+            return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return None
