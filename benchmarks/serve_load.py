@@ -89,7 +89,10 @@ async def stream_one(client: httpx.AsyncClient, url: str, model: str, messages: 
 
 
 async def run_load(url: str, model: str, c: int, rounds: int, max_tokens: int) -> tuple[list[Result], float]:
-    limits = httpx.Limits(max_connections=c + 4, max_keepalive_connections=c + 4)
+    # No connection reuse: llama-server closes idle keep-alive connections without notice, and a request
+    # sent on one fails with 'Server disconnected'. A fresh loopback connection per request costs every
+    # target the same ~1 ms.
+    limits = httpx.Limits(max_connections=c + 4, max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=httpx.Timeout(600), limits=limits) as client:
         async def worker(w: int) -> list[Result]:
             out = []

@@ -133,7 +133,10 @@ async def run_closed_loop(
     timeout: float = 600.0,
 ) -> tuple[list[RequestRecord], float]:
     """`concurrency` clients share `prompts` (client w sends prompts w, w+c, w+2c, …); returns records and wall time."""
-    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    # No connection reuse: llama-server closes idle keep-alive connections without notice, and a request
+    # sent on one fails with 'Server disconnected'. A fresh loopback connection per request costs every
+    # target the same ~1 ms.
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=0)
     tmo = httpx.Timeout(timeout, connect=10.0)
     async with httpx.AsyncClient(timeout=tmo, limits=limits) as client:
         async def client_loop(w: int) -> list[RequestRecord]:
