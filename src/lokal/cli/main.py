@@ -424,7 +424,6 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the OpenAI-compatible API (and /docs) on one port."""
-    import uvicorn
 
     from lokal.runtime.runtime import Runtime
     from lokal.server.app import create_app
@@ -442,10 +441,11 @@ def serve(
         f"(slots={settings.parallel or 'auto'}, ctx={settings.ctx_size}, threads={settings.threads})"
     )
     _warn_if_open(settings)
-    # SIGTERM/SIGINT: stop accepting, let running requests finish for up to the grace period; a
-    # second signal exits at once (uvicorn's own handling)
-    uvicorn.run(app_, host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=settings.shutdown_grace or None)
+    # SIGTERM/SIGINT: stop accepting, let running requests finish for up to LOKAL_SHUTDOWN_GRACE;
+    # a second signal exits at once
+    from lokal.server.security.lifecycle import serve as serve_until_signalled
+
+    serve_until_signalled(app_, settings)
 
 
 def _warn_if_open(settings: Settings) -> None:
