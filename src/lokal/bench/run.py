@@ -55,7 +55,7 @@ class BenchEvents:
 
 
 def level_prompts(cfg: RunConfig, concurrency: int, salt: int) -> list[Prompt]:
-    n = concurrency * cfg.scenario.rounds
+    n = concurrency * cfg.scenario.rounds_at(concurrency)
     if cfg.user_prompts:
         return cycle(cfg.user_prompts, n, offset=cfg.seed)
     system = system_prompt(cfg.scenario.shared_prefix_tokens, salt) if cfg.scenario.shared_prefix_tokens else None

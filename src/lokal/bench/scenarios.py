@@ -37,6 +37,10 @@ class Scenario:
     description: str = ""
     extra: dict[str, object] = field(default_factory=dict)
 
+    def rounds_at(self, concurrency: int) -> int:
+        """Requests per client at a level; one client sends at least 3, so its percentiles mean something."""
+        return max(self.rounds, 3) if concurrency == 1 else self.rounds
+
 
 SCENARIOS: dict[str, str] = {
     "single": "one user: TTFT, decode tok/s, prompt tok/s, end-to-end latency (c=1)",

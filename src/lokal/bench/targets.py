@@ -60,6 +60,8 @@ class LocalServer:
         return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> LocalServer:
+        if port_in_use(self.port):  # else another server would answer our health check and be measured instead
+            raise RuntimeError(f"port {self.port} is already in use")
         out = open(self.log, "wb") if self.log else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(self.argv, env={**os.environ, **self.env}, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.startup_timeout
@@ -67,7 +69,7 @@ class LocalServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: {' '.join(self.argv)}")
             try:
-                if httpx.get(self.url + self.health, timeout=2).status_code == 200:
+                if httpx.get(self.url + self.health, timeout=2).status_code == 200 and self.proc.poll() is None:
                     return self
             except httpx.HTTPError:
                 pass
@@ -90,6 +92,11 @@ class LocalServer:
 
         assert self.proc is not None
         return tree_rss_bytes(self.proc.pid) / 2**20
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def free_port() -> int:
