@@ -112,10 +112,6 @@ class RateLimitMiddleware:
         await self.app(scope, receive, send)
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class BodyLimitMiddleware:
     """413 for a request body over ``max_bytes``, declared (Content-Length) or streamed (chunked)."""
 
@@ -136,27 +132,27 @@ class BodyLimitMiddleware:
                 await send_error(scope, send, self._error())
                 return
         received = 0
-        started = False
+        too_large = False
 
         async def receive_() -> Message:
-            nonlocal received
+            nonlocal received, too_large
+            if too_large:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _BodyTooLarge
+                if received > self.max_bytes:  # stop reading; the app's answer is replaced below
+                    too_large = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
             return message
 
         async def send_(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive_, send_)
-        except _BodyTooLarge:
-            if not started:
+            if not too_large:
+                await send(message)
+            elif message["type"] == "http.response.start":
                 await send_error(scope, send, self._error())
+
+        await self.app(scope, receive_, send_)
 
 
 def install_cors(app: FastAPI, origins: str) -> None:
