@@ -61,15 +61,30 @@ class GracefulServer(uvicorn.Server):
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
-        # uvicorn re-raises the signal after a graceful stop (the process dies by it); lokal exits 0
+        """SIGTERM and SIGINT are blocked in every thread and taken by one waiting thread
+        (sigwait). A signal handler that runs on the engine's thread or llama.cpp's worker threads
+        was seen to stall decoding mid-stream; blocked signals never interrupt them. (uvicorn
+        would also re-raise the signal after a graceful stop, so that the process dies by it;
+        lokal exits 0.) Threads made later (the model's engine) inherit the mask."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        signals = {signal.SIGINT, signal.SIGTERM}
+        # threads that existed before (none of lokal's) keep the signals unblocked: for them, a handler
+        handlers = {sig: signal.signal(sig, self.handle_exit) for sig in signals}
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        log.debug("threads before serving: %s", [t.name for t in threading.enumerate()])
+
+        def wait() -> None:
+            while True:
+                self.handle_exit(signal.sigwait(signals), None)
+
+        threading.Thread(target=wait, name="signals", daemon=True).start()
         try:
             yield
         finally:
-            for sig, handler in original.items():
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+            for sig, handler in handlers.items():
                 signal.signal(sig, handler)
 
 
