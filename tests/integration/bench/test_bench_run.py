@@ -176,15 +176,15 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_finished(server: LiveServer, model_
     env = {**os.environ, "LOKAL_HOME": str(model_home), "COLUMNS": "200"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "lokal.cli.main", "bench", "run", "--target", f"lokal={server.url}@smollm2:135m",
-         "--concurrency", "1,2", "--rounds", "40", "--max-tokens", "16", "--json", str(out)],
+         "--concurrency", "1,8", "--rounds", "3", "--max-tokens", "32", "--json", str(out)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     assert proc.stderr is not None
     deadline = time.monotonic() + 90
-    for line in proc.stderr:  # the c=1 level is done: interrupt c=2
+    for line in proc.stderr:  # the c=1 level is done: interrupt c=8 (24 requests of 32 tokens)
         if "lokal c=1:" in line or time.monotonic() > deadline:
             break
-    time.sleep(1.0)
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stdout + stderr
