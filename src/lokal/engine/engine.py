@@ -90,6 +90,10 @@ class Engine:
         for tok in params.logit_bias:
             if not self.model.valid_token(tok):
                 raise ValueError(f"logit_bias token id {tok} is outside the vocabulary")
+        if params.grammar is not None:
+            if params.ignore_eos:
+                raise ValueError("ignore_eos cannot be combined with a grammar (structured output)")
+            self.model.check_grammar(params.grammar)  # GrammarError (a ValueError) if llama.cpp refuses it
         return Sequence(prompt=prompt, params=params, max_context=n_ctx)
 
     def enqueue(self, seq: Sequence) -> None:

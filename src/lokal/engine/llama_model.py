@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp as C
+import numpy as np
 
 from lokal.engine.sampling import SamplingParams
 
@@ -45,6 +46,10 @@ def system_info() -> str:
     """llama.cpp's build and CPU feature line (SIMD flags, LLAMAFILE, threads support)."""
     raw = C.llama_print_system_info()
     return raw.decode("utf-8", "replace") if raw else ""
+
+
+class GrammarError(ValueError):
+    """llama.cpp could not compile a grammar (it logs the parse error and returns NULL)."""
 
 
 class ModelLoadError(RuntimeError):
@@ -184,7 +189,9 @@ class LlamaModel:
             raise RuntimeError(f"llama_decode failed with code {rc}")
 
     def sample(self, sampler: SamplerChain, batch_index: int) -> int:
-        return int(C.llama_sampler_sample(sampler.ptr, self._ctx, batch_index))
+        if sampler.grammar is None:
+            return int(C.llama_sampler_sample(sampler.ptr, self._ctx, batch_index))
+        return sampler.sample_constrained(C.llama_get_logits_ith(self._ctx, batch_index))
 
     # ---- KV memory ------------------------------------------------------------------------
     def forget(self, seq_id: int, from_pos: int = 0) -> bool:
@@ -201,6 +208,17 @@ class LlamaModel:
         C.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
         return self.forget(dst, n_tokens)
 
+    def grammar_sampler(self, grammar: str) -> ctypes.c_void_p:
+        """A compiled grammar sampler (caller owns it); GrammarError if llama.cpp refuses the text."""
+        ptr = C.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
+        if not ptr:
+            raise GrammarError("the grammar could not be compiled by llama.cpp")
+        return ptr  # type: ignore[no-any-return]
+
+    def check_grammar(self, grammar: str) -> None:
+        """Compile and drop a grammar, so a bad one is refused before its request is queued."""
+        C.llama_sampler_free(self.grammar_sampler(grammar))
+
     def new_sampler(self, params: SamplingParams, recent: list[int]) -> SamplerChain:
         return SamplerChain(self, params, recent)
 
@@ -214,7 +232,11 @@ class LlamaModel:
 
 
 class SamplerChain:
-    """llama.cpp's native sampler chain for one request: penalties, bias, top-k/p, min-p, temp."""
+    """llama.cpp's native sampler chain for one request: bias, penalties, top-k/p, min-p,
+    temperature, then dist or greedy; plus, for structured output, a grammar sampler kept beside
+    the chain and applied as llama.cpp's common sampler does: sample, check the one token against
+    the grammar, and only if it is refused mask the whole vocabulary and sample again (masking
+    every step costs tens of ms per token on a 50k-262k vocabulary)."""
 
     def __init__(self, model: LlamaModel, params: SamplingParams, recent: list[int]) -> None:
         chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
@@ -229,12 +251,17 @@ class SamplerChain:
             add(chain, C.llama_sampler_init_logit_bias(model.n_vocab, len(p.logit_bias), arr))
         if p.repeat_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
             last_n = model.shape.slot_ctx if p.repeat_last_n == -1 else p.repeat_last_n
-            add(
-                chain,
-                C.llama_sampler_init_penalties(
-                    model.n_vocab, last_n, p.repeat_penalty, p.frequency_penalty, p.presence_penalty
-                ),
+            penalties = C.llama_sampler_init_penalties(
+                model.n_vocab, last_n, p.repeat_penalty, p.frequency_penalty, p.presence_penalty
             )
+            # Penalties look at the prompt's tail too, as llama.cpp's server does. Only this sampler
+            # hears it: a grammar must see nothing but the generated tokens.
+            for tok in recent:
+                C.llama_sampler_accept(penalties, tok)
+            add(chain, penalties)
+        self.grammar = model.grammar_sampler(p.grammar) if p.grammar is not None else None
+        self._candidates = np.zeros(0, dtype=_TOKEN_DATA)
+        self.n_vocab = model.n_vocab
         if p.greedy:
             add(chain, C.llama_sampler_init_greedy())
         else:
@@ -247,11 +274,47 @@ class SamplerChain:
             add(chain, C.llama_sampler_init_temp(p.temperature))
             seed = p.seed if p.seed is not None else C.LLAMA_DEFAULT_SEED
             add(chain, C.llama_sampler_init_dist(seed))
-        # Penalties look at the prompt's tail too, as llama.cpp's server does.
-        for tok in recent:
-            C.llama_sampler_accept(chain, tok)
+
+    def sample_constrained(self, logits: ctypes._Pointer) -> int:  # type: ignore[type-arg]
+        """One token the grammar allows, from this row's logits; both samplers accept it."""
+        token = self._pick(logits, with_grammar=False)
+        one = np.array([(token, 0.0, 0.0)], dtype=_TOKEN_DATA)
+        C.llama_sampler_apply(self.grammar, ctypes.byref(_token_array(one)))
+        if not np.isfinite(one["logit"][0]):  # refused: mask everything the grammar forbids, then pick
+            token = self._pick(logits, with_grammar=True)
+        C.llama_sampler_accept(self.grammar, token)
+        C.llama_sampler_accept(self.ptr, token)
+        return token
+
+    def _pick(self, logits: ctypes._Pointer, with_grammar: bool) -> int:  # type: ignore[type-arg]
+        if len(self._candidates) != self.n_vocab:
+            self._candidates = np.zeros(self.n_vocab, dtype=_TOKEN_DATA)
+        cand = self._candidates
+        cand["id"] = np.arange(self.n_vocab, dtype=np.int32)
+        cand["logit"] = np.ctypeslib.as_array(logits, shape=(self.n_vocab,))
+        cand["p"] = 0.0
+        arr = _token_array(cand)
+        if with_grammar:
+            C.llama_sampler_apply(self.grammar, ctypes.byref(arr))
+        C.llama_sampler_apply(self.ptr, ctypes.byref(arr))
+        if not 0 <= arr.selected < arr.size:
+            raise RuntimeError("the sampler chain selected no token")
+        return int(arr.data[arr.selected].id)
 
     def free(self) -> None:
+        if self.grammar:
+            C.llama_sampler_free(self.grammar)
+            self.grammar = None
         if self.ptr:
             C.llama_sampler_free(self.ptr)
             self.ptr = None
+
+
+# llama_token_data as numpy sees it: the candidate array is filled from the logits in one copy.
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+
+
+def _token_array(cand: np.ndarray) -> C.llama_token_data_array:
+    return C.llama_token_data_array(
+        data=cand.ctypes.data_as(ctypes.POINTER(C.llama_token_data)), size=len(cand), selected=-1, sorted=False
+    )

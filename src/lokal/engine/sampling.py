@@ -26,6 +26,7 @@ class SamplingParams(BaseModel):
     logit_bias: dict[int, float] = Field(default_factory=dict)
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    grammar: str | None = Field(default=None, description="GBNF (root rule 'root') the output must match")
 
     @field_validator("stop", mode="before")
     @classmethod

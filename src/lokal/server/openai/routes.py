@@ -30,6 +30,18 @@ from lokal.server.openai.schemas import (
     PromptTokensDetails,
     UsageBody,
 )
+from lokal.server.tools import (
+    CallSniffer,
+    argument_fragments,
+    call_grammar,
+    call_message,
+    chosen_tools,
+    conversation,
+    has_native_tools,
+    parse_calls,
+    parse_tools,
+    response_format_grammar,
+)
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -81,16 +93,18 @@ def _messages(req: ChatCompletionRequest) -> list[dict[str, Any]]:
         except ValueError as exc:
             raise APIError(400, f"messages[{i}]: {exc}", param=f"messages.{i}.content") from exc
         role = "system" if m.role == "developer" else m.role
-        out.append({"role": role, "content": text})
+        msg: dict[str, Any] = {"role": role, "content": text}
+        if m.tool_calls and role == "assistant":
+            msg["tool_calls"] = [call_message(c, f"messages[{i}].tool_calls[{j}]") for j, c in enumerate(m.tool_calls)]
+        if role == "tool":
+            msg["tool_call_id"] = m.tool_call_id or ""
+            if m.name:
+                msg["name"] = m.name
+        out.append(msg)
     return out
 
 
 def _unsupported(req: ChatCompletionRequest) -> None:
-    fmt = (req.response_format or {}).get("type", "text")
-    if fmt != "text":
-        raise APIError(400, f"response_format type {fmt!r} is not supported yet", param="response_format")
-    if req.tools:
-        raise APIError(400, "tools are not supported yet", param="tools")
     if req.logprobs:
         raise APIError(400, "logprobs are not supported yet", param="logprobs")
 
@@ -101,35 +115,49 @@ async def chat_completions(
 ) -> dict[str, Any] | StreamingResponse:
     _unsupported(req)
     messages = _messages(req)
+    tools = parse_tools(req.tools) if req.tools else []
+    offered, forced = chosen_tools(tools, req.tool_choice) if tools else ([], False)
+    grammar = response_format_grammar(req.response_format)
+    if forced:
+        if grammar is not None:
+            raise APIError(400, "response_format cannot be combined with a required or named tool_choice",
+                           param="response_format")
+        grammar = call_grammar(offered)
     loaded = await load_model(runtime, req.model)
     fields = req.sampling_kwargs()
     fields["max_tokens"] = req.max_completion_tokens or req.max_tokens
-    params = checked_sampling(loaded, **fields)
-    prompt = build_prompt(lambda: loaded.chat_prompt(messages))
+    params = checked_sampling(loaded, **fields, grammar=grammar)
+    native = has_native_tools(loaded.template.source)
+    rendered = tools if req.tool_choice != "none" else []
+    convo = conversation(messages, rendered, native)
+    prompt = build_prompt(lambda: loaded.chat_prompt(convo, [t.spec() for t in rendered] if native and rendered
+                                                     else None))
     stream = submit(loaded, prompt, params)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": rid, "created": created, "model": loaded.name, "system_fingerprint": "lokal"}
+    sniffer = CallSniffer(offered, forced) if offered else None
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return _sse_response(_chat_chunks(stream, head, include_usage))
+        return _sse_response(_chat_chunks(stream, head, include_usage, sniffer))
     done = await collect(stream, request)
+    message: dict[str, Any] = {"role": "assistant", "content": done.text}
+    finish = openai_finish_reason(done.finish_reason)
+    if sniffer is not None and done.finish_reason is not FinishReason.LENGTH:
+        content, calls = parse_calls(done.text, offered)
+        if calls:
+            message = {"role": "assistant", "content": content or None,
+                       "tool_calls": [c.openai() for c in calls]}
+            finish = "tool_calls"
     return {
         **head,
         "object": "chat.completion",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": done.text},
-                "logprobs": None,
-                "finish_reason": openai_finish_reason(done.finish_reason),
-            }
-        ],
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
         "usage": usage_body(done.usage),
     }
 
 
 async def _chat_chunks(
-    stream: AsyncIterator[Delta], head: dict[str, Any], include_usage: bool
+    stream: AsyncIterator[Delta], head: dict[str, Any], include_usage: bool, sniffer: CallSniffer | None = None
 ) -> AsyncIterator[bytes]:
     base = {**head, "object": "chat.completion.chunk"}
 
@@ -142,10 +170,26 @@ async def _chat_chunks(
         if d.finish_reason is FinishReason.ERROR:
             yield sse(APIError(500, f"generation failed: {d.error}", type="server_error").openai_body())
             break
-        if d.text:
-            yield chunk({"content": d.text}, None)
+        text = sniffer.feed(d.text) if sniffer is not None and d.text else d.text
+        if text:
+            yield chunk({"content": text}, None)
         if d.finish_reason is not None:
-            yield chunk({}, openai_finish_reason(d.finish_reason))
+            finish = openai_finish_reason(d.finish_reason)
+            if sniffer is not None:
+                # A call cut off by max_tokens is no call: its text goes out as content.
+                rest, calls = sniffer.finish(parse=d.finish_reason is not FinishReason.LENGTH)
+                if rest:
+                    yield chunk({"content": rest}, None)
+                for i, call in enumerate(calls):
+                    # OpenAI's shape: id, type and name first with empty arguments, then fragments.
+                    first = call.openai(i)
+                    first["function"]["arguments"] = ""
+                    yield chunk({"tool_calls": [first]}, None)
+                    for piece in argument_fragments(call.arguments_json()):
+                        yield chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}, None)
+                if calls:
+                    finish = "tool_calls"
+            yield chunk({}, finish)
             if include_usage and d.usage is not None:
                 yield sse({**base, "choices": [], "usage": usage_body(d.usage)})
     yield sse("[DONE]")
