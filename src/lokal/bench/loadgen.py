@@ -70,8 +70,7 @@ async def stream_request(
     try:
         async with client.stream("POST", target.url + path, json=body) as r:
             if r.status_code != 200:
-                text = (await r.aread()).decode(errors="replace").strip().replace("\n", " ")
-                rec.error = f"HTTP {r.status_code}: {text[:200]}"
+                rec.error = f"HTTP {r.status_code}: {error_message(await r.aread())}"
             else:
                 async for line in r.aiter_lines():
                     content, done = _parse_line(line, target.api, rec)
@@ -94,6 +93,17 @@ async def stream_request(
         rec.error = "no content streamed"
     rec.tokens = rec.usage_tokens if rec.usage_tokens is not None else rec.chunks
     return rec
+
+
+def error_message(body: bytes) -> str:
+    """The message of an OpenAI (`{"error": {"message": …}}`) or Ollama (`{"error": "…"}`) error body, else its text."""
+    text = body.decode(errors="replace").strip()
+    try:
+        err = json.loads(text).get("error")
+        text = str(err.get("message") if isinstance(err, dict) else err or text)
+    except (json.JSONDecodeError, AttributeError):
+        pass
+    return " ".join(text.split())[:200]
 
 
 def _parse_line(line: str, api: str, rec: RequestRecord) -> tuple[str, bool]:

@@ -119,3 +119,13 @@ async def test_http_and_network_errors_become_records() -> None:
         down = await stream_request(client, Target("b", "http://down", "m"), Prompt([]), RequestOptions(4))
     assert nf.error is not None and nf.error.startswith("HTTP 404") and "model not found" in nf.error
     assert down.error == "ConnectError: refused" and down.tokens == 0
+
+
+def test_error_bodies_are_reduced_to_their_message() -> None:
+    from lokal.bench.loadgen import error_message
+
+    assert error_message(b'{"error": {"message": "The model `x` does not exist.", "code": "model_not_found"}}') == \
+        "The model `x` does not exist."
+    assert error_message(b'{"error": "model \\"x\\" not found, try pulling it first"}') == \
+        'model "x" not found, try pulling it first'
+    assert error_message(b"<html>\n Bad Gateway </html>") == "<html> Bad Gateway </html>"
