@@ -47,16 +47,23 @@ def charts(doc: dict[str, Any]) -> dict[str, bytes]:
     ax.legend()
     out["throughput"] = _png(fig)
 
+    from matplotlib.ticker import ScalarFormatter
+
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    data, labels = [], []
-    for row in rows:
+    data, labels, colors = [], [], []
+    for i, row in enumerate(rows):
         for lv in sorted(row["levels"], key=lambda x: x["concurrency"]):
             if lv.get("ttft_samples_ms"):
                 data.append(lv["ttft_samples_ms"])
                 labels.append(f"{row['name']}\nc={lv['concurrency']}")
+                colors.append(f"C{i}")
     if data:
-        ax.boxplot(data, tick_labels=labels, showfliers=True)
+        boxes = ax.boxplot(data, tick_labels=labels, showfliers=True, patch_artist=True)
+        for patch, color in zip(boxes["boxes"], colors, strict=True):
+            patch.set_facecolor(color)
+            patch.set_alpha(0.5)
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
     ax.set_ylabel("time to first token (ms)")
     ax.set_title("TTFT distribution")
     ax.tick_params(axis="x", labelsize=7)
@@ -127,3 +134,14 @@ figure{{display:inline-block;margin:.5rem}}img{{max-width:100%}}</style></head>
 
 def write_html(doc: dict[str, Any], path: Path) -> None:
     path.write_text(render_html(doc))
+
+
+def write_pngs(doc: dict[str, Any], folder: Path, prefix: str = "bench-") -> list[Path]:
+    """The charts as PNG files (`bench-throughput.png`, `bench-ttft.png`, `bench-tok_s.png`), e.g. for a README."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, png in charts(doc).items():
+        path = folder / f"{prefix}{name}.png"
+        path.write_bytes(png)
+        paths.append(path)
+    return paths

@@ -87,6 +87,7 @@ def run(
     = None,
     html_out: Annotated[Path | None, typer.Option("--html", help="write a self-contained HTML report with charts")]
     = None,
+    charts: Annotated[Path | None, typer.Option(help="also write the charts as PNG files in this folder")] = None,
     logs: Annotated[Path | None, typer.Option(help="folder for the logs of servers started here")] = None,
 ) -> None:
     """Measure targets under a scenario; print the comparison tables."""
@@ -130,7 +131,7 @@ def run(
         prompts_source=str(prompts) if prompts else "builtin", prefix_tokens=prefix_tokens, baseline=baseline,
         logs=logs, meta={"model": model_name, "threads": local.threads, "slots": slots, "ctx": ctx},
     )
-    total = sum(c * sc.rounds for c in sc.concurrency) * reps * len(targets)
+    total = sum(c * sc.rounds_at(c) for c in sc.concurrency) * reps * len(targets)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True) as progress:
         doc = run_bench(targets, cfg, ProgressEvents(progress, total))
@@ -138,14 +139,18 @@ def run(
     if json_out:
         json_out.write_text(json.dumps(doc, indent=2))
         console.print(f"[dim]results: {json_out}[/dim]")
-    if html_out:
-        from lokal.bench.html import write_html
+    if html_out or charts:
+        from lokal.bench.html import write_html, write_pngs
 
         try:
-            write_html(doc, html_out)
+            if html_out:
+                write_html(doc, html_out)
+                console.print(f"[dim]report: {html_out}[/dim]")
+            if charts:
+                for path in write_pngs(doc, charts):
+                    console.print(f"[dim]chart: {path}[/dim]")
         except RuntimeError as exc:
             raise _fail(str(exc)) from None
-        console.print(f"[dim]report: {html_out}[/dim]")
     if doc["interrupted"]:
         raise typer.Exit(130)
     if all(t["status"] == "failed" for t in doc["targets"]):
