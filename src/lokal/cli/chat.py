@@ -3,18 +3,43 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from lokal.engine.chat_template import TemplateError
 from lokal.engine.engine import PromptTooLong
+from lokal.engine.grammar import SchemaError, json_object_grammar, schema_grammar
 from lokal.engine.sampling import SamplingParams
 from lokal.engine.sequence import FinishReason
 from lokal.runtime.loaded_model import LoadedModel
 
 BYE = {"/bye", "/exit", "/quit"}
 HELP = "Type a message. /bye leaves, /clear forgets the conversation, Ctrl-C stops an answer."
+
+
+def output_grammar(fmt: str | None, schema_file: Path | None) -> str | None:
+    """The grammar for ``--format json`` or ``--schema FILE``; ValueError with one readable line."""
+    if fmt is not None and schema_file is not None:
+        raise ValueError("give --format json or --schema FILE, not both")
+    if fmt is not None:
+        if fmt != "json":
+            raise ValueError(f'--format {fmt!r}: only "json" is supported (use --schema FILE for a schema)')
+        return json_object_grammar()
+    if schema_file is None:
+        return None
+    try:
+        schema = json.loads(schema_file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"--schema {schema_file}: {exc.strerror or exc}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--schema {schema_file}: not valid JSON ({exc})") from exc
+    try:
+        return schema_grammar(schema)
+    except SchemaError as exc:
+        raise ValueError(f"--schema {schema_file}: {exc}") from exc
 
 
 async def _stream_answer(model: LoadedModel, prompt: list[int], params: SamplingParams, console: Console) -> str:

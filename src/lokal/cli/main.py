@@ -379,16 +379,24 @@ def run(
     seed: Annotated[int | None, typer.Option(help="random seed")] = None,
     ctx_size: Annotated[int | None, typer.Option("--ctx-size", help="context length")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads")] = None,
+    format: Annotated[str | None, typer.Option("--format", help='"json": answer with one JSON object')] = None,
+    schema: Annotated[
+        Path | None, typer.Option("--schema", help="a JSON schema file the answer must validate against")
+    ] = None,
 ) -> None:
     """Chat with a model in the terminal (no server needed; pulls the model if missing)."""
-    from lokal.cli.chat import answer, interactive
+    from lokal.cli.chat import answer, interactive, output_grammar
     from lokal.runtime.runtime import Runtime
 
+    try:
+        grammar = output_grammar(format, schema)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
     settings = _settings(ctx_size=ctx_size, threads=threads, parallel=1, prefix_cache=True)
     _ensure_pulled(settings, model)
     loaded = Runtime(settings).load_sync(model)
     try:
-        params = loaded.sampling(temperature=temperature, max_tokens=max_tokens, seed=seed)
+        params = loaded.sampling(temperature=temperature, max_tokens=max_tokens, seed=seed, grammar=grammar)
         if prompt is None and not sys.stdin.isatty():
             prompt = sys.stdin.read()
         if prompt is not None:

@@ -30,6 +30,15 @@ from lokal.server.generation import (
 from lokal.server.ollama.ndjson import ndjson_response
 from lokal.server.ollama.options import context_limit, fit_to_context, sampling_from_options
 from lokal.server.ollama.schemas import ChatRequest, GenerateRequest, Message, rfc3339
+from lokal.server.tools import (
+    CallSniffer,
+    call_message,
+    conversation,
+    format_grammar,
+    has_native_tools,
+    parse_calls,
+    parse_tools,
+)
 from lokal.store.errors import InvalidModelName, ModelNotFound
 
 router = APIRouter(tags=["ollama"])
@@ -63,9 +72,7 @@ def keep_alive_seconds(value: object) -> float | None:
         raise APIError(400, str(exc), param="keep_alive") from exc
 
 
-def _refuse_common(model: str, fmt: Any, think: bool | str | None, logprobs: bool | None) -> None:
-    if fmt not in (None, ""):
-        raise APIError(400, "format (JSON mode and structured outputs) is not supported yet", param="format")
+def _refuse_common(model: str, think: bool | str | None, logprobs: bool | None) -> None:
     if think not in (None, False):
         raise APIError(400, f'"{model}" does not support thinking (think)', param="think")
     if logprobs:
@@ -100,8 +107,11 @@ async def _load(runtime: Runtime, model: str, keep_alive: float | None) -> tuple
     return loaded, runtime.hold(loaded.name), time.perf_counter() - started
 
 
-def _params(loaded: LoadedModel, options: dict[str, Any] | None, prompt: list[int]) -> SamplingParams:
+def _params(loaded: LoadedModel, options: dict[str, Any] | None, prompt: list[int],
+            grammar: str | None = None) -> SamplingParams:
     params = sampling_from_options(loaded, options)
+    if grammar is not None:
+        params = params.model_copy(update={"grammar": grammar})
     return fit_to_context(params, len(prompt), context_limit(loaded, options), loaded.context_length)
 
 
@@ -115,14 +125,15 @@ async def generate(
     if req.suffix:
         raise APIError(400, f'"{req.model}" does not support insert (suffix, fill-in-the-middle)', param="suffix")
     _no_images(req.model, req.images)
-    _refuse_common(req.model, req.format, req.think, req.logprobs)
+    _refuse_common(req.model, req.think, req.logprobs)
+    grammar = format_grammar(req.format, "format")
     keep_alive = keep_alive_seconds(req.keep_alive)
     if not req.prompt:
         return await _load_or_unload(runtime, req.model, keep_alive, {"response": ""})
     loaded, hold, load_s = await _load(runtime, req.model, keep_alive)
     try:
         prompt = build_prompt(lambda: _generate_prompt(loaded, req))
-        params = _params(loaded, req.options, prompt)
+        params = _params(loaded, req.options, prompt, grammar)
     except BaseException:
         await hold.release()
         raise
@@ -163,26 +174,30 @@ async def chat(
     req: ChatRequest, request: Request, runtime: Runtime = Depends(get_runtime)
 ) -> dict[str, Any] | StreamingResponse:
     started = time.perf_counter()
-    if req.tools:
-        raise APIError(400, "tools are not supported yet", param="tools")
-    _refuse_common(req.model, req.format, req.think, req.logprobs)
+    _refuse_common(req.model, req.think, req.logprobs)
+    grammar = format_grammar(req.format, "format")
+    tools = parse_tools(req.tools) if req.tools else []
     messages = _chat_messages(req.model, req.messages or [])
     keep_alive = keep_alive_seconds(req.keep_alive)
     if not messages:
         return await _load_or_unload(runtime, req.model, keep_alive, {"message": {"role": "assistant", "content": ""}})
     loaded, hold, load_s = await _load(runtime, req.model, keep_alive)
     try:
-        prompt = build_prompt(lambda: loaded.chat_prompt(messages))
-        params = _params(loaded, req.options, prompt)
+        native = has_native_tools(loaded.template.source)
+        convo = conversation(messages, tools, native)
+        specs = [t.spec() for t in tools] if native and tools else None
+        prompt = build_prompt(lambda: loaded.chat_prompt(convo, specs))
+        params = _params(loaded, req.options, prompt, grammar)
     except BaseException:
         await hold.release()
         raise
     run = _Run(req.model, loaded, hold, prompt, started, load_s)
+    sniffer = CallSniffer(tools) if tools else None
 
     def piece(text: str) -> dict[str, Any]:
         return {"message": {"role": "assistant", "content": text}}
 
-    return await _respond(run, params, request, req.stream, piece, lambda _: {})
+    return await _respond(run, params, request, req.stream, piece, lambda _: {}, sniffer)
 
 
 def _chat_messages(model: str, messages: list[Message]) -> list[dict[str, Any]]:
@@ -193,8 +208,8 @@ def _chat_messages(model: str, messages: list[Message]) -> list[dict[str, Any]]:
                                 + ", ".join(CHAT_ROLES), param=f"messages.{i}.role")
         _no_images(model, m.images)
         msg: dict[str, Any] = {"role": m.role, "content": m.content}
-        if m.tool_calls:
-            msg["tool_calls"] = m.tool_calls
+        if m.tool_calls and m.role == "assistant":
+            msg["tool_calls"] = [call_message(c, f"messages[{i}].tool_calls[{j}]") for j, c in enumerate(m.tool_calls)]
         if m.tool_name:
             msg["name"] = m.tool_name
         out.append(msg)
@@ -205,7 +220,7 @@ def _chat_messages(model: str, messages: list[Message]) -> list[dict[str, Any]]:
 
 async def _respond(
     run: _Run, params: SamplingParams, request: Request, stream: bool,
-    piece: Piece, final: Callable[[str], dict[str, Any]],
+    piece: Piece, final: Callable[[str], dict[str, Any]], sniffer: CallSniffer | None = None,
 ) -> dict[str, Any] | StreamingResponse:
     """Run the request; the model's hold is released once the last chunk is built."""
     try:
@@ -214,15 +229,21 @@ async def _respond(
         await run.hold.release()
         raise
     if stream:
-        chunks = _chunks(run, deltas, piece, final)
+        chunks = _chunks(run, deltas, piece, final, sniffer)
         # A client gone before the body starts leaves the generator unstarted (no finally): the
         # hold must still go, or keep_alive could never unload the model.
         weakref.finalize(chunks, run.hold.drop)
         return ndjson_response(chunks)
     try:
         done = await collect(deltas, request)
+        body = piece(done.text)
+        if sniffer is not None and done.finish_reason is not FinishReason.LENGTH:
+            content, calls = parse_calls(done.text, sniffer.tools)
+            if calls:
+                body = {"message": {"role": "assistant", "content": content,
+                                    "tool_calls": [c.ollama() for c in calls]}}
         return {
-            "model": run.model, "created_at": rfc3339(), **piece(done.text), "done": True,
+            "model": run.model, "created_at": rfc3339(), **body, "done": True,
             **_summary(run, done.finish_reason, done.usage, done.timings), **final(done.text),
         }
     finally:
@@ -230,7 +251,8 @@ async def _respond(
 
 
 async def _chunks(
-    run: _Run, deltas: AsyncIterator[Delta], piece: Piece, final: Callable[[str], dict[str, Any]]
+    run: _Run, deltas: AsyncIterator[Delta], piece: Piece, final: Callable[[str], dict[str, Any]],
+    sniffer: CallSniffer | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     parts: list[str] = []
     try:
@@ -240,8 +262,18 @@ async def _chunks(
                 return
             if d.text:
                 parts.append(d.text)
-                yield {"model": run.model, "created_at": rfc3339(), **piece(d.text), "done": False}
+                text = sniffer.feed(d.text) if sniffer is not None else d.text
+                if text:
+                    yield {"model": run.model, "created_at": rfc3339(), **piece(text), "done": False}
             if d.finish_reason is not None and d.usage is not None:
+                if sniffer is not None:
+                    # Ollama streams a tool call whole, in one message, before the final chunk.
+                    rest, calls = sniffer.finish(parse=d.finish_reason is not FinishReason.LENGTH)
+                    if rest or calls:
+                        msg: dict[str, Any] = {"role": "assistant", "content": rest}
+                        if calls:
+                            msg["tool_calls"] = [c.ollama() for c in calls]
+                        yield {"model": run.model, "created_at": rfc3339(), "message": msg, "done": False}
                 text = "".join(parts)
                 yield {
                     "model": run.model, "created_at": rfc3339(), **piece(""), "done": True,
