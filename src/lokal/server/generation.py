@@ -83,17 +83,16 @@ def submit(loaded: LoadedModel, prompt: list[int], params) -> AsyncIterator[Delt
 
 
 def within_limits(limits: RequestLimits, prompt: list[int], params: SamplingParams) -> SamplingParams:
-    """The server's per-request bounds (LOKAL_MAX_PROMPT_TOKENS, LOKAL_MAX_TOKENS_LIMIT): a request
-    over them is refused; one that sets no max_tokens gets the limit."""
+    """The server's per-request bounds: a prompt over LOKAL_MAX_PROMPT_TOKENS is refused; max_tokens
+    (num_predict) is capped at LOKAL_MAX_TOKENS_LIMIT, as llama.cpp's server caps n_predict, so that
+    clients sending their default (OpenAI completions: 16) still work; a capped answer ends with
+    finish_reason "length"."""
     if limits.max_prompt_tokens and len(prompt) > limits.max_prompt_tokens:
         raise APIError(400, f"prompt is {len(prompt)} tokens, over this server's limit of "
                        f"{limits.max_prompt_tokens}", param="messages", code="context_length_exceeded")
     cap = limits.max_tokens
-    if cap and params.max_tokens is None:
+    if cap and (params.max_tokens is None or params.max_tokens > cap):
         return params.model_copy(update={"max_tokens": cap})
-    if cap and params.max_tokens > cap:
-        raise APIError(400, f"max_tokens (num_predict) {params.max_tokens} is over this server's limit of {cap}",
-                       param="max_tokens", code="max_tokens_exceeded")
     return params
 
 
