@@ -64,18 +64,26 @@ class LocalServer:
             raise RuntimeError(f"port {self.port} is already in use")
         out = open(self.log, "wb") if self.log else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(self.argv, env={**os.environ, **self.env}, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            self._wait_ready()
+        except BaseException:  # a timeout, a crash or Ctrl-C while it starts: never leave it running
+            self.__exit__()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: {' '.join(self.argv)}")
             try:
                 if httpx.get(self.url + self.health, timeout=2).status_code == 200 and self.proc.poll() is None:
-                    return self
+                    return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        self.__exit__()
-        raise TimeoutError(f"{self.name} did not answer on {self.url}")
+        raise TimeoutError(f"{self.name} did not answer on {self.url} within {self.startup_timeout:.0f} s")
 
     def __exit__(self, *exc: object) -> None:
         if self.proc and self.proc.poll() is None:

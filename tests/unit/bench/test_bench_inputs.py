@@ -129,3 +129,30 @@ def test_error_bodies_are_reduced_to_their_message() -> None:
     assert error_message(b'{"error": "model \\"x\\" not found, try pulling it first"}') == \
         'model "x" not found, try pulling it first'
     assert error_message(b"<html>\n Bad Gateway </html>") == "<html> Bad Gateway </html>"
+
+
+def test_a_server_that_cannot_start_is_one_failure_line_and_the_run_goes_on() -> None:
+    import socket
+    import sys
+
+    from lokal.bench.run import BenchEvents, RunConfig, run_bench
+    from lokal.bench.targets import LocalServer, free_port
+
+    lines: list[str] = []
+
+    class Collect(BenchEvents):
+        def failure(self, line: str) -> None:
+            lines.append(line)
+
+    crash = LocalServer("crash", [sys.executable, "-c", "raise SystemExit(3)"], free_port(), "m")
+    with socket.socket() as busy:  # a port someone else holds is refused, not measured
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = LocalServer("taken", [sys.executable, "-c", "pass"], busy.getsockname()[1], "m")
+        targets = [Target("crash", crash.url, "m", server=crash), Target("taken", taken.url, "m", server=taken)]
+        doc = run_bench(targets, RunConfig(make_scenario("single", [1], 1)), Collect())
+    rows = {t["name"]: t for t in doc["targets"]}
+    assert rows["crash"]["status"] == "failed" and "exited with 3" in rows["crash"]["error"]
+    assert rows["taken"]["status"] == "failed" and "already in use" in rows["taken"]["error"]
+    assert all(r["errors"] == 1 for r in rows.values())
+    assert len(lines) == 2 and lines[0].startswith("crash: did not start")
