@@ -112,6 +112,11 @@ def render_html(doc: dict[str, Any]) -> str:
           *(_f(lv["latency_s"][k], ".2f") if lv["latency_s"] else "—" for k in ("p50", "p95")),
           _f(lv["itl_ms"]["p50"]) if lv["itl_ms"] else "—", str(lv["errors"])]
          for r in doc["targets"] for lv in r["levels"]])
+    with_prefix = [r for r in doc["targets"] if r.get("prefix")]
+    prefix = ("<h2>Shared system prompt (cold vs warm TTFT)</h2>" + _table(
+        ["system", "cold TTFT ms", "warm TTFT ms", "warm/cold"],
+        [[r["name"], _f(r["prefix"]["cold_ms"], ".0f"), _f(r["prefix"]["warm_ms"], ".0f"), _f(r["prefix"]["ratio"], ".2f")]
+         for r in with_prefix])) if with_prefix else ""
     imgs = "".join(f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
                    f"</figure>" for name, png in pngs.items())
     failures = "".join(f"<li>{html.escape(line)}</li>" for line in doc.get("failures", []))
@@ -126,7 +131,7 @@ figure{{display:inline-block;margin:.5rem}}img{{max-width:100%}}</style></head>
 <p>{html.escape(f"model {cfg.get('model')} · max_tokens {cfg['max_tokens']} · concurrency {cfg['concurrency']} · "
                   f"reps {cfg['reps']} · seed {cfg['seed']} · {mach['cpus']} CPUs, {mach['ram_gib']} GiB · "
                   f"{mach['platform']}")}</p>
-<h2>Systems</h2>{summary}<h2>Under concurrency</h2>{levels}<h2>Charts</h2>{imgs}
+<h2>Systems</h2>{summary}<h2>Under concurrency</h2>{levels}{prefix}<h2>Charts</h2>{imgs}
 {f"<h2>Failures</h2><ul>{failures}</ul>" if failures else ""}
 </body></html>
 """
