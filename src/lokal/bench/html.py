@@ -115,8 +115,8 @@ def render_html(doc: dict[str, Any]) -> str:
     with_prefix = [r for r in doc["targets"] if r.get("prefix")]
     prefix = ("<h2>Shared system prompt (cold vs warm TTFT)</h2>" + _table(
         ["system", "cold TTFT ms", "warm TTFT ms", "warm/cold"],
-        [[r["name"], _f(r["prefix"]["cold_ms"], ".0f"), _f(r["prefix"]["warm_ms"], ".0f"), _f(r["prefix"]["ratio"], ".2f")]
-         for r in with_prefix])) if with_prefix else ""
+        [[r["name"], _f(r["prefix"]["cold_ms"], ".0f"), _f(r["prefix"]["warm_ms"], ".0f"),
+          _f(r["prefix"]["ratio"], ".2f")] for r in with_prefix])) if with_prefix else ""
     imgs = "".join(f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
                    f"</figure>" for name, png in pngs.items())
     failures = "".join(f"<li>{html.escape(line)}</li>" for line in doc.get("failures", []))
