@@ -116,6 +116,10 @@ async def observed(stream: AsyncIterator[Delta], facts: RequestFacts, model: str
             except StopAsyncIteration:
                 return
             except TimeoutError:
+                finished = True  # counted now: a consumer stops reading at the error delta
+                facts.prompt_tokens += n_prompt
+                facts.completion_tokens += generated
+                await stream.aclose()  # type: ignore[attr-defined]  # aborts the sequence at once
                 yield Delta(finish_reason=FinishReason.ERROR, error=f"{TIMEOUT_ERROR} after {timeout:g} s")
                 return
             now = time.perf_counter()
