@@ -60,7 +60,7 @@ class RequestFacts:
 
 current_request: ContextVar[RequestFacts | None] = ContextVar("lokal_request", default=None)
 
-Sink = Callable[[RequestFacts], None]
+Sink = Callable[[RequestFacts], object]
 
 
 class TrackingMiddleware:
