@@ -8,11 +8,15 @@ from lokal.store.gguf_facts import GgufFacts
 MAX_AUTO_SLOTS = 8  # beyond this, CPU decode steps grow about linearly: more slots only add latency
 KV_SHARE_OF_FREE_RAM = 0.5
 F16_BYTES = 2
+# Bytes per cached K/V element for the KV cache types llama.cpp offers (q8_0: 34-byte blocks of
+# 32 values, q4_0: 18-byte blocks of 32).
+KV_TYPE_BYTES: dict[str, float] = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 
 
-def kv_bytes_per_token(facts: GgufFacts) -> int | None:
-    """K and V, f16, for every layer: layers x kv_heads x (key_length + value_length) x 2 bytes.
-    Head sizes default to embedding_length / head_count unless the GGUF states them (Gemma)."""
+def kv_bytes_per_token(facts: GgufFacts, kv_type: str = "f16") -> int | None:
+    """K and V for every layer: layers x kv_heads x (key_length + value_length) x bytes per element
+    of ``kv_type`` (f16 by default, as lokal runs). Head sizes default to embedding_length /
+    head_count unless the GGUF states them (Gemma)."""
     if not (facts.block_count and facts.head_count and facts.embedding_length):
         return None
     default = facts.embedding_length // facts.head_count
@@ -22,7 +26,7 @@ def kv_bytes_per_token(facts: GgufFacts) -> int | None:
     if not isinstance(k, int) or not isinstance(v, int):
         return None
     kv_heads = facts.head_count_kv or facts.head_count
-    return facts.block_count * kv_heads * (k + v) * F16_BYTES
+    return int(facts.block_count * kv_heads * (k + v) * KV_TYPE_BYTES[kv_type])
 
 
 def auto_parallel(facts: GgufFacts, ctx_size: int, free_bytes: int) -> int:

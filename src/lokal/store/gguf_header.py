@@ -39,6 +39,10 @@ _SCALAR_FORMATS: dict[GGUFValueType, str] = {
 }
 
 
+class TruncatedHeader(InvalidGguf):
+    """The bytes end inside the header: a truncated file, or a prefix too short to hold it."""
+
+
 @dataclass(frozen=True)
 class ArrayInfo:
     """A metadata array too long to keep: its element type and length."""
@@ -73,7 +77,7 @@ class GgufHeader:
 class _Cursor:
     """Reads little- or big-endian values from a buffer, refusing to read past its end."""
 
-    def __init__(self, buf: mmap.mmap, endian: str) -> None:
+    def __init__(self, buf: mmap.mmap | bytes, endian: str) -> None:
         self.buf = buf
         self.size = len(buf)
         self.endian = endian
@@ -81,7 +85,7 @@ class _Cursor:
 
     def need(self, n: int, what: str) -> None:
         if n < 0 or self.pos + n > self.size:
-            raise InvalidGguf(f"truncated while reading {what} at byte {self.pos}")
+            raise TruncatedHeader(f"truncated while reading {what} at byte {self.pos}")
 
     def unpack(self, fmt: str, what: str) -> Any:
         size = struct.calcsize(fmt)
@@ -125,15 +129,33 @@ def read_gguf_header(path: Path) -> GgufHeader:
         raise InvalidGguf(f"{type(e).__name__}: {e}") from e
 
 
-def _parse(cur: _Cursor, version: int) -> GgufHeader:
+def read_gguf_header_prefix(prefix: bytes, file_size: int) -> GgufHeader:
+    """Parse the header from the first bytes of a GGUF file of ``file_size`` bytes (fetched with
+    an HTTP range request, say); :class:`TruncatedHeader` if ``prefix`` ends inside the header."""
+    if len(prefix) < 8 or prefix[:4] != GGUF_MAGIC:
+        raise InvalidGguf("no GGUF magic number at the start of the file")
+    endian = "<" if struct.unpack("<I", prefix[4:8])[0] & 0xFFFF else ">"
+    version = struct.unpack(endian + "I", prefix[4:8])[0]
+    if version not in SUPPORTED_VERSIONS:
+        raise InvalidGguf(f"unsupported GGUF version {version}")
+    try:
+        return _parse(_Cursor(prefix, endian), version, file_size)
+    except InvalidGguf:
+        raise
+    except (ValueError, struct.error, OverflowError, KeyError, RecursionError) as e:
+        raise InvalidGguf(f"{type(e).__name__}: {e}") from e
+
+
+def _parse(cur: _Cursor, version: int, file_size: int | None = None) -> GgufHeader:
     cur.pos = 8
     tensor_count = cur.unpack("Q", "tensor count")
     kv_count = cur.unpack("Q", "metadata count")
     # Every key/value takes at least 12 bytes and every tensor description at least 24.
-    if kv_count * 12 > cur.size or tensor_count * 24 > cur.size:
+    total = file_size if file_size is not None else cur.size
+    if kv_count * 12 > total or tensor_count * 24 > total:
         raise InvalidGguf(f"impossible counts ({kv_count} keys, {tensor_count} tensors)")
 
-    header = GgufHeader(version=version, file_size=cur.size)
+    header = GgufHeader(version=version, file_size=total)
     for _ in range(kv_count):
         key = cur.string("a metadata key")
         if key in header.metadata:
@@ -147,7 +169,7 @@ def _parse(cur: _Cursor, version: int) -> GgufHeader:
 
     raw_tensors = [_read_tensor_info(cur) for _ in range(tensor_count)]
     header.data_offset = -(-cur.pos // alignment) * alignment
-    data_size = cur.size - header.data_offset
+    data_size = total - header.data_offset
     names: set[str] = set()
     for tensor in raw_tensors:
         if tensor.name in names:
