@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lokal.engine.grammar import SchemaError, check_schema, json_object_grammar, schema_grammar
+from lokal.engine.sampling import MAX_STOP_STRINGS, SamplingParams
 from lokal.server.errors import APIError
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
@@ -168,6 +169,14 @@ def response_format_grammar(fmt: dict[str, Any] | None) -> str | None:
         return format_grammar(spec["schema"], "response_format")
     raise APIError(400, f"response_format type {kind!r} is not one of text, json_object, json_schema",
                    param="response_format")
+
+
+def stop_after_call(params: SamplingParams, tools: list[Tool], native: bool) -> SamplingParams:
+    """With the fallback format, stop at ``</tool_call>``: a small model tends to go on and invent
+    the tool's answer itself (the parser takes a call without its closing tag)."""
+    if not tools or native or CALL_CLOSE in params.stop or len(params.stop) >= MAX_STOP_STRINGS:
+        return params
+    return params.model_copy(update={"stop": (*params.stop, CALL_CLOSE)})
 
 
 def has_native_tools(template_source: str) -> bool:

@@ -38,6 +38,7 @@ from lokal.server.tools import (
     has_native_tools,
     parse_calls,
     parse_tools,
+    stop_after_call,
 )
 from lokal.store.errors import InvalidModelName, ModelNotFound
 
@@ -187,7 +188,7 @@ async def chat(
         convo = conversation(messages, tools, native)
         specs = [t.spec() for t in tools] if native and tools else None
         prompt = build_prompt(lambda: loaded.chat_prompt(convo, specs))
-        params = _params(loaded, req.options, prompt, grammar)
+        params = stop_after_call(_params(loaded, req.options, prompt, grammar), tools, native)
     except BaseException:
         await hold.release()
         raise

@@ -41,6 +41,7 @@ from lokal.server.tools import (
     parse_calls,
     parse_tools,
     response_format_grammar,
+    stop_after_call,
 )
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -128,6 +129,8 @@ async def chat_completions(
     fields["max_tokens"] = req.max_completion_tokens or req.max_tokens
     params = checked_sampling(loaded, **fields, grammar=grammar)
     native = has_native_tools(loaded.template.source)
+    if not forced:
+        params = stop_after_call(params, offered, native)
     rendered = tools if req.tool_choice != "none" else []
     convo = conversation(messages, rendered, native)
     prompt = build_prompt(lambda: loaded.chat_prompt(convo, [t.spec() for t in rendered] if native and rendered
