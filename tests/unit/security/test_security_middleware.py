@@ -164,3 +164,14 @@ def test_per_request_limits_cap_max_tokens_and_refuse_long_prompts() -> None:
         within_limits(limits, [1] * 11, SamplingParams())
     assert exc.value.status == 400
     assert within_limits(RequestLimits(), [1] * 10_000, SamplingParams()).max_tokens is None
+
+
+def test_request_ids_are_echoed_or_made_and_reach_the_audit_log(tmp_path: Path,
+                                                                make_client: Callable[..., TestClient]) -> None:
+    client = make_client()
+    r = client.get("/v1/models", headers={"X-Request-ID": "trace-42"})
+    assert r.headers["x-request-id"] == "trace-42"
+    made = client.get("/api/tags").headers["x-request-id"]
+    assert len(made) == 32
+    lines = [json.loads(x) for x in (tmp_path / "logs" / "audit.log").read_text().splitlines()]
+    assert [x["request_id"] for x in lines] == ["trace-42", made]

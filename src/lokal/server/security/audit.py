@@ -1,6 +1,7 @@
 """The audit log: one JSON line per API request in ``$LOKAL_HOME/logs/audit.log``, rotated by size.
 
-Fields: ``time`` (ISO 8601, UTC), ``key`` (key name, null when auth is off), ``client``,
+Fields: ``time`` (ISO 8601, UTC), ``request_id`` (the client's ``X-Request-ID`` or a new one, sent
+back in the response's ``X-Request-ID``), ``key`` (key name, null when auth is off), ``client``,
 ``method``, ``route`` (the path as requested), ``status``, ``model``, ``prompt_tokens``,
 ``completion_tokens``, ``ttft_s``, ``latency_s``; ``prompt`` only with ``LOKAL_AUDIT_PROMPTS=true``.
 Liveness, readiness, metrics scrapes and the UI's static files are not logged.
@@ -45,6 +46,7 @@ class AuditLog:
             return None
         line: dict[str, object] = {
             "time": datetime.fromtimestamp(facts.started_at, UTC).isoformat(timespec="milliseconds"),
+            "request_id": facts.request_id,
             "key": facts.key_name,
             "client": facts.client,
             "method": facts.method,

@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import time
+import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class RequestFacts:
     route: str = ""  # the matched route's template, e.g. /v1/models/{model_id}
     status: int = 0
     key_name: str | None = None
+    request_id: str = ""
     model: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -84,6 +86,7 @@ class TrackingMiddleware:
             method=scope["method"], path=scope["path"], client=f"{client[0]}:{client[1]}" if client else "",
             started_at=time.time(), limits=self.limits,
         )
+        facts.request_id = _header(scope, b"x-request-id")[:128] or uuid.uuid4().hex
         token = current_request.set(facts)
         body = bytearray()
 
@@ -96,6 +99,8 @@ class TrackingMiddleware:
         async def send_(message: Message) -> None:
             if message["type"] == "http.response.start":
                 facts.status = int(message["status"])
+                headers = [*message.get("headers", []), (b"x-request-id", facts.request_id.encode("latin-1"))]
+                message = {**message, "headers": headers}
             await send(message)
 
         try:
@@ -122,11 +127,23 @@ class TrackingMiddleware:
         so that scanners cannot grow the metrics' label sets. Templates come from the OpenAPI
         schema, which lists every route with its full prefix."""
         if self._templates is None:
-            self._templates = [(compile_path(p)[0], p) for p in self.api.openapi().get("paths", {})]
+            try:
+                paths = self.api.openapi().get("paths", {})
+            except Exception:  # a schema that cannot be built must not break serving
+                log.exception("no OpenAPI schema: every route is labelled unmatched")
+                paths = {}
+            self._templates = [(compile_path(p)[0], p) for p in paths]
         for pattern, template in self._templates:
             if pattern.match(path):
                 return template
         return "unmatched"
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value.decode("latin-1").strip()
+    return ""
 
 
 def prompt_text(body: bytes) -> str | None:
