@@ -4,6 +4,7 @@ one JSON line per request with key, model, tokens and times."""
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
@@ -40,8 +41,14 @@ def test_metrics_counters_and_histograms_move_after_a_streamed_chat(secured: Sec
             if line.startswith("data: {"):
                 usage = json.loads(line[6:]).get("usage") or usage
     assert usage is not None
-    after = scrape(secured, headers)
     route = {"route": "/v1/chat/completions", "method": "POST", "status": "200"}
+    deadline = time.monotonic() + 10  # observed as the response ends, a moment after its last byte
+    while True:
+        after = scrape(secured, headers)
+        if value(after, "lokal_http_requests_total", **route) > value(before, "lokal_http_requests_total", **route) \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert value(after, "lokal_http_requests_total", **route) == value(before, "lokal_http_requests_total", **route) + 1
     for name in ("lokal_time_to_first_token_seconds_count", "lokal_e2e_request_latency_seconds_count"):
         assert value(after, name, model=MODEL) == value(before, name, model=MODEL) + 1
@@ -58,15 +65,25 @@ def test_metrics_counters_and_histograms_move_after_a_streamed_chat(secured: Sec
     assert ("lokal_num_requests_waiting", frozenset({("model", MODEL)})) in after
 
 
+def audit_until(server: SecuredServer, request_id: str, timeout: float = 10.0) -> list[dict[str, object]]:
+    """The audit log's lines once the one for request_id is there (it is written as the response ends)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [json.loads(x) for x in (server.home / "logs" / "audit.log").read_text().splitlines()]
+        if any(x["request_id"] == request_id for x in lines) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
 def test_the_audit_log_has_a_line_for_each_request_without_prompts(secured: SecuredServer) -> None:
     headers = {"Authorization": f"Bearer {secured.keys['watcher']}"}
     r = httpx.post(f"{secured.url}/api/generate", headers=headers, timeout=120,
                    json={"model": MODEL, "prompt": "PROMPT-CANARY", "stream": False,
                          "options": {"num_predict": 3, "temperature": 0}})
     assert r.status_code == 200
-    httpx.get(f"{secured.url}/api/tags", headers={"Authorization": "Bearer wrong"})
+    r = httpx.get(f"{secured.url}/api/tags", headers={"Authorization": "Bearer wrong"})
+    lines = audit_until(secured, r.headers["x-request-id"])
     log = (secured.home / "logs" / "audit.log").read_text()
-    lines = [json.loads(x) for x in log.splitlines()]
     generate = [x for x in lines if x["route"] == "/api/generate" and x["key"] == "watcher"][-1]
     assert generate["status"] == 200 and generate["model"] == MODEL
     assert generate["prompt_tokens"] > 0 and 1 <= generate["completion_tokens"] <= 3
