@@ -27,10 +27,14 @@ def _fail(exc: Exception) -> typer.Exit:
 
 
 @keys_app.command("create")
-def create(name: Annotated[str, typer.Argument(help="a name for the key (shown in the audit log)")]) -> None:
+def create(
+    name: Annotated[str, typer.Argument(help="a name for the key (shown in the audit log)")],
+    rpm: Annotated[int | None, typer.Option(help="requests per minute (default LOKAL_RATE_RPM; 0 = no limit)")] = None,
+    tpm: Annotated[int | None, typer.Option(help="tokens per minute (default LOKAL_RATE_TPM; 0 = no limit)")] = None,
+) -> None:
     """Make a key and print it: it is shown this once, and only its hash is kept."""
     try:
-        key = _store().create(name)
+        key = _store().create(name, rpm=rpm, tpm=tpm)
     except KeyStoreError as exc:
         raise _fail(exc) from None
     print(key)  # alone on stdout, so that `KEY=$(lokal keys create ci)` works
@@ -44,9 +48,13 @@ def list_keys() -> None:
     if not keys:
         console.print("no keys: auth is off (every client is allowed)")
         return
-    table = Table("NAME", "PREFIX", "CREATED", box=None, pad_edge=False)
+    table = Table("NAME", "PREFIX", "CREATED", "RPM", "TPM", box=None, pad_edge=False)
+
+    def limit(value: int | None) -> str:
+        return "default" if value is None else str(value or "unlimited")
+
     for k in keys.values():
-        table.add_row(k.name, k.prefix + "…", k.created)
+        table.add_row(k.name, k.prefix + "…", k.created, limit(k.rpm), limit(k.tpm))
     console.print(table)
 
 

@@ -60,3 +60,13 @@ def test_no_temp_files_are_left_behind(tmp_path: Path) -> None:
     for i in range(5):
         store.create(f"k{i}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keys.json"]
+
+
+def test_per_key_limits_are_stored_and_negative_ones_refused(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path)
+    store.create("a", rpm=10, tpm=0)
+    store.create("b")
+    assert (store.keys()["a"].rpm, store.keys()["a"].tpm) == (10, 0)
+    assert (store.keys()["b"].rpm, store.keys()["b"].tpm) == (None, None)
+    with pytest.raises(KeyStoreError, match="0 \\(unlimited\\) or more"):
+        store.create("c", rpm=-1)

@@ -175,3 +175,19 @@ def test_request_ids_are_echoed_or_made_and_reach_the_audit_log(tmp_path: Path,
     assert len(made) == 32
     lines = [json.loads(x) for x in (tmp_path / "logs" / "audit.log").read_text().splitlines()]
     assert [x["request_id"] for x in lines] == ["trace-42", made]
+
+
+def test_a_keys_own_rate_limits_replace_the_servers(tmp_path: Path, make_client: Callable[..., TestClient]) -> None:
+    store = KeyStore(tmp_path)
+    tight, free, default = store.create("tight", rpm=1), store.create("free", rpm=0), store.create("default")
+    client = make_client(rate_rpm=3)
+    assert [client.get("/v1/models", headers=bearer(tight)).status_code for _ in range(2)] == [200, 429]
+    assert {client.get("/v1/models", headers=bearer(free)).status_code for _ in range(6)} == {200}
+    assert [client.get("/v1/models", headers=bearer(default)).status_code for _ in range(4)] == [200, 200, 200, 429]
+
+
+def test_a_key_with_a_limit_is_limited_on_a_server_without_one(tmp_path: Path,
+                                                               make_client: Callable[..., TestClient]) -> None:
+    key = KeyStore(tmp_path).create("tight", rpm=2)
+    client = make_client()
+    assert [client.get("/api/tags", headers=bearer(key)).status_code for _ in range(3)] == [200, 200, 429]

@@ -37,7 +37,7 @@ def install(app: FastAPI, settings: Settings, runtime: Runtime) -> None:
     app.include_router(metrics_router)
     app.include_router(lifecycle_router)
     limits = RequestLimits(settings.max_tokens_limit, settings.max_prompt_tokens, settings.request_timeout)
-    app.add_middleware(RateLimitMiddleware, limiter=limiter)
+    app.add_middleware(RateLimitMiddleware, limiter=limiter, keys=keys)
     app.add_middleware(AuthMiddleware, keys=keys)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(TrackingMiddleware, sinks=sinks, limits=limits, api=app,

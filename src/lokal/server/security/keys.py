@@ -35,6 +35,8 @@ class StoredKey:
     sha256: str
     prefix: str  # the first characters of the key, to tell keys apart in `lokal keys list`
     created: str
+    rpm: int | None = None  # this key's requests per minute (None: LOKAL_RATE_RPM)
+    tpm: int | None = None  # this key's tokens per minute (None: LOKAL_RATE_TPM)
 
 
 def digest(key: str) -> str:
@@ -77,8 +79,9 @@ class KeyStore:
                 found = stored.name
         return found
 
-    def create(self, name: str) -> str:
-        """Make a key called name and return it: the only time it is ever shown."""
+    def create(self, name: str, rpm: int | None = None, tpm: int | None = None) -> str:
+        """Make a key called name and return it: the only time it is ever shown. rpm and tpm
+        replace the server's rate limits for this key (0: unlimited)."""
         if not NAME_PATTERN.match(name):
             raise KeyStoreError(f"invalid key name {name!r}: letters, digits, '_', '.', '@', '-', at most 64")
         keys = dict(self.keys())
@@ -86,7 +89,10 @@ class KeyStore:
             raise KeyStoreError(f"a key named {name!r} exists; revoke it first")
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         created = datetime.now(UTC).isoformat(timespec="seconds")
-        keys[name] = StoredKey(name=name, sha256=digest(key), prefix=key[: len(KEY_PREFIX) + 4], created=created)
+        if (rpm is not None and rpm < 0) or (tpm is not None and tpm < 0):
+            raise KeyStoreError("rate limits must be 0 (unlimited) or more")
+        keys[name] = StoredKey(name=name, sha256=digest(key), prefix=key[: len(KEY_PREFIX) + 4], created=created,
+                               rpm=rpm, tpm=tpm)
         self._write(keys)
         return key
 

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lokal.server.errors import APIError
 from lokal.server.security.auth import is_open, send_error
+from lokal.server.security.keys import KeyStore
 from lokal.server.security.tracking import RequestFacts, current_request
 
 WINDOW_S = 60.0
@@ -42,6 +43,7 @@ class RateLimiter:
 
     @property
     def enabled(self) -> bool:
+        """Whether the server-wide limits are on (a key may still have its own)."""
         return self.rpm > 0 or self.tpm > 0
 
     def _window(self, who: str, now: float) -> _Usage:
@@ -52,15 +54,18 @@ class RateLimiter:
             usage.token_sum -= usage.tokens.popleft()[1]
         return usage
 
-    def admit(self, who: str) -> float | None:
-        """Count one request; None if admitted, else the seconds until one would be."""
+    def admit(self, who: str, rpm: int | None = None, tpm: int | None = None) -> float | None:
+        """Count one request; None if admitted, else the seconds until one would be. rpm and tpm
+        replace the limiter's own limits for this identity (a key's own limits)."""
+        rpm = self.rpm if rpm is None else rpm
+        tpm = self.tpm if tpm is None else tpm
         now = self._clock()
         usage = self._window(who, now)
-        if self.rpm and len(usage.requests) >= self.rpm:
+        if rpm and len(usage.requests) >= rpm:
             return usage.requests[0] + WINDOW_S - now
-        if self.tpm and usage.token_sum >= self.tpm:
+        if tpm and usage.token_sum >= tpm:
             # wait until enough old tokens leave the window to bring the sum under the limit
-            over = usage.token_sum - self.tpm
+            over = usage.token_sum - tpm
             for t, n in usage.tokens:
                 over -= n
                 if over < 0:
@@ -73,7 +78,7 @@ class RateLimiter:
 
     def charge(self, who: str, tokens: int) -> None:
         """Count tokens a finished request used."""
-        if self.tpm and tokens > 0:
+        if tokens > 0:
             usage = self._window(who, self._clock())
             usage.tokens.append((self._clock(), tokens))
             usage.token_sum += tokens
@@ -91,17 +96,24 @@ class RateLimitMiddleware:
     """429 with Retry-After once an identity is over its requests or tokens per minute.
     Sits inside AuthMiddleware, which names the key."""
 
-    def __init__(self, app: ASGIApp, limiter: RateLimiter) -> None:
+    def __init__(self, app: ASGIApp, limiter: RateLimiter, keys: KeyStore) -> None:
         self.app = app
         self.limiter = limiter
+        self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         facts = current_request.get()
-        if (scope["type"] != "http" or facts is None or not self.limiter.enabled
+        if (scope["type"] != "http" or facts is None
                 or is_open(scope["method"], scope["path"]) or scope["path"] in UNLIMITED_PATHS):
             await self.app(scope, receive, send)
             return
-        wait = self.limiter.admit(identity(facts))
+        key = self.keys.keys().get(facts.key_name) if facts.key_name else None
+        rpm = key.rpm if key is not None and key.rpm is not None else self.limiter.rpm
+        tpm = key.tpm if key is not None and key.tpm is not None else self.limiter.tpm
+        if not rpm and not tpm:
+            await self.app(scope, receive, send)
+            return
+        wait = self.limiter.admit(identity(facts), rpm, tpm)
         if wait is not None:
             retry = str(max(1, math.ceil(wait)))
             await send_error(scope, send, APIError(
