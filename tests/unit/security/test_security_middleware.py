@@ -97,6 +97,9 @@ def test_a_body_over_the_limit_is_413_declared_or_streamed(make_client: Callable
 
     r = client.post("/api/chat", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413 and "larger than" in r.json()["error"]
+    # blob uploads stream to disk and are checked against their digest instead
+    r = client.post("/api/blobs/sha256:" + "0" * 64, content=b"x" * 4096)
+    assert r.status_code == 400 and "digest mismatch" in r.json()["error"]
 
 
 def test_cors_is_off_by_default_and_follows_the_allow_list(make_client: Callable[..., TestClient]) -> None:

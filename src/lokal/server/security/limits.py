@@ -124,8 +124,12 @@ class RateLimitMiddleware:
         await self.app(scope, receive, send)
 
 
+STREAMED_UPLOADS = ("/api/blobs/",)  # written to disk as they arrive, checked against their digest
+
+
 class BodyLimitMiddleware:
-    """413 for a request body over ``max_bytes``, declared (Content-Length) or streamed (chunked)."""
+    """413 for a request body over ``max_bytes``, declared (Content-Length) or streamed (chunked).
+    Blob uploads (``ollama create`` pushing a GGUF) are streamed to disk and exempt."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -136,7 +140,7 @@ class BodyLimitMiddleware:
                         code="request_too_large")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"].startswith(STREAMED_UPLOADS):
             await self.app(scope, receive, send)
             return
         for name, value in scope.get("headers", []):
