@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from lokal import __version__
 from lokal.config import Settings
 from lokal.engine.sampling import SamplingParams
 from lokal.server.app import create_app
@@ -133,7 +134,10 @@ def test_metrics_parse_and_count_requests_by_route_template(make_client: Callabl
                     (("method", "GET"), ("route", "/v1/models/{model_id}"), ("status", "404")))] == 1
     assert samples[("lokal_http_requests_total", (("method", "GET"), ("route", "unmatched"), ("status", "404")))] == 1
     client.get("/v1/models")
-    assert _samples(client.get("/metrics").text)[key] == 2
+    samples = _samples(client.get("/metrics").text)
+    assert samples[key] == 2
+    assert samples[("process_resident_memory_bytes", ())] > 10_000_000
+    assert ("lokal_info", (("version", __version__),)) in samples
 
 
 def test_audit_log_has_one_json_line_per_request_and_no_prompt_by_default(

@@ -16,12 +16,15 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Histogram,
+    Info,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from lokal import __version__
 from lokal.runtime.runtime import Runtime
 from lokal.server.security.tracking import RequestFacts
 
@@ -87,6 +90,8 @@ class Metrics:
         self.generations = Counter("lokal_generation_requests", "generation requests finished by model and status",
                                    ["model", "status"], registry=r)
         r.register(EngineCollector(runtime))
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, CPU seconds, open fds
+        Info("lokal", "lokal's version", registry=r).info({"version": __version__})
 
     def observe(self, facts: RequestFacts) -> None:
         """Sink for TrackingMiddleware."""
