@@ -128,6 +128,10 @@ def pull(name: Annotated[str, typer.Argument(help="catalog name (smollm2:135m) o
     from lokal.store.pull import pull_model
 
     settings = _settings()
+    if not _store(settings).exists(name):
+        from lokal.cli.advise_cmds import warn_if_wont_fit
+
+        warn_if_wont_fit(name, settings)  # the same estimate as lokal advise and the web UI's badge
     with PullProgressBar(err_console, name) as bar:
         manifest = pull_model(_store(settings), name, bar)
     console.print(f"[green]✔[/green] {manifest.name} ({_human_size(manifest.size)}) is ready")
@@ -483,6 +487,11 @@ app.add_typer(bench_app, name="bench")
 from lokal.cli.keys_cmds import keys_app  # noqa: E402  (after every command above)
 
 app.add_typer(keys_app, name="keys")
+
+
+from lokal.cli.advise_cmds import register as register_advise  # noqa: E402  (after every command above)
+
+register_advise(app)  # lokal advise | cost | recommend
 
 
 if __name__ == "__main__":

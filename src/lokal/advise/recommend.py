@@ -1,0 +1,120 @@
+"""`lokal recommend`: the decision matrix as a program: needs in, a lokal configuration and its
+reasons out, every number in the reasons measured or estimated on this machine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lokal.advise.advise import serve_advice
+from lokal.advise.cost import Throughput
+from lokal.advise.hardware import Hardware
+from lokal.advise.memory import EstimateError, ModelShape, classify, estimate_memory, model_shape
+
+USE_CASES = ("chat", "code", "agents", "rag", "batch")
+APIS = ("openai", "ollama", "both", "none")
+
+# What each use case asks of a model: a chat template, tool calling, a context to plan for.
+USE_CASE_NEEDS: dict[str, dict[str, Any]] = {
+    "chat": {"ctx": 4096, "prefer": ("qwen2.5-coder:0.5b", "smollm2:135m"),
+             "why": "an instruct model with a chat template"},
+    "code": {"ctx": 8192, "prefer": ("qwen2.5-coder:0.5b",), "why": "a code model, and room for files in the context"},
+    "agents": {"ctx": 8192, "prefer": ("qwen2.5-coder:0.5b",), "why": "native tool calling in the chat template"},
+    "rag": {"ctx": 8192, "prefer": ("qwen2.5-coder:0.5b", "smollm2:135m"),
+            "why": "room for retrieved passages; /v1/embeddings from the same model"},
+    "batch": {"ctx": 2048, "prefer": ("smollm2:135m", "qwen2.5-coder:0.5b"), "why": "throughput over quality"},
+}
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What the user told us (or the defaults)."""
+
+    use_case: str = "chat"
+    users: int = 1
+    private: bool = True  # data must not leave the machine
+    api: str = "openai"
+    lan: bool = False  # reachable from other machines
+    model: str | None = None  # a model the user insists on
+
+
+@dataclass
+class Recommendation:
+    model: str | None
+    command: str | None
+    settings: dict[str, Any]
+    reasons: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "command": self.command, "settings": self.settings,
+                "reasons": self.reasons, "warnings": self.warnings}
+
+
+def recommend(needs: Needs, hardware: Hardware, home: Path | None = None,
+              throughput: Throughput | None = None) -> Recommendation:
+    """Pick a model and serve settings for ``needs`` on ``hardware``, saying why."""
+    if needs.use_case not in USE_CASES:
+        raise ValueError(f"use case must be one of {', '.join(USE_CASES)}")
+    if needs.api not in APIS:
+        raise ValueError(f"api must be one of {', '.join(APIS)}")
+    wants = USE_CASE_NEEDS[needs.use_case]
+    ctx = int(wants["ctx"])
+    slots = max(1, min(needs.users, 8))
+    reasons = [f"use case {needs.use_case}: {wants['why']}; planning {ctx} tokens per request"]
+    warnings: list[str] = []
+    candidates = [needs.model] if needs.model else list(wants["prefer"])
+    chosen: ModelShape | None = None
+    for name in candidates:
+        try:
+            shape = model_shape(name, home)
+        except EstimateError as e:
+            warnings.append(str(e))
+            continue
+        use_ctx = min(ctx, shape.context_length or ctx)
+        total = estimate_memory(shape, use_ctx, slots).total
+        verdict = classify(total, hardware.ram_available)
+        reasons.append(f"{shape.name} with {slots} slot(s) of {use_ctx} tokens needs {total / 1e9:.2f} GB "
+                       f"(estimate: weights, KV cache, compute, overhead) of {hardware.ram_available / 1e9:.2f} GB "
+                       f"available: {verdict.replace('_', ' ')}")
+        if verdict != "wont_fit":
+            chosen = shape
+            ctx = use_ctx
+            break
+    if chosen is None:
+        return Recommendation(None, None, {}, reasons, warnings + ["no candidate model fits this machine"])
+    advice = serve_advice(chosen, hardware, ctx)
+    reasons.extend(advice.reasons)
+    if needs.users > advice.parallel:
+        reasons.append(f"{needs.users} users share {advice.parallel} slots: the rest wait in the queue "
+                       "(LOKAL_MAX_QUEUE, 503 with Retry-After when full)")
+    command = advice.command
+    if needs.lan:
+        command = command.replace("lokal serve", "lokal serve --host 0.0.0.0")
+        reasons.append("reachable from the LAN: create an API key first (lokal keys create NAME); "
+                       "lokal warns loudly when it serves beyond loopback without one")
+    api_line = {
+        "openai": "OpenAI clients: base_url http://HOST:11435/v1",
+        "ollama": "Ollama clients: host http://HOST:11435 (the /api routes)",
+        "both": "OpenAI (/v1) and Ollama (/api) on the same port",
+        "none": "the terminal: lokal run MODEL",
+    }[needs.api]
+    reasons.append(f"API: {api_line}")
+    if needs.private:
+        reasons.append("private: prompts and answers stay on this machine (lokal makes no outbound calls when serving)")
+    else:
+        reasons.append("not private-only: a cloud API may be cheaper at low volume; `lokal cost` compares")
+    if throughput is not None:
+        per_user = throughput.tok_s / max(1, advice.parallel)
+        reasons.append(f"measured throughput {throughput.tok_s:.1f} tok/s ({throughput.source}): about "
+                       f"{per_user:.1f} tok/s per busy slot")
+        if per_user < 5:
+            warnings.append(f"{per_user:.1f} tok/s per user is slower than reading speed; "
+                            "fewer slots or a smaller model")
+    elif hardware.cores <= 2 and needs.users > 2:
+        warnings.append(f"{hardware.cores} cores for {needs.users} users: expect a few tokens/s each; "
+                        "run `lokal bench` and pass --bench to check")
+    settings = {"model": chosen.name, "ctx": advice.ctx, "parallel": advice.parallel, "threads": advice.threads,
+                "host": "0.0.0.0" if needs.lan else "127.0.0.1"}
+    return Recommendation(chosen.name, command, settings, reasons, warnings)

@@ -1,0 +1,273 @@
+"""`lokal advise | cost | recommend` and the pull command's fit warning: thin wrappers over
+``lokal.advise``. ``register(app)`` adds them to the main Typer app."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lokal.config import Settings
+
+console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+FIT_STYLE = {"fits": "green", "tight": "yellow", "wont_fit": "red"}
+FIT_WORDS = {"fits": "fits", "tight": "tight", "wont_fit": "won't fit"}
+
+
+def _one_line_errors(fn: F) -> F:
+    """Estimate, price-table and bench-file errors as one red line and exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, OSError) as exc:  # EstimateError, BenchFileError, PriceTableError are ValueErrors
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _gb(n: int | float) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+def _emit_json(doc: dict[str, Any]) -> None:
+    print(json.dumps(doc, indent=2))
+
+
+# ---- lokal advise ----------------------------------------------------------------------------
+@_one_line_errors
+def advise(
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="a model (store, catalog, .gguf, URL, "
+                                                     "hf.co/…, or a size like 7b:q4_k_m); repeatable")] = None,
+    ctx: Annotated[int, typer.Option("--ctx", help="context per slot to judge with")] = 4096,
+    parallel: Annotated[int, typer.Option("--parallel", help="slots to judge with")] = 1,
+    kv_type: Annotated[str, typer.Option("--kv-type", help="KV cache type: f16, q8_0, q4_0")] = "f16",
+    target: Annotated[str | None, typer.Option("--target", help='e.g. "7b@8k x4": which quantization fits')] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON (schema: lokal/advise/schema.json)")] = False,
+) -> None:
+    """What fits on this machine (fits / tight / won't fit), the largest context and slots, and
+    settings for `lokal serve`."""
+    from lokal.advise.advise import advise_target, candidate_shapes, fit_table, parse_target, serve_advice
+    from lokal.advise.hardware import detect_hardware
+    from lokal.advise.memory import TIGHT_SHARE
+
+    home = Settings().home
+    hw = detect_hardware(home)
+    shapes = candidate_shapes(home, model)
+    rows = fit_table(shapes, hw, ctx, parallel, kv_type)
+    fitting = [(r, s) for r, s in zip(rows, shapes, strict=True) if r.fit != "wont_fit" and s.source != "generic"]
+    serve = serve_advice(max(fitting, key=lambda rs: rs[1].weights_bytes)[1], hw) if fitting else None
+    target_advice = advise_target(parse_target(target), hw.ram_available) if target else None
+    notes = [
+        f"fits: under {TIGHT_SHARE:.0%} of the RAM available now; tight: up to 100 %; won't fit: more",
+        "OTHER: compute buffers and llama.cpp's overhead; MAX CTX at the asked slots, SLOTS at the asked ctx; "
+        "* not in the store (sized from the catalog, a header or a generic model of that size)",
+        "lokal runs models on the CPU (llama.cpp, no GPU offload): GPU memory is listed, not used",
+    ]
+    if kv_type != "f16" or target:
+        notes.append("lokal serves with an f16 KV cache today; q8_0/q4_0 are llama.cpp cache types it does not "
+                     "expose yet, shown for planning")
+    if as_json:
+        doc: dict[str, Any] = {
+            "schema": "lokal.advise/1", "kind": "advise", "hardware": hw.to_dict(), "ctx": ctx, "parallel": parallel,
+            "kv_type": kv_type, "available_bytes": hw.ram_available, "models": [r.to_dict() for r in rows],
+            "serve": None if serve is None else {"model": serve.model, "threads": serve.threads,
+                                                 "parallel": serve.parallel, "ctx": serve.ctx,
+                                                 "command": serve.command, "reasons": list(serve.reasons)},
+            "target": None, "notes": notes,
+        }
+        if target_advice is not None:
+            t = target_advice.target
+            doc["target"] = {
+                "text": t.text, "size_b": t.size_b, "ctx": t.ctx, "users": t.users, "reason": target_advice.reason,
+                "best": None if target_advice.best is None else vars(target_advice.best),
+                "options": [vars(o) for o in target_advice.options],
+            }
+        _emit_json(doc)
+        return
+    gpus = ", ".join(f"{g.name} {_gb(g.memory_total)}" for g in hw.gpus) or "none detected"
+    console.print(f"[bold]{hw.cpu_model}[/bold]: {hw.cores} cores ({hw.physical_cores or '?'} physical), "
+                  f"SIMD {' '.join(hw.simd) or 'none detected'}", highlight=False)
+    console.print(f"RAM {_gb(hw.ram_available)} available of {_gb(hw.ram_total)}; disk free under {home}: "
+                  f"{_gb(hw.disk_free) if hw.disk_free is not None else '?'}; GPUs: {gpus}", highlight=False)
+    table = Table(box=None, header_style="bold", title=f"at ctx {ctx} x {parallel} slot(s), KV {kv_type}",
+                  title_justify="left")
+    for col in ("MODEL", "QUANT", "WEIGHTS", "KV", "OTHER", "TOTAL", "FIT", "MAX CTX", "SLOTS"):
+        table.add_column(col, justify="left" if col in ("MODEL", "QUANT", "FIT") else "right", no_wrap=True)
+    for r in rows:
+        e = r.estimate
+        style = FIT_STYLE[r.fit]
+        table.add_row(r.model + ("" if r.source == "store" else "*"), r.quantization or "?",
+                      _gb(e.weights), _gb(e.kv_cache), _gb(e.compute + e.overhead), _gb(e.total),
+                      f"[{style}]{FIT_WORDS[r.fit]}[/{style}]", str(r.max_ctx), str(r.max_parallel))
+    console.print(table)
+    if serve is not None:
+        console.print(f"\n[bold]serve[/bold]: {serve.command}", highlight=False)
+        for reason in serve.reasons:
+            console.print(f"  - {reason}", highlight=False)
+    if target_advice is not None:
+        t = target_advice.target
+        console.print(f"\n[bold]target[/bold] {t.size_b:g}B, {t.ctx} tokens x {t.users} user(s): "
+                      f"{target_advice.reason}", highlight=False)
+        opts = Table(box=None, header_style="bold")
+        for col in ("QUANT", "KV", "NEEDS", "FIT"):
+            opts.add_column(col)
+        for o in target_advice.options:
+            style = FIT_STYLE[o.fit]
+            opts.add_row(o.quantization, o.kv_type, _gb(o.needed_bytes), f"[{style}]{FIT_WORDS[o.fit]}[/{style}]")
+        console.print(opts)
+    for note in notes:
+        console.print(f"[dim]{note}[/dim]", highlight=False)
+
+
+# ---- lokal cost ------------------------------------------------------------------------------
+@_one_line_errors
+def cost(
+    bench: Annotated[Path | None, typer.Option("--bench", help="a lokal bench --json or serve_load.py --json file")]
+    = None,
+    tok_s: Annotated[float | None, typer.Option("--tok-s", help="throughput (output tok/s) if no --bench")] = None,
+    bench_target: Annotated[str | None, typer.Option("--bench-target", help="which target of the bench file")] = None,
+    hardware_price: Annotated[float, typer.Option("--hardware-price", help="what the machine cost")] = 1000.0,
+    lifetime_years: Annotated[float, typer.Option("--lifetime-years", help="years until it is replaced")] = 3.0,
+    watts: Annotated[float | None, typer.Option("--watts", help="draw while serving (default: measured, "
+                                                                 "else assumed)")] = None,
+    kwh_price: Annotated[float, typer.Option("--kwh-price", help="electricity price per kWh")] = 0.30,
+    utilisation: Annotated[float, typer.Option("--utilisation", help="share of the time spent serving, 0-1")] = 0.25,
+    input_per_output: Annotated[float | None, typer.Option("--input-per-output",
+                                                           help="prompt tokens per output token for cloud prices "
+                                                                "(default: from the bench, else 1)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON (schema: lokal/advise/schema.json)")] = False,
+) -> None:
+    """Local cost per million tokens from measured throughput and power, against cloud APIs."""
+    from lokal.advise.cost import CostInputs, Power, Throughput, compute_cost, measure_power, read_bench_throughput
+    from lokal.advise.prices import load_prices
+
+    if bench is not None:
+        throughput = read_bench_throughput(bench, bench_target)
+    elif tok_s is not None:
+        throughput = Throughput(tok_s=tok_s, source="--tok-s (given)")
+    else:
+        raise ValueError("give measured throughput: --bench FILE.json (from lokal bench --json) or --tok-s N")
+    power = Power(watts, "given", f"{watts:g} W (--watts)") if watts is not None else measure_power()
+    ratio = input_per_output if input_per_output is not None else (throughput.input_per_output or 1.0)
+    inputs = CostInputs(hardware_price=hardware_price, lifetime_years=lifetime_years, watts=power.watts,
+                        kwh_price=kwh_price, utilisation=utilisation, tok_s=throughput.tok_s, input_per_output=ratio)
+    prices = load_prices(Settings().home)
+    result = compute_cost(inputs, prices)
+    if as_json:
+        _emit_json({
+            "schema": "lokal.cost/1", "kind": "cost", "currency": prices.currency,
+            "inputs": vars(inputs),
+            "throughput": {"tok_s": throughput.tok_s, "source": throughput.source},
+            "power": {"watts": power.watts, "method": power.method, "detail": power.detail},
+            "prices": {"noted": prices.noted, "sources": list(prices.sources)},
+            "result": result.to_dict(),
+        })
+        return
+    cur = prices.currency
+    console.print(f"throughput {throughput.tok_s:.1f} tok/s ({throughput.source})", highlight=False)
+    console.print(f"power {power.watts:.0f} W: {power.detail}", highlight=False)
+    console.print(f"{result.tokens_per_month / 1e6:.1f} M tokens a month at {utilisation:.0%} utilisation; "
+                  f"hardware {result.hardware_per_month:.2f} + energy {result.energy_per_month:.2f} "
+                  f"= {result.local_per_month:.2f} {cur} a month", highlight=False)
+    console.print(f"[bold]local: {result.local_per_m:.3f} {cur} per million tokens[/bold] "
+                  f"(electricity alone {result.energy_per_m:.3f})", highlight=False)
+    table = Table(box=None, header_style="bold",
+                  title=f"cloud APIs, list prices noted {prices.noted}, {ratio:g} prompt tokens per output token",
+                  title_justify="left")
+    for col in ("API", f"{cur}/M", "VS LOCAL", f"{cur}/MONTH", "BREAK-EVEN"):
+        table.add_column(col, justify="left" if col == "API" else "right")
+    for c in result.cloud:
+        months = "never" if c.break_even_months is None else f"{c.break_even_months:.1f} months"
+        table.add_row(f"{c.provider} {c.model}", f"{c.per_m:.3f}", f"{c.per_m / result.local_per_m:.2f}x",
+                      f"{c.month:.2f}", months)
+    console.print(table)
+    console.print("[dim]break-even: months until the hardware price is paid back by not paying the API for the "
+                  "same tokens, less electricity; edit prices in $LOKAL_HOME/prices.json[/dim]", highlight=False)
+
+
+# ---- lokal recommend -------------------------------------------------------------------------
+@_one_line_errors
+def recommend(
+    use_case: Annotated[str | None, typer.Option("--use-case", help="chat, code, agents, rag, batch")] = None,
+    users: Annotated[int | None, typer.Option("--users", help="people or programs using it at the same time")]
+    = None,
+    private: Annotated[bool | None, typer.Option("--private/--cloud-ok", help="must data stay on this machine?")]
+    = None,
+    api: Annotated[str | None, typer.Option("--api", help="openai, ollama, both, none")] = None,
+    lan: Annotated[bool | None, typer.Option("--lan/--local-only", help="reachable from other machines?")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="a model you want to use")] = None,
+    bench: Annotated[Path | None, typer.Option("--bench", help="a bench JSON with measured throughput")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON (schema: lokal/advise/schema.json)")] = False,
+) -> None:
+    """A lokal configuration for your needs, with the reasoning (asks when run in a terminal)."""
+    from lokal.advise.cost import read_bench_throughput
+    from lokal.advise.hardware import detect_hardware
+    from lokal.advise.recommend import APIS, USE_CASES, Needs
+    from lokal.advise.recommend import recommend as recommend_for
+
+    ask = sys.stdin.isatty() and not as_json
+    if use_case is None:
+        use_case = typer.prompt(f"use case ({', '.join(USE_CASES)})", default="chat") if ask else "chat"
+    if users is None:
+        users = int(typer.prompt("users at the same time", default=1, type=int)) if ask else 1
+    if private is None:
+        private = typer.confirm("must prompts stay on this machine?", default=True) if ask else True
+    if api is None:
+        api = typer.prompt(f"API ({', '.join(APIS)})", default="openai") if ask else "openai"
+    if lan is None:
+        lan = typer.confirm("reachable from other machines?", default=False) if ask else False
+    home = Settings().home
+    hw = detect_hardware(home)
+    throughput = read_bench_throughput(bench) if bench is not None else None
+    needs = Needs(use_case=use_case.strip().lower(), users=users, private=private, api=api.strip().lower(),
+                  lan=lan, model=model)
+    rec = recommend_for(needs, hw, home, throughput)
+    if as_json:
+        _emit_json({"schema": "lokal.recommend/1", "kind": "recommend", "needs": vars(needs),
+                    "hardware": hw.to_dict(), "recommendation": rec.to_dict()})
+        return
+    if rec.command:
+        console.print(f"[bold]{rec.command}[/bold]", highlight=False)
+    for reason in rec.reasons:
+        console.print(f"  - {reason}", highlight=False)
+    for warning in rec.warnings:
+        console.print(f"[yellow]  ! {warning}[/yellow]", highlight=False)
+
+
+# ---- lokal pull's warning --------------------------------------------------------------------
+def warn_if_wont_fit(name: str, settings: Settings) -> None:
+    """Before a pull: say so when the model will not fit (or is tight) at the configured context.
+    Never stops the pull, never fails it: an estimate that cannot be made says nothing."""
+    from lokal.advise.memory import fit_for
+
+    try:
+        result = fit_for(name, settings.ctx_size, parallel=max(1, settings.parallel), home=settings.home)
+    except Exception:
+        return
+    if result.fit == "fits":
+        return
+    word = "will not fit" if result.fit == "wont_fit" else "will be tight"
+    err_console.print(
+        f"[bold yellow]warning:[/bold yellow] {name} {word}: it needs about {_gb(result.needed_bytes)} at "
+        f"ctx {settings.ctx_size} and {_gb(result.available_bytes)} of RAM is available now "
+        "(see lokal advise)", highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add advise, cost and recommend to the main app."""
+    app.command("advise")(advise)
+    app.command("cost")(cost)
+    app.command("recommend")(recommend)
