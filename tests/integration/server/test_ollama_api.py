@@ -286,12 +286,9 @@ def test_bad_bodies_are_400s_with_an_error_string(server: LiveServer) -> None:
 
 
 @pytest.mark.parametrize(("path", "extra", "field"), [
-    ("/api/generate", {"format": "json"}, "format"),
     ("/api/generate", {"suffix": "return x"}, "suffix"),
     ("/api/generate", {"images": ["aGk="]}, "images"),
     ("/api/generate", {"think": True}, "think"),
-    ("/api/chat", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    ("/api/chat", {"format": {"type": "object"}}, "format"),
 ])
 def test_unsupported_fields_are_refused_by_name(server: LiveServer, path: str, extra: dict, field: str) -> None:
     body = {"model": MODEL, "prompt": "Hi", "messages": [{"role": "user", "content": "Hi"}], **extra}
