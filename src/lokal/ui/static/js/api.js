@@ -1,13 +1,45 @@
 // lokal's HTTP APIs as the page uses them: JSON helpers, an OpenAI chat stream, an Ollama pull stream.
 
+// API keys: when the server has keys (`lokal keys create`), every call carries the key this browser keeps in
+// localStorage; the first 401 asks for it (once at a time; not again after a cancel until the page reloads)
+// and the call is retried with it.
+const KEY_STORAGE = "lokal.apiKey";
+let asking = null;
+let declined = false;
+
+function askForKey() {
+  if (!asking) {
+    asking = Promise.resolve().then(() => {
+      const key = (window.prompt("This lokal server needs an API key (made with `lokal keys create NAME`):") || "").trim();
+      if (key) localStorage.setItem(KEY_STORAGE, key);
+      else declined = true;
+      setTimeout(() => { asking = null; }, 0);
+      return key;
+    });
+  }
+  return asking;
+}
+
+export async function authFetch(url, init = {}) {
+  const send = () => {
+    const headers = new Headers(init.headers || {});
+    const key = localStorage.getItem(KEY_STORAGE);
+    if (key) headers.set("authorization", `Bearer ${key}`);
+    return fetch(url, { ...init, headers });
+  };
+  const r = await send();
+  if (r.status !== 401 || declined) return r;
+  return (await askForKey()) ? send() : r;
+}
+
 export async function getJSON(url) {
-  const r = await fetch(url);
+  const r = await authFetch(url);
   if (!r.ok) throw new Error(await errorText(r));
   return r.json();
 }
 
 export async function sendJSON(method, url, body) {
-  const r = await fetch(url, {
+  const r = await authFetch(url, {
     method,
     headers: { "content-type": "application/json" },
     body: body === undefined ? undefined : JSON.stringify(body),
@@ -66,7 +98,7 @@ export async function streamChat(body, onText, signal) {
   };
   let response;
   try {
-    response = await fetch("/v1/chat/completions", {
+    response = await authFetch("/v1/chat/completions", {
       method: "POST",
       headers: { "content-type": "application/json" },
       body: JSON.stringify({ ...body, stream: true, stream_options: { include_usage: true } }),
@@ -104,7 +136,7 @@ export async function streamChat(body, onText, signal) {
 
 // Stream Ollama's /api/pull; onStatus({status, total, completed}) per line.
 export async function streamPull(name, onStatus) {
-  const response = await fetch("/api/pull", {
+  const response = await authFetch("/api/pull", {
     method: "POST",
     headers: { "content-type": "application/json" },
     body: JSON.stringify({ model: name, stream: true }),

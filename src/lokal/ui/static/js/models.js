@@ -1,5 +1,5 @@
 // The models page: stored models with a fit badge, pull with live progress, delete, details.
-import { sendJSON, streamPull, formatBytes } from "./api.js";
+import { authFetch, sendJSON, streamPull, formatBytes } from "./api.js";
 import { listModels, toast } from "./widgets.js";
 
 const FIT_TEXT = { fits: "fits", tight: "tight", wont_fit: "won't fit" };
@@ -105,7 +105,7 @@ export class ModelsPage {
   }
 
   async show(name) {
-    const r = await fetch("/api/show", {
+    const r = await authFetch("/api/show", {
       method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ model: name }),
     });
     if (!r.ok) { toast(`show ${name}: ${r.status}`); return; }

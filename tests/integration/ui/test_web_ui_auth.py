@@ -1,0 +1,64 @@
+"""The web UI on a server with API keys: the page asks for a key once, keeps it, and chats with it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, expect
+
+from tests.integration.conftest import LiveServer
+from tests.integration.security.conftest import lokal_cli
+from tests.integration.ui.test_web_ui import MODEL, browser, home_with_model, open_ui  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def keyed(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, str]]:
+    home = home_with_model(model_home, tmp_path_factory.mktemp("ui-keyed-home"))
+    made = lokal_cli(home, "keys", "create", "browser")
+    assert made.returncode == 0, made.stderr
+    live = LiveServer(home, "--model", MODEL, "--parallel", "2", "--ctx-size", "512", "--keep-alive", "-1")
+    yield live, made.stdout.strip()
+    live.stop()
+
+
+def test_the_ui_asks_for_the_key_once_and_chats_with_it(browser: Browser, keyed: tuple[LiveServer, str]) -> None:  # noqa: F811
+    server, key = keyed
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    asked: list[str] = []
+
+    def answer(dialog) -> None:  # type: ignore[no-untyped-def]
+        asked.append(dialog.message)
+        dialog.accept(key if len(asked) == 1 else "")
+
+    page.on("dialog", answer)
+    open_ui(page, server)
+    page.fill("#prompt", "Say hello.")
+    page.press("#prompt", "Enter")
+    expect(page.locator(".message.assistant .content").first).not_to_have_text("", timeout=60_000)
+    page.wait_for_function("() => !document.querySelector('.message.assistant.streaming')", timeout=60_000)
+    assert len(asked) == 1 and "API key" in asked[0]
+    assert page.evaluate("localStorage.getItem('lokal.apiKey')") == key
+    assert page.locator(".message.assistant .content").first.inner_text().strip()
+    context.close()
+
+
+def test_a_wrong_key_is_not_let_in(browser: Browser, keyed: tuple[LiveServer, str]) -> None:  # noqa: F811
+    server, _ = keyed
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.on("dialog", lambda d: d.accept("not-a-key"))
+    open_ui(page, server)
+    page.fill("#prompt", "Say hello.")
+    page.press("#prompt", "Enter")
+    page.wait_for_timeout(3000)  # the refused request has long come back
+    answers = page.locator(".message.assistant .content")
+    assert answers.count() == 0 or not answers.first.inner_text().strip()
+    assert page.evaluate("localStorage.getItem('lokal.apiKey')") == "not-a-key"
+    context.close()
