@@ -15,10 +15,10 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from lokal.engine.embedder import InputTooLong, l2_normalize
-from lokal.runtime.keep_alive import parse_keep_alive
 from lokal.runtime.runtime import Runtime
 from lokal.server.errors import APIError
 from lokal.server.generation import load_model
+from lokal.server.ollama.generate import keep_alive_seconds
 
 router = APIRouter()
 
@@ -74,15 +74,6 @@ def _embedding_turn(request: Request) -> asyncio.Lock:
     if lock is None:
         lock = state.embedding_lock = asyncio.Lock()
     return lock
-
-
-def _keep_alive(value: float | int | str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return parse_keep_alive(value)
-    except ValueError as exc:
-        raise APIError(400, str(exc), param="keep_alive") from exc
 
 
 class _Request(BaseModel):
@@ -195,7 +186,7 @@ async def ollama_embed(body: OllamaEmbedRequest, request: Request) -> OllamaEmbe
     raw = body.input
     inputs: list[EmbedInput] = ([raw] if raw else []) if isinstance(raw, str) or raw is None else list(raw)
     result = await compute_embeddings(request, body.model, inputs, truncate=body.truncate,
-                                      keep_alive=_keep_alive(body.keep_alive))
+                                      keep_alive=keep_alive_seconds(body.keep_alive))
     vectors = result.vectors
     if body.dimensions is not None and 0 < body.dimensions < result.dimensions:
         # As Ollama does: keep the first dimensions and normalize again.
@@ -214,5 +205,5 @@ async def ollama_embeddings(body: OllamaEmbeddingsRequest, request: Request) -> 
     """Ollama's older endpoint: one vector, not normalized; an empty prompt only loads the model."""
     inputs: list[EmbedInput] = [body.prompt] if body.prompt else []
     result = await compute_embeddings(request, body.model, inputs, normalize=False,
-                                      keep_alive=_keep_alive(body.keep_alive), param="prompt")
+                                      keep_alive=keep_alive_seconds(body.keep_alive), param="prompt")
     return OllamaEmbeddingsResponse(embedding=result.vectors[0] if result.vectors else [])
