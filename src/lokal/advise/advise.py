@@ -10,6 +10,7 @@ from typing import Any
 
 from lokal.advise.hardware import Hardware
 from lokal.advise.memory import (
+    TIGHT_SHARE,
     EstimateError,
     MemoryEstimate,
     ModelShape,
@@ -145,52 +146,79 @@ def candidate_shapes(home: Path | None, models: list[str] | None = None) -> list
     return shapes
 
 
-def serve_advice(shape: ModelShape, hardware: Hardware, ctx: int | None = None, kv_type: str = "f16") -> ServeAdvice:
+def serve_model(rows: list[FitRow], shapes: list[ModelShape]) -> ModelShape | None:
+    """The model to suggest serving: the largest that fits (or is tight), preferring models already
+    in the store over ones that would be pulled; never a generic size."""
+    fitting = [(r, s) for r, s in zip(rows, shapes, strict=True) if r.fit != "wont_fit" and s.source != "generic"]
+    if not fitting:
+        return None
+    return max(fitting, key=lambda rs: (rs[1].source == "store", rs[1].weights_bytes))[1]
+
+
+def serve_advice(
+    shape: ModelShape, hardware: Hardware, ctx: int | None = None, kv_type: str = "f16", slots: int | None = None
+) -> ServeAdvice:
     """Threads, slots and context for ``lokal serve --model``: the physical cores, as many slots
-    (up to 8) as fit in the RAM left after the weights, and the asked (or 4096) context."""
+    (up to 8, or ``slots`` when the users are known) as fit in 70 % of the RAM available, and the
+    asked (or 4096) context."""
     reasons = []
     threads = hardware.physical_cores or hardware.cores
     reasons.append(f"threads {threads}: the {'physical' if hardware.physical_cores else 'logical'} cores "
                    "(llama.cpp gains nothing from hyper-threads)")
     wanted_ctx = ctx or min(4096, shape.context_length or 4096)
-    budget = int(hardware.ram_available * 0.7)
-    parallel = max(1, min(MAX_AUTO_SLOTS, largest_parallel(shape, wanted_ctx, budget, kv_type)))
+    budget = int(hardware.ram_available * TIGHT_SHARE)
+    cap = MAX_AUTO_SLOTS if slots is None else max(1, min(slots, MAX_AUTO_SLOTS))
+    fitting = largest_parallel(shape, wanted_ctx, budget, kv_type)
+    parallel = max(1, min(cap, fitting))
     use_ctx = wanted_ctx
-    if largest_parallel(shape, wanted_ctx, budget, kv_type) == 0:
+    if fitting == 0:
         use_ctx = max(CTX_STEP, largest_ctx(shape, 1, budget, kv_type))
         reasons.append(f"ctx {use_ctx}: the largest context that fits in 70 % of the available RAM")
     else:
         trained = f" (the model was trained on {shape.context_length})" if shape.context_length else ""
         reasons.append(f"ctx {use_ctx}: {'as asked' if ctx else 'the default'}{trained}")
     total = estimate_memory(shape, use_ctx, parallel, kv_type).total
-    reasons.append(f"parallel {parallel}: slots of {use_ctx} tokens fitting in 70 % of the available RAM "
-                   f"({_gb(total)} of {_gb(hardware.ram_available)}), at most {MAX_AUTO_SLOTS}: beyond that a CPU "
-                   "decode step grows about linearly")
+    if slots is None:
+        why = f"as many as fit, at most {MAX_AUTO_SLOTS}"
+    elif parallel == slots:
+        why = f"one per user ({slots})"
+    elif fitting < min(slots, MAX_AUTO_SLOTS):
+        why = f"as many of the {slots} wanted as fit"
+    else:
+        why = f"{slots} users, at most {MAX_AUTO_SLOTS} slots"
+    reasons.append(f"parallel {parallel}: {why}; {parallel} slot(s) of {use_ctx} tokens need {_gb(total)} of the "
+                   f"{_gb(budget)} that is 70 % of the available RAM; beyond {MAX_AUTO_SLOTS} a CPU decode step grows "
+                   "about linearly")
     command = f"lokal serve --model {shape.name} --ctx-size {use_ctx} --parallel {parallel} --threads {threads}"
     return ServeAdvice(shape.name, threads, parallel, use_ctx, command, tuple(reasons))
 
 
-_TARGET = re.compile(r"(\d+(?:\.\d+)?)\s*b\s*(?:@\s*(\d+(?:\.\d+)?)\s*(k)?)?\s*(?:[x×*]\s*(\d+))?")
+_TARGET = re.compile(
+    r"(?P<size>\d+(?:\.\d+)?)\s*b"
+    r"(?:\s*(?:@|at)\s*(?P<ctx>\d+(?:\.\d+)?)\s*(?P<k>k)?\s*(?:tokens?|ctx|context)?)?"
+    r"(?:\s*,?\s*(?:[x×*]\s*(?P<users>\d+)(?:\s*users?)?|(?P<users_words>\d+)\s*users?))?"
+)
 
 
 def parse_target(text: str) -> Target:
-    """``7b@8k x4`` (7B parameters, 8192 tokens per user, 4 users); ``@`` and ``x`` are optional
-    (4096 tokens, 1 user)."""
+    """``7b@8k x4`` or ``7B at 8k, 4 users``: 7B parameters, 8192 tokens per user, 4 users.
+    Context and users are optional (4096 tokens, 1 user)."""
     m = _TARGET.fullmatch(text.strip().lower())
     if not m:
-        raise ValueError(f'target "{text}": expected e.g. "7b@8k x4" (size@context x users)')
+        raise ValueError(f'target "{text}": expected e.g. "7b@8k x4" or "7b at 8k, 4 users"')
     ctx = 4096
-    if m.group(2):
-        ctx = int(float(m.group(2)) * (1024 if m.group(3) else 1))
-    users = int(m.group(4) or 1)
-    if ctx < 1 or users < 1:
-        raise ValueError(f'target "{text}": context and users must be at least 1')
-    return Target(size_b=float(m.group(1)), ctx=ctx, users=users, text=text.strip())
+    if m.group("ctx"):
+        ctx = int(float(m.group("ctx")) * (1024 if m.group("k") else 1))
+    users = int(m.group("users") or m.group("users_words") or 1)
+    if float(m.group("size")) <= 0 or ctx < 1 or users < 1:
+        raise ValueError(f'target "{text}": size, context and users must be more than 0')
+    return Target(size_b=float(m.group("size")), ctx=ctx, users=users, text=text.strip())
 
 
 def advise_target(target: Target, available: int) -> TargetAdvice:
-    """Which quantization (and KV cache type) of a model that size runs ``users`` slots of ``ctx``
-    tokens: the best quality that fits, trying a q8_0 KV cache before a smaller quantization."""
+    """Which quantization of a model that size runs ``users`` slots of ``ctx`` tokens: the best
+    quality that fits with the f16 KV cache lokal runs; a q8_0 KV cache (llama.cpp's, not exposed
+    by lokal yet) is only suggested when no quantization fits without it."""
     options = []
     for quant in QUALITY_ORDER:
         shape = generic_shape(f"{target.size_b:g}b:{quant}")
@@ -198,18 +226,50 @@ def advise_target(target: Target, available: int) -> TargetAdvice:
         for kv_type in ("f16", "q8_0"):
             total = estimate_memory(shape, target.ctx, target.users, kv_type).total
             options.append(TargetOption(quant, kv_type, total, classify(total, available)))
-    for verdict in ("fits", "tight"):
-        for option in options:
-            if option.fit == verdict:
-                kv = "" if option.kv_type == "f16" else f" with a {option.kv_type} KV cache"
-                how = "fits" if verdict == "fits" else "fits, tightly,"
-                reason = (f"{option.quantization}{kv} is the best quality that {how}"
-                          f" ({_gb(option.needed_bytes)} of {_gb(available)} available)")
-                return TargetAdvice(target, tuple(options), option, reason)
+    for kv_type in ("f16", "q8_0"):
+        for verdict in ("fits", "tight"):
+            for option in options:
+                if option.kv_type == kv_type and option.fit == verdict:
+                    kv = "" if kv_type == "f16" else f" with a {kv_type} KV cache (llama.cpp's; not in lokal yet)"
+                    how = "fits" if verdict == "fits" else "fits, tightly,"
+                    reason = (f"{option.quantization}{kv} is the best quality that {how}"
+                              f" ({_gb(option.needed_bytes)} of {_gb(available)} available)")
+                    return TargetAdvice(target, tuple(options), option, reason)
     smallest = min(options, key=lambda o: o.needed_bytes)
     return TargetAdvice(target, tuple(options), None,
                         f"nothing fits: even {smallest.quantization} with a {smallest.kv_type} KV cache needs "
                         f"{_gb(smallest.needed_bytes)} of {_gb(available)} available; fewer users or a shorter context")
+
+
+def pull_warnings(name: str, ctx: int, parallel: int, hardware: Hardware, home: Path | None = None) -> list[str]:
+    """What to say before pulling ``name``: it will not fit (or is tight) in the RAM available at
+    ``ctx`` x ``parallel``, or its file is larger than the free disk under the store. Empty when
+    all is well or the model cannot be sized (a pull is never stopped by a guess)."""
+    try:
+        shape = model_shape(name, None)  # not ``home``: the store copy is what a pull would replace
+        estimate = estimate_memory(shape, ctx, parallel)
+    except (EstimateError, OSError):
+        return []
+    warnings = []
+    verdict = classify(estimate.total, hardware.ram_available)
+    if verdict != "fits":
+        word = "will not fit" if verdict == "wont_fit" else "will be tight"
+        warnings.append(f"{name} {word}: it needs about {_gb(estimate.total)} at ctx {ctx} x {parallel} slot(s) "
+                        f"and {_gb(hardware.ram_available)} of RAM is available now (see lokal advise)")
+    size = download_size(name, shape)
+    if hardware.disk_free is not None and size > hardware.disk_free:
+        where = f" under {home}" if home is not None else ""
+        warnings.append(f"{name} will not fit on disk: the file is about {_gb(size)} and {_gb(hardware.disk_free)} "
+                        f"is free{where}")
+    return warnings
+
+
+def download_size(name: str, shape: ModelShape) -> int:
+    """The file a pull writes: the catalog's exact size, else the tensors' bytes."""
+    from lokal.store.catalog import find_catalog_entry
+
+    entry = find_catalog_entry(name)
+    return entry.size if entry is not None else shape.weights_bytes
 
 
 def _gb(n: int) -> str:

@@ -15,6 +15,7 @@ Arithmetic (docs/memory-estimate.md has a worked example):
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +39,8 @@ class Throughput:
     tok_s: float
     source: str  # "bench.json: target lokal, c=10"
     input_per_output: float | None = None  # prompt tokens per completion token in that run
+    concurrency: int | None = None  # requests in flight when it was measured
+    model: str | None = None  # the model the bench ran
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ class Power:
 
 @dataclass(frozen=True)
 class CostInputs:
+    """Everything the arithmetic uses, in the price table's currency."""
+
     hardware_price: float
     lifetime_years: float
     watts: float
@@ -67,7 +72,8 @@ class CloudComparison:
     model: str
     per_m: float  # per million output tokens, prompts included
     month: float  # the same monthly tokens through this API
-    break_even_months: float | None
+    break_even_months: float | None  # None: the API costs less than the electricity alone
+    pays_back: bool  # break-even within the hardware's lifetime
 
 
 @dataclass(frozen=True)
@@ -86,14 +92,32 @@ class CostResult:
         return data
 
 
+INPUT_NAMES = {  # CostInputs' fields as a user knows them (the CLI's options)
+    "hardware_price": "hardware price", "lifetime_years": "lifetime (years)", "watts": "power (watts)",
+    "kwh_price": "electricity price (per kWh)", "utilisation": "utilisation", "tok_s": "throughput (tok/s)",
+    "input_per_output": "prompt tokens per output token",
+}
+
+
+def validate_inputs(inputs: CostInputs) -> None:
+    """Refuse inputs the arithmetic cannot mean: negative prices or power, no throughput."""
+    for name, value in vars(inputs).items():
+        if not math.isfinite(value):
+            raise ValueError(f"{INPUT_NAMES[name]} must be a finite number, not {value}")
+    if inputs.tok_s <= 0:
+        raise ValueError(f"throughput must be more than 0 output tokens per second (got {inputs.tok_s:g})")
+    if not 0 < inputs.utilisation <= 1:
+        raise ValueError(f"utilisation is a fraction of the time: more than 0, at most 1 (got {inputs.utilisation:g})")
+    if inputs.lifetime_years <= 0:
+        raise ValueError(f"lifetime must be more than 0 years (got {inputs.lifetime_years:g})")
+    for name in ("hardware_price", "watts", "kwh_price", "input_per_output"):
+        if getattr(inputs, name) < 0:
+            raise ValueError(f"{INPUT_NAMES[name]} cannot be negative (got {getattr(inputs, name):g})")
+
+
 def compute_cost(inputs: CostInputs, prices: PriceTable) -> CostResult:
     """The arithmetic above; every figure in the table's currency."""
-    if inputs.tok_s <= 0:
-        raise ValueError("throughput must be positive")
-    if not 0 < inputs.utilisation <= 1:
-        raise ValueError("utilisation is a fraction of the time: more than 0, at most 1")
-    if inputs.lifetime_years <= 0:
-        raise ValueError("lifetime must be positive")
+    validate_inputs(inputs)
     tokens = inputs.tok_s * inputs.utilisation * SECONDS_PER_MONTH
     hardware = inputs.hardware_price / (inputs.lifetime_years * 12)
     energy = inputs.watts / 1000 * HOURS_PER_MONTH * inputs.utilisation * inputs.kwh_price
@@ -104,23 +128,28 @@ def compute_cost(inputs: CostInputs, prices: PriceTable) -> CostResult:
         per_m = api.per_m_output(inputs.input_per_output)
         month = per_m * tokens / 1e6
         saving = month - energy
-        cloud.append(CloudComparison(api.id, api.provider, api.model, per_m, month,
-                                     inputs.hardware_price / saving if saving > 0 else None))
+        months = inputs.hardware_price / saving if saving > 0 else None
+        cloud.append(CloudComparison(api.id, api.provider, api.model, per_m, month, months,
+                                     months is not None and months <= inputs.lifetime_years * 12))
     return CostResult(tokens_per_month=tokens, hardware_per_month=hardware, energy_per_month=energy,
                       local_per_month=local, local_per_m=local / (tokens / 1e6), energy_per_m=energy_per_m,
                       cloud=tuple(sorted(cloud, key=lambda c: c.per_m)))
 
 
 # ---- measured throughput ---------------------------------------------------------------------
-def read_bench_throughput(path: Path, target: str | None = None) -> Throughput:
+def read_bench_throughput(path: Path, target: str | None = None, concurrency: int | None = None) -> Throughput:
     """Output tokens/s from a bench JSON: ``lokal bench --json`` (``targets[].levels[]`` with
     ``concurrency`` and ``tok_s``) or ``benchmarks/serve_load.py --json`` (``{target: {"c<N>":
     {"tok_s"}}}``). Picks ``target`` (default: one named lokal, else the fastest) at its best
-    concurrency."""
+    concurrency, or at the measured level nearest ``concurrency`` when one is asked for."""
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise BenchFileError(f"{path}: cannot read bench JSON: {e}") from e
+    except OSError as e:
+        raise BenchFileError(f"{path}: cannot read the bench JSON: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise BenchFileError(f"{path}: not a text file ({e.reason})") from e
+    except ValueError as e:
+        raise BenchFileError(f"{path}: not JSON ({e})") from e
     levels = _levels(doc)
     if not levels:
         raise BenchFileError(f"{path}: no tok_s measurements (expected lokal bench or serve_load.py JSON)")
@@ -132,13 +161,18 @@ def read_bench_throughput(path: Path, target: str | None = None) -> Throughput:
     else:
         lokal = [row for row in levels if row[0].lower().startswith("lokal")]
         wanted = lokal or levels
-    name, concurrency, tok_s = max(wanted, key=lambda row: row[2])
+    if concurrency is not None and any(row[1] is not None for row in wanted):
+        leveled = [row for row in wanted if row[1] is not None]
+        name, level, tok_s = min(leveled, key=lambda row: (abs((row[1] or 0) - concurrency), -row[2]))
+    else:
+        name, level, tok_s = max(wanted, key=lambda row: row[2])
     ratio = None
     config = doc.get("config") if isinstance(doc, dict) else None
-    if isinstance(config, dict) and config.get("prompt_tokens") and config.get("max_tokens"):
+    if isinstance(config, dict) and _positive(config.get("prompt_tokens")) and _positive(config.get("max_tokens")):
         ratio = float(config["prompt_tokens"]) / float(config["max_tokens"])
-    where = f"c={concurrency}" if concurrency is not None else "best level"
-    return Throughput(tok_s=tok_s, source=f"{Path(path).name}: target {name}, {where}", input_per_output=ratio)
+    where = f"c={level}" if level is not None else "best level"
+    return Throughput(tok_s=tok_s, source=f"{Path(path).name}: target {name}, {where}", input_per_output=ratio,
+                      concurrency=level, model=_bench_model(doc, name))
 
 
 def _levels(doc: Any) -> list[tuple[str, int | None, float]]:
@@ -148,10 +182,11 @@ def _levels(doc: Any) -> list[tuple[str, int | None, float]]:
         for target in doc["targets"]:
             if not isinstance(target, dict) or target.get("status") == "failed":
                 continue
-            for level in target.get("levels") or []:
-                tok_s = level.get("tok_s") if isinstance(level, dict) else None
-                if isinstance(tok_s, int | float) and tok_s > 0:
-                    rows.append((str(target.get("name", "?")), _int_or_none(level.get("concurrency")), float(tok_s)))
+            levels = target.get("levels")
+            for level in levels if isinstance(levels, list) else []:
+                tok_s = _rate(level.get("tok_s")) if isinstance(level, dict) else None
+                if tok_s is not None:
+                    rows.append((str(target.get("name", "?")), _int_or_none(level.get("concurrency")), tok_s))
         return rows
     if isinstance(doc, dict):  # serve_load.py: {target: {"c10": {...}, "prefix": ..., "rss_mib": ...}}
         for name, entry in doc.items():
@@ -159,10 +194,31 @@ def _levels(doc: Any) -> list[tuple[str, int | None, float]]:
                 continue
             for key, level in entry.items():
                 if key.startswith("c") and key[1:].isdigit() and isinstance(level, dict):
-                    tok_s = level.get("tok_s")
-                    if isinstance(tok_s, int | float) and tok_s > 0:
-                        rows.append((str(name), int(key[1:]), float(tok_s)))
+                    tok_s = _rate(level.get("tok_s"))
+                    if tok_s is not None:
+                        rows.append((str(name), int(key[1:]), tok_s))
     return rows
+
+
+def _bench_model(doc: Any, target: str) -> str | None:
+    """The model a lokal bench target ran (its own, else the run's); None for serve_load.py files."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("targets"), list):
+        return None
+    for entry in doc["targets"]:
+        if isinstance(entry, dict) and str(entry.get("name")) == target and isinstance(entry.get("model"), str):
+            return str(entry["model"])
+    config = doc.get("config")
+    model = config.get("model") if isinstance(config, dict) else None
+    return model if isinstance(model, str) else None
+
+
+def _rate(value: Any) -> float | None:
+    """A measured tok/s: a finite number above 0, else None."""
+    return float(value) if _positive(value) and math.isfinite(value) else None
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
 
 
 def _int_or_none(value: Any) -> int | None:

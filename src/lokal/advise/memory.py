@@ -267,10 +267,14 @@ def shape_from_hf(name: str) -> ModelShape:
     from huggingface_hub import hf_hub_url
     from huggingface_hub.utils import build_hf_headers
 
+    from lokal.store.errors import StoreError
     from lokal.store.sources.hf import HfSource, split_hf_name
 
-    repo_id, selector = split_hf_name(name)
-    file = HfSource(store=None).resolve(repo_id, selector)  # type: ignore[arg-type]  # resolve needs no store
+    try:
+        repo_id, selector = split_hf_name(name)
+        file = HfSource(store=None).resolve(repo_id, selector)  # type: ignore[arg-type]  # resolve needs no store
+    except StoreError as e:
+        raise EstimateError(str(e)) from e
     url = hf_hub_url(file.repo_id, file.filename, revision=file.revision)
     header, _ = fetch_remote_header(url, headers=build_hf_headers(library_name="lokal"))
     return shape_from_header(header, f"{repo_id}/{file.filename}", "remote")

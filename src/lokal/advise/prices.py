@@ -4,6 +4,7 @@ prices were noted) that ``$LOKAL_HOME/prices.json`` overrides entry by entry."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -58,7 +59,7 @@ def load_prices(home: Path | None = None) -> PriceTable:
             raise PriceTableError(f"{user}: not valid JSON: {e}") from e
         for price in _parse(data, str(user)):
             apis[price.id] = price
-        noted = str(data.get("noted", noted))
+        noted = str(data["noted"]) if data.get("noted") else f"{noted} (shipped; {user.name} gives no date)"
         currency = str(data.get("currency", currency))
         sources.append(str(user))
     return PriceTable(noted=noted, currency=currency, apis=tuple(apis.values()), sources=tuple(sources))
@@ -73,6 +74,11 @@ def _parse(data: Any, where: str) -> list[ApiPrice]:
             prices.append(ApiPrice(id=str(item["id"]), provider=str(item.get("provider", "")),
                                    model=str(item.get("model", item["id"])),
                                    input_per_m=float(item["input_per_m"]), output_per_m=float(item["output_per_m"])))
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise PriceTableError(f"{where}: apis[{i}] needs id, input_per_m and output_per_m ({e})") from e
+        price = prices[-1]
+        for value in (price.input_per_m, price.output_per_m):
+            if not math.isfinite(value) or value < 0:
+                raise PriceTableError(f"{where}: apis[{i}] ({price.id}): prices must be numbers of at least 0, "
+                                      f"not {value:g}")
     return prices

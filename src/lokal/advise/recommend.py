@@ -41,15 +41,18 @@ class Needs:
 
 @dataclass
 class Recommendation:
+    """The answer: a model and the command that serves it (None when nothing fits), and why."""
+
     model: str | None
     command: str | None
     settings: dict[str, Any]
     reasons: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    measured: dict[str, Any] | None = None  # the bench figures the reasons cite
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "command": self.command, "settings": self.settings,
-                "reasons": self.reasons, "warnings": self.warnings}
+                "reasons": self.reasons, "warnings": self.warnings, "measured": self.measured}
 
 
 def recommend(needs: Needs, hardware: Hardware, home: Path | None = None,
@@ -59,6 +62,8 @@ def recommend(needs: Needs, hardware: Hardware, home: Path | None = None,
         raise ValueError(f"use case must be one of {', '.join(USE_CASES)}")
     if needs.api not in APIS:
         raise ValueError(f"api must be one of {', '.join(APIS)}")
+    if needs.users < 1:
+        raise ValueError(f"users must be at least 1 (got {needs.users})")
     wants = USE_CASE_NEEDS[needs.use_case]
     ctx = int(wants["ctx"])
     slots = max(1, min(needs.users, 8))
@@ -70,8 +75,13 @@ def recommend(needs: Needs, hardware: Hardware, home: Path | None = None,
         try:
             shape = model_shape(name, home)
         except EstimateError as e:
+            if needs.model:
+                raise  # the model the user asked for: an error, not a warning
             warnings.append(str(e))
             continue
+        if shape.source == "generic":
+            raise EstimateError(f'"{name}" is a size for planning (lokal advise --target), not a model to serve; '
+                                "name a model in the store or the catalog, a .gguf file or an hf.co/ name")
         use_ctx = min(ctx, shape.context_length or ctx)
         total = estimate_memory(shape, use_ctx, slots).total
         verdict = classify(total, hardware.ram_available)
@@ -84,7 +94,7 @@ def recommend(needs: Needs, hardware: Hardware, home: Path | None = None,
             break
     if chosen is None:
         return Recommendation(None, None, {}, reasons, warnings + ["no candidate model fits this machine"])
-    advice = serve_advice(chosen, hardware, ctx)
+    advice = serve_advice(chosen, hardware, ctx, slots=needs.users)
     reasons.extend(advice.reasons)
     if needs.users > advice.parallel:
         reasons.append(f"{needs.users} users share {advice.parallel} slots: the rest wait in the queue "
@@ -105,16 +115,38 @@ def recommend(needs: Needs, hardware: Hardware, home: Path | None = None,
         reasons.append("private: prompts and answers stay on this machine (lokal makes no outbound calls when serving)")
     else:
         reasons.append("not private-only: a cloud API may be cheaper at low volume; `lokal cost` compares")
+    measured = None
     if throughput is not None:
-        per_user = throughput.tok_s / max(1, advice.parallel)
-        reasons.append(f"measured throughput {throughput.tok_s:.1f} tok/s ({throughput.source}): about "
-                       f"{per_user:.1f} tok/s per busy slot")
-        if per_user < 5:
-            warnings.append(f"{per_user:.1f} tok/s per user is slower than reading speed; "
-                            "fewer slots or a smaller model")
+        measured = _measured(throughput, chosen, home, reasons, warnings)
     elif hardware.cores <= 2 and needs.users > 2:
         warnings.append(f"{hardware.cores} cores for {needs.users} users: expect a few tokens/s each; "
                         "run `lokal bench` and pass --bench to check")
     settings = {"model": chosen.name, "ctx": advice.ctx, "parallel": advice.parallel, "threads": advice.threads,
                 "host": "0.0.0.0" if needs.lan else "127.0.0.1"}
-    return Recommendation(chosen.name, command, settings, reasons, warnings)
+    return Recommendation(chosen.name, command, settings, reasons, warnings, measured)
+
+
+def _measured(throughput: Throughput, chosen: ModelShape, home: Path | None,
+              reasons: list[str], warnings: list[str]) -> dict[str, Any]:
+    """Cite the bench: tok/s per busy slot at the level measured, scaled by the weights when the
+    bench ran another model (CPU decoding reads every weight once a step)."""
+    level = throughput.concurrency or 1
+    per_slot = throughput.tok_s / level
+    scale = 1.0
+    note = ""
+    if throughput.model and throughput.model != chosen.name:
+        try:
+            benched = model_shape(throughput.model, home)
+            scale = benched.weights_bytes / chosen.weights_bytes
+            note = (f"; measured on {throughput.model}: {chosen.name} has {1 / scale:.1f}x its weights, so about "
+                    f"{per_slot * scale:.1f} tok/s per slot (scaled, not measured)")
+        except EstimateError:
+            note = f"; measured on {throughput.model}, not {chosen.name}: run lokal bench with it to know"
+    expected = per_slot * scale
+    reasons.append(f"measured throughput {throughput.tok_s:.1f} tok/s at {level} request(s) in flight "
+                   f"({throughput.source}): {per_slot:.1f} tok/s per busy slot{note}")
+    if expected < 5:
+        warnings.append(f"about {expected:.1f} tok/s per user is slower than reading speed; "
+                        "fewer slots or a smaller model")
+    return {"tok_s": throughput.tok_s, "source": throughput.source, "model": throughput.model,
+            "concurrency": throughput.concurrency, "per_slot_tok_s": per_slot, "expected_per_slot_tok_s": expected}

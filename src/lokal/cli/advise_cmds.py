@@ -8,16 +8,22 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from lokal.config import Settings
+from lokal.store.errors import StoreError
 
-console = Console()
-err_console = Console(stderr=True)
+if TYPE_CHECKING:
+    from lokal.advise.hardware import Hardware
+
+# Piped or captured output keeps whole table rows (rich would cut them at 80 columns).
+_WIDTH = None if sys.stdout.isatty() else 160
+console = Console(width=_WIDTH)
+err_console = Console(stderr=True, width=_WIDTH)
 F = TypeVar("F", bound=Callable[..., Any])
 FIT_STYLE = {"fits": "green", "tight": "yellow", "wont_fit": "red"}
 FIT_WORDS = {"fits": "fits", "tight": "tight", "wont_fit": "won't fit"}
@@ -30,7 +36,7 @@ def _one_line_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ValueError, OSError) as exc:  # EstimateError, BenchFileError, PriceTableError are ValueErrors
+        except (ValueError, OSError, StoreError) as exc:  # EstimateError, BenchFileError, PriceTableError: ValueError
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
@@ -43,7 +49,7 @@ def _gb(n: int | float) -> str:
 
 
 def _emit_json(doc: dict[str, Any]) -> None:
-    print(json.dumps(doc, indent=2))
+    print(json.dumps(doc, indent=2, allow_nan=False))
 
 
 # ---- lokal advise ----------------------------------------------------------------------------
@@ -55,25 +61,36 @@ def advise(
     parallel: Annotated[int, typer.Option("--parallel", help="slots to judge with")] = 1,
     kv_type: Annotated[str, typer.Option("--kv-type", help="KV cache type: f16, q8_0, q4_0")] = "f16",
     target: Annotated[str | None, typer.Option("--target", help='e.g. "7b@8k x4": which quantization fits')] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON (schema: lokal/advise/schema.json)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON (schema: lokal/advise/schemas/"
+                                                        "advise.schema.json)")] = False,
 ) -> None:
     """What fits on this machine (fits / tight / won't fit), the largest context and slots, and
     settings for `lokal serve`."""
-    from lokal.advise.advise import advise_target, candidate_shapes, fit_table, parse_target, serve_advice
+    from lokal.advise.advise import (
+        MAX_PARALLEL,
+        advise_target,
+        candidate_shapes,
+        fit_table,
+        parse_target,
+        serve_advice,
+        serve_model,
+    )
     from lokal.advise.hardware import detect_hardware
     from lokal.advise.memory import TIGHT_SHARE
 
+    parsed_target = parse_target(target) if target else None  # a typo fails before any work
     home = Settings().home
     hw = detect_hardware(home)
     shapes = candidate_shapes(home, model)
     rows = fit_table(shapes, hw, ctx, parallel, kv_type)
-    fitting = [(r, s) for r, s in zip(rows, shapes, strict=True) if r.fit != "wont_fit" and s.source != "generic"]
-    serve = serve_advice(max(fitting, key=lambda rs: rs[1].weights_bytes)[1], hw) if fitting else None
-    target_advice = advise_target(parse_target(target), hw.ram_available) if target else None
+    chosen = serve_model(rows, shapes)
+    serve = serve_advice(chosen, hw) if chosen is not None else None
+    target_advice = advise_target(parsed_target, hw.ram_available) if parsed_target else None
     notes = [
         f"fits: under {TIGHT_SHARE:.0%} of the RAM available now; tight: up to 100 %; won't fit: more",
-        "OTHER: compute buffers and llama.cpp's overhead; MAX CTX at the asked slots, SLOTS at the asked ctx; "
-        "* not in the store (sized from the catalog, a header or a generic model of that size)",
+        "OTHER: compute buffers and llama.cpp's overhead; MAX CTX at the asked slots and SLOTS at the asked ctx "
+        f"fit in all the available RAM (SLOTS counted up to {MAX_PARALLEL}); * not in the store (sized from the "
+        "catalog, a header or a generic model of that size)",
         "lokal runs models on the CPU (llama.cpp, no GPU offload): GPU memory is listed, not used",
     ]
     if kv_type != "f16" or target:
@@ -111,7 +128,8 @@ def advise(
         style = FIT_STYLE[r.fit]
         table.add_row(r.model + ("" if r.source == "store" else "*"), r.quantization or "?",
                       _gb(e.weights), _gb(e.kv_cache), _gb(e.compute + e.overhead), _gb(e.total),
-                      f"[{style}]{FIT_WORDS[r.fit]}[/{style}]", str(r.max_ctx), str(r.max_parallel))
+                      f"[{style}]{FIT_WORDS[r.fit]}[/{style}]", str(r.max_ctx),
+                      f"{r.max_parallel}+" if r.max_parallel >= MAX_PARALLEL else str(r.max_parallel))
     console.print(table)
     if serve is not None:
         console.print(f"\n[bold]serve[/bold]: {serve.command}", highlight=False)
@@ -148,10 +166,19 @@ def cost(
     input_per_output: Annotated[float | None, typer.Option("--input-per-output",
                                                            help="prompt tokens per output token for cloud prices "
                                                                 "(default: from the bench, else 1)")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON (schema: lokal/advise/schema.json)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON (schema: lokal/advise/schemas/"
+                                                        "cost.schema.json)")] = False,
 ) -> None:
     """Local cost per million tokens from measured throughput and power, against cloud APIs."""
-    from lokal.advise.cost import CostInputs, Power, Throughput, compute_cost, measure_power, read_bench_throughput
+    from lokal.advise.cost import (
+        CostInputs,
+        Power,
+        Throughput,
+        compute_cost,
+        measure_power,
+        read_bench_throughput,
+        validate_inputs,
+    )
     from lokal.advise.prices import load_prices
 
     if bench is not None:
@@ -159,43 +186,57 @@ def cost(
     elif tok_s is not None:
         throughput = Throughput(tok_s=tok_s, source="--tok-s (given)")
     else:
-        raise ValueError("give measured throughput: --bench FILE.json (from lokal bench --json) or --tok-s N")
-    power = Power(watts, "given", f"{watts:g} W (--watts)") if watts is not None else measure_power()
-    ratio = input_per_output if input_per_output is not None else (throughput.input_per_output or 1.0)
-    inputs = CostInputs(hardware_price=hardware_price, lifetime_years=lifetime_years, watts=power.watts,
+        raise ValueError("give measured throughput: --bench FILE.json (from lokal bench run --json) or --tok-s N")
+    if input_per_output is not None:
+        ratio, ratio_source = input_per_output, "given"
+    elif throughput.input_per_output is not None:
+        ratio, ratio_source = throughput.input_per_output, "from the bench"
+    else:
+        ratio, ratio_source = 1.0, "assumed"
+    inputs = CostInputs(hardware_price=hardware_price, lifetime_years=lifetime_years, watts=watts or 0.0,
                         kwh_price=kwh_price, utilisation=utilisation, tok_s=throughput.tok_s, input_per_output=ratio)
+    validate_inputs(inputs)  # before measuring power: a typo fails at once
+    power = Power(watts, "given", f"{watts:g} W (--watts)") if watts is not None else measure_power()
+    inputs = CostInputs(**{**vars(inputs), "watts": power.watts})
     prices = load_prices(Settings().home)
     result = compute_cost(inputs, prices)
     if as_json:
         _emit_json({
             "schema": "lokal.cost/1", "kind": "cost", "currency": prices.currency,
-            "inputs": vars(inputs),
-            "throughput": {"tok_s": throughput.tok_s, "source": throughput.source},
+            "inputs": vars(inputs), "input_per_output_source": ratio_source,
+            "throughput": {"tok_s": throughput.tok_s, "source": throughput.source, "model": throughput.model,
+                           "concurrency": throughput.concurrency},
             "power": {"watts": power.watts, "method": power.method, "detail": power.detail},
             "prices": {"noted": prices.noted, "sources": list(prices.sources)},
             "result": result.to_dict(),
         })
         return
     cur = prices.currency
-    console.print(f"throughput {throughput.tok_s:.1f} tok/s ({throughput.source})", highlight=False)
+    model = f", {throughput.model}" if throughput.model else ""
+    console.print(f"throughput {throughput.tok_s:.1f} tok/s ({throughput.source}{model})", highlight=False)
     console.print(f"power {power.watts:.0f} W: {power.detail}", highlight=False)
-    console.print(f"{result.tokens_per_month / 1e6:.1f} M tokens a month at {utilisation:.0%} utilisation; "
-                  f"hardware {result.hardware_per_month:.2f} + energy {result.energy_per_month:.2f} "
-                  f"= {result.local_per_month:.2f} {cur} a month", highlight=False)
+    console.print(f"{result.tokens_per_month / 1e6:.2f} M tokens a month at {utilisation:.0%} utilisation; "
+                  f"hardware {hardware_price:g} over {lifetime_years:g} years = {result.hardware_per_month:.2f} "
+                  f"+ energy {result.energy_per_month:.2f} (at {kwh_price:g}/kWh) = {result.local_per_month:.2f} "
+                  f"{cur} a month", highlight=False)
     console.print(f"[bold]local: {result.local_per_m:.3f} {cur} per million tokens[/bold] "
                   f"(electricity alone {result.energy_per_m:.3f})", highlight=False)
     table = Table(box=None, header_style="bold",
-                  title=f"cloud APIs, list prices noted {prices.noted}, {ratio:g} prompt tokens per output token",
-                  title_justify="left")
+                  title=f"cloud APIs, list prices noted {prices.noted}; {ratio:g} prompt token(s) per output token "
+                        f"({ratio_source})", title_justify="left")
     for col in ("API", f"{cur}/M", "VS LOCAL", f"{cur}/MONTH", "BREAK-EVEN"):
-        table.add_column(col, justify="left" if col == "API" else "right")
+        table.add_column(col, justify="left" if col == "API" else "right", no_wrap=True)
     for c in result.cloud:
-        months = "never" if c.break_even_months is None else f"{c.break_even_months:.1f} months"
-        table.add_row(f"{c.provider} {c.model}", f"{c.per_m:.3f}", f"{c.per_m / result.local_per_m:.2f}x",
-                      f"{c.month:.2f}", months)
+        if c.break_even_months is None:
+            months = "never"
+        else:
+            months = f"{c.break_even_months:.1f} months" + ("" if c.pays_back else " (> lifetime)")
+        ratio_text = f"{c.per_m / result.local_per_m:.2f}x" if result.local_per_m > 0 else "-"
+        table.add_row(f"{c.provider} {c.model}", f"{c.per_m:.3f}", ratio_text, f"{c.month:.2f}", months)
     console.print(table)
-    console.print("[dim]break-even: months until the hardware price is paid back by not paying the API for the "
-                  "same tokens, less electricity; edit prices in $LOKAL_HOME/prices.json[/dim]", highlight=False)
+    console.print("[dim]VS LOCAL: the API's price per million over local's; break-even: months until the hardware "
+                  "price is paid back by not paying the API for the same tokens, less electricity; "
+                  "edit prices in $LOKAL_HOME/prices.json[/dim]", highlight=False)
 
 
 # ---- lokal recommend -------------------------------------------------------------------------
@@ -210,13 +251,15 @@ def recommend(
     lan: Annotated[bool | None, typer.Option("--lan/--local-only", help="reachable from other machines?")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="a model you want to use")] = None,
     bench: Annotated[Path | None, typer.Option("--bench", help="a bench JSON with measured throughput")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON (schema: lokal/advise/schema.json)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON (schema: lokal/advise/schemas/"
+                                                        "recommend.schema.json)")] = False,
 ) -> None:
     """A lokal configuration for your needs, with the reasoning (asks when run in a terminal)."""
     from lokal.advise.cost import read_bench_throughput
     from lokal.advise.hardware import detect_hardware
     from lokal.advise.recommend import APIS, USE_CASES, Needs
     from lokal.advise.recommend import recommend as recommend_for
+    from lokal.runtime.sizing import MAX_AUTO_SLOTS
 
     ask = sys.stdin.isatty() and not as_json
     if use_case is None:
@@ -229,9 +272,11 @@ def recommend(
         api = typer.prompt(f"API ({', '.join(APIS)})", default="openai") if ask else "openai"
     if lan is None:
         lan = typer.confirm("reachable from other machines?", default=False) if ask else False
+    if users < 1:
+        raise ValueError(f"--users must be at least 1 (got {users})")
     home = Settings().home
     hw = detect_hardware(home)
-    throughput = read_bench_throughput(bench) if bench is not None else None
+    throughput = read_bench_throughput(bench, concurrency=min(users, MAX_AUTO_SLOTS)) if bench is not None else None
     needs = Needs(use_case=use_case.strip().lower(), users=users, private=private, api=api.strip().lower(),
                   lan=lan, model=model)
     rec = recommend_for(needs, hw, home, throughput)
@@ -248,22 +293,20 @@ def recommend(
 
 
 # ---- lokal pull's warning --------------------------------------------------------------------
-def warn_if_wont_fit(name: str, settings: Settings) -> None:
-    """Before a pull: say so when the model will not fit (or is tight) at the configured context.
-    Never stops the pull, never fails it: an estimate that cannot be made says nothing."""
-    from lokal.advise.memory import fit_for
+def warn_if_wont_fit(name: str, settings: Settings, hardware: Hardware | None = None) -> None:
+    """Before a pull: say so when the model will not fit in RAM (or is tight) at the configured
+    context and slots, or not on the disk under the store. Never stops the pull, never fails it:
+    an estimate that cannot be made says nothing. ``hardware`` is detected unless given (tests)."""
+    from lokal.advise.advise import pull_warnings
+    from lokal.advise.hardware import detect_hardware
 
     try:
-        result = fit_for(name, settings.ctx_size, parallel=max(1, settings.parallel), home=settings.home)
+        hw = hardware or detect_hardware(settings.home)
+        warnings = pull_warnings(name, settings.ctx_size, max(1, settings.parallel), hw, settings.home)
     except Exception:
         return
-    if result.fit == "fits":
-        return
-    word = "will not fit" if result.fit == "wont_fit" else "will be tight"
-    err_console.print(
-        f"[bold yellow]warning:[/bold yellow] {name} {word}: it needs about {_gb(result.needed_bytes)} at "
-        f"ctx {settings.ctx_size} and {_gb(result.available_bytes)} of RAM is available now "
-        "(see lokal advise)", highlight=False, soft_wrap=True)
+    for warning in warnings:
+        err_console.print(f"[bold yellow]warning:[/bold yellow] {warning}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
