@@ -12,6 +12,7 @@ from lokal.advise.cost import Throughput
 from lokal.advise.hardware import Hardware
 from lokal.advise.memory import EstimateError, ModelShape, classify, estimate_memory, model_shape
 
+FIT_WORDS = {"fits": "fits", "tight": "tight", "wont_fit": "won't fit"}
 USE_CASES = ("chat", "code", "agents", "rag", "batch")
 APIS = ("openai", "ollama", "both", "none")
 
@@ -87,7 +88,7 @@ def recommend(needs: Needs, hardware: Hardware, home: Path | None = None,
         verdict = classify(total, hardware.ram_available)
         reasons.append(f"{shape.name} with {slots} slot(s) of {use_ctx} tokens needs {total / 1e9:.2f} GB "
                        f"(estimate: weights, KV cache, compute, overhead) of {hardware.ram_available / 1e9:.2f} GB "
-                       f"available: {verdict.replace('_', ' ')}")
+                       f"available: {FIT_WORDS[verdict]}")
         if verdict != "wont_fit":
             chosen = shape
             ctx = use_ctx

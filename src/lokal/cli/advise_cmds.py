@@ -221,9 +221,9 @@ def cost(
                   f"{cur} a month", highlight=False)
     console.print(f"[bold]local: {result.local_per_m:.3f} {cur} per million tokens[/bold] "
                   f"(electricity alone {result.energy_per_m:.3f})", highlight=False)
-    table = Table(box=None, header_style="bold",
-                  title=f"cloud APIs, list prices noted {prices.noted}; {ratio:g} prompt token(s) per output token "
-                        f"({ratio_source})", title_justify="left")
+    console.print(f"\ncloud APIs, list prices noted {prices.noted}; {ratio:g} prompt token(s) per output token "
+                  f"({ratio_source})", highlight=False)
+    table = Table(box=None, header_style="bold")
     for col in ("API", f"{cur}/M", "VS LOCAL", f"{cur}/MONTH", "BREAK-EVEN"):
         table.add_column(col, justify="left" if col == "API" else "right", no_wrap=True)
     for c in result.cloud:
