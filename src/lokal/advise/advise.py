@@ -22,6 +22,7 @@ from lokal.advise.memory import (
 from lokal.runtime.sizing import MAX_AUTO_SLOTS
 
 CTX_STEP = 256
+PLANNING_SIZES = ("1b", "3b", "7b", "14b", "32b", "70b")  # generic rows of the default table, at Q4_K_M
 MAX_PARALLEL = 64
 QUALITY_ORDER = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K")  # best first
 
@@ -124,7 +125,8 @@ def fit_table(
 
 
 def candidate_shapes(home: Path | None, models: list[str] | None = None) -> list[ModelShape]:
-    """The models to judge: those named, else the store's models and the catalog's (by name)."""
+    """The models to judge: those named, else the store's models, the catalog's (by name) and
+    common sizes at Q4_K_M for planning (``PLANNING_SIZES``)."""
     if models:
         return [model_shape(m, home) for m in models]
     from lokal.store.catalog import CATALOG
@@ -143,6 +145,7 @@ def candidate_shapes(home: Path | None, models: list[str] | None = None) -> list
     for entry in CATALOG:
         if entry.name not in seen:
             shapes.append(model_shape(entry.name, None))
+    shapes.extend(model_shape(size, None) for size in PLANNING_SIZES)
     return shapes
 
 
@@ -173,7 +176,7 @@ def serve_advice(
     use_ctx = wanted_ctx
     if fitting == 0:
         use_ctx = max(CTX_STEP, largest_ctx(shape, 1, budget, kv_type))
-        reasons.append(f"ctx {use_ctx}: the largest context that fits in 70 % of the available RAM")
+        reasons.append(f"ctx {use_ctx}: the largest context that fits in {TIGHT_SHARE:.0%} of the available RAM")
     else:
         trained = f" (the model was trained on {shape.context_length})" if shape.context_length else ""
         reasons.append(f"ctx {use_ctx}: {'as asked' if ctx else 'the default'}{trained}")
@@ -187,8 +190,8 @@ def serve_advice(
     else:
         why = f"{slots} users, at most {MAX_AUTO_SLOTS} slots"
     reasons.append(f"parallel {parallel}: {why}; {parallel} slot(s) of {use_ctx} tokens need {_gb(total)} of the "
-                   f"{_gb(budget)} that is 70 % of the available RAM; beyond {MAX_AUTO_SLOTS} a CPU decode step grows "
-                   "about linearly")
+                   f"{_gb(budget)} that is {TIGHT_SHARE:.0%} of the available RAM; beyond {MAX_AUTO_SLOTS} a CPU "
+                   "decode step grows about linearly")
     command = f"lokal serve --model {shape.name} --ctx-size {use_ctx} --parallel {parallel} --threads {threads}"
     return ServeAdvice(shape.name, threads, parallel, use_ctx, command, tuple(reasons))
 

@@ -33,7 +33,6 @@ COMPUTE_SCORES_FACTOR = 1.7
 COMPUTE_BASE_BYTES = 4 * MIB  # activations, norms, the f32 logits row of each output
 OVERHEAD_BASE_BYTES = 17 * MIB  # context, graph metadata, llama.cpp's allocations at load
 OVERHEAD_PER_VOCAB_TOKEN = 183  # vocabulary strings, maps and scores in llama.cpp's C++ structures
-PROCESS_BYTES = 55 * MIB  # a lokal process before any model (Python, llama.cpp libraries): measured
 DEFAULT_BATCH = 512  # lokal's LOKAL_BATCH_SIZE: n_batch = n_ubatch
 TIGHT_SHARE = 0.7  # above this share of available RAM other programs start to feel it
 REMOTE_FIRST_BYTES = 256 * 1024

@@ -140,7 +140,8 @@ def _measured(throughput: Throughput, chosen: ModelShape, home: Path | None,
             benched = model_shape(throughput.model, home)
             scale = benched.weights_bytes / chosen.weights_bytes
             note = (f"; measured on {throughput.model}: {chosen.name} has {1 / scale:.1f}x its weights, so about "
-                    f"{per_slot * scale:.1f} tok/s per slot (scaled, not measured)")
+                    f"{per_slot * scale:.1f} tok/s per slot (scaled by the weights, a pessimistic guess: bench "
+                    f"{chosen.name} to know)")
         except EstimateError:
             note = f"; measured on {throughput.model}, not {chosen.name}: run lokal bench with it to know"
     expected = per_slot * scale

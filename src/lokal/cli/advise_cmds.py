@@ -44,6 +44,11 @@ def _one_line_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _say(text: str) -> None:
+    """One line of output, markup but no highlighting; piped, it is not cut into 160 columns."""
+    console.print(text, highlight=False, soft_wrap=True)
+
+
 def _gb(n: int | float) -> str:
     return f"{n / 1e9:.2f} GB"
 
@@ -87,7 +92,7 @@ def advise(
     serve = serve_advice(chosen, hw) if chosen is not None else None
     target_advice = advise_target(parsed_target, hw.ram_available) if parsed_target else None
     notes = [
-        f"fits: under {TIGHT_SHARE:.0%} of the RAM available now; tight: up to 100 %; won't fit: more",
+        f"fits: under {TIGHT_SHARE:.0%} of the RAM available now; tight: up to 100%; won't fit: more",
         "OTHER: compute buffers and llama.cpp's overhead; MAX CTX at the asked slots and SLOTS at the asked ctx "
         f"fit in all the available RAM (SLOTS counted up to {MAX_PARALLEL}); * not in the store (sized from the "
         "catalog, a header or a generic model of that size)",
@@ -115,10 +120,10 @@ def advise(
         _emit_json(doc)
         return
     gpus = ", ".join(f"{g.name} {_gb(g.memory_total)}" for g in hw.gpus) or "none detected"
-    console.print(f"[bold]{hw.cpu_model}[/bold]: {hw.cores} cores ({hw.physical_cores or '?'} physical), "
-                  f"SIMD {' '.join(hw.simd) or 'none detected'}", highlight=False)
-    console.print(f"RAM {_gb(hw.ram_available)} available of {_gb(hw.ram_total)}; disk free under {home}: "
-                  f"{_gb(hw.disk_free) if hw.disk_free is not None else '?'}; GPUs: {gpus}", highlight=False)
+    _say(f"[bold]{hw.cpu_model}[/bold]: {hw.cores} cores ({hw.physical_cores or '?'} physical), "
+                  f"SIMD {' '.join(hw.simd) or 'none detected'}")
+    _say(f"RAM {_gb(hw.ram_available)} available of {_gb(hw.ram_total)}; disk free under {home}: "
+                  f"{_gb(hw.disk_free) if hw.disk_free is not None else '?'}; GPUs: {gpus}")
     table = Table(box=None, header_style="bold", title=f"at ctx {ctx} x {parallel} slot(s), KV {kv_type}",
                   title_justify="left")
     for col in ("MODEL", "QUANT", "WEIGHTS", "KV", "OTHER", "TOTAL", "FIT", "MAX CTX", "SLOTS"):
@@ -132,22 +137,29 @@ def advise(
                       f"{r.max_parallel}+" if r.max_parallel >= MAX_PARALLEL else str(r.max_parallel))
     console.print(table)
     if serve is not None:
-        console.print(f"\n[bold]serve[/bold]: {serve.command}", highlight=False)
+        _say(f"\n[bold]serve[/bold]: {serve.command}")
         for reason in serve.reasons:
-            console.print(f"  - {reason}", highlight=False)
+            _say(f"  - {reason}")
     if target_advice is not None:
         t = target_advice.target
-        console.print(f"\n[bold]target[/bold] {t.size_b:g}B, {t.ctx} tokens x {t.users} user(s): "
-                      f"{target_advice.reason}", highlight=False)
+        _say(f"\n[bold]target[/bold] {t.size_b:g}B, {t.ctx} tokens x {t.users} user(s): "
+                      f"{target_advice.reason}")
         opts = Table(box=None, header_style="bold")
-        for col in ("QUANT", "KV", "NEEDS", "FIT"):
-            opts.add_column(col)
+        for col in ("QUANT", "KV F16", "FIT", "KV Q8_0", "FIT "):
+            opts.add_column(col, justify="right" if col.startswith("KV") else "left", no_wrap=True)
+        by_quant: dict[str, dict[str, Any]] = {}
         for o in target_advice.options:
-            style = FIT_STYLE[o.fit]
-            opts.add_row(o.quantization, o.kv_type, _gb(o.needed_bytes), f"[{style}]{FIT_WORDS[o.fit]}[/{style}]")
+            by_quant.setdefault(o.quantization, {})[o.kv_type] = o
+        for quant, kinds in by_quant.items():
+            cells = [quant]
+            for kv in ("f16", "q8_0"):
+                o = kinds[kv]
+                style = FIT_STYLE[o.fit]
+                cells += [_gb(o.needed_bytes), f"[{style}]{FIT_WORDS[o.fit]}[/{style}]"]
+            opts.add_row(*cells)
         console.print(opts)
     for note in notes:
-        console.print(f"[dim]{note}[/dim]", highlight=False)
+        _say(f"[dim]{note}[/dim]")
 
 
 # ---- lokal cost ------------------------------------------------------------------------------
@@ -213,16 +225,16 @@ def cost(
         return
     cur = prices.currency
     model = f", {throughput.model}" if throughput.model else ""
-    console.print(f"throughput {throughput.tok_s:.1f} tok/s ({throughput.source}{model})", highlight=False)
-    console.print(f"power {power.watts:.0f} W: {power.detail}", highlight=False)
-    console.print(f"{result.tokens_per_month / 1e6:.2f} M tokens a month at {utilisation:.0%} utilisation; "
+    _say(f"throughput {throughput.tok_s:.1f} tok/s ({throughput.source}{model})")
+    _say(f"power {power.watts:.0f} W: {power.detail}")
+    _say(f"{result.tokens_per_month / 1e6:.2f} M tokens a month at {utilisation:.0%} utilisation; "
                   f"hardware {hardware_price:g} over {lifetime_years:g} years = {result.hardware_per_month:.2f} "
                   f"+ energy {result.energy_per_month:.2f} (at {kwh_price:g}/kWh) = {result.local_per_month:.2f} "
-                  f"{cur} a month", highlight=False)
-    console.print(f"[bold]local: {result.local_per_m:.3f} {cur} per million tokens[/bold] "
-                  f"(electricity alone {result.energy_per_m:.3f})", highlight=False)
-    console.print(f"\ncloud APIs, list prices noted {prices.noted}; {ratio:g} prompt token(s) per output token "
-                  f"({ratio_source})", highlight=False)
+                  f"{cur} a month")
+    _say(f"[bold]local: {result.local_per_m:.3f} {cur} per million tokens[/bold] "
+                  f"(electricity alone {result.energy_per_m:.3f})")
+    _say(f"\ncloud APIs, list prices noted {prices.noted}; {ratio:g} prompt token(s) per output token "
+                  f"({ratio_source})")
     table = Table(box=None, header_style="bold")
     for col in ("API", f"{cur}/M", "VS LOCAL", f"{cur}/MONTH", "BREAK-EVEN"):
         table.add_column(col, justify="left" if col == "API" else "right", no_wrap=True)
@@ -234,9 +246,9 @@ def cost(
         ratio_text = f"{c.per_m / result.local_per_m:.2f}x" if result.local_per_m > 0 else "-"
         table.add_row(f"{c.provider} {c.model}", f"{c.per_m:.3f}", ratio_text, f"{c.month:.2f}", months)
     console.print(table)
-    console.print("[dim]VS LOCAL: the API's price per million over local's; break-even: months until the hardware "
+    _say("[dim]VS LOCAL: the API's price per million over local's; break-even: months until the hardware "
                   "price is paid back by not paying the API for the same tokens, less electricity; "
-                  "edit prices in $LOKAL_HOME/prices.json[/dim]", highlight=False)
+                  "edit prices in $LOKAL_HOME/prices.json[/dim]")
 
 
 # ---- lokal recommend -------------------------------------------------------------------------
@@ -285,11 +297,11 @@ def recommend(
                     "hardware": hw.to_dict(), "recommendation": rec.to_dict()})
         return
     if rec.command:
-        console.print(f"[bold]{rec.command}[/bold]", highlight=False)
+        _say(f"[bold]{rec.command}[/bold]")
     for reason in rec.reasons:
-        console.print(f"  - {reason}", highlight=False)
+        _say(f"  - {reason}")
     for warning in rec.warnings:
-        console.print(f"[yellow]  ! {warning}[/yellow]", highlight=False)
+        _say(f"[yellow]  ! {warning}[/yellow]")
 
 
 # ---- lokal pull's warning --------------------------------------------------------------------

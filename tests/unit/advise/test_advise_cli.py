@@ -69,7 +69,8 @@ def test_advise_json_with_a_target(lokal: Any) -> None:
     doc = valid("advise", result.stdout)
     assert doc["target"]["best"] == {"quantization": "Q6_K", "kv_type": "f16", "needed_bytes": 8_502_491_481,
                                      "fit": "fits"}
-    assert {m["source"] for m in doc["models"]} == {"catalog"}  # an empty store: the catalog
+    assert {m["source"] for m in doc["models"]} == {"catalog", "generic"}  # an empty store: catalog and sizes
+    assert doc["serve"]["model"] == "qwen2.5-coder:0.5b"  # the largest catalog model, never a generic size
 
 
 def test_advise_table_marks_the_rows(lokal: Any) -> None:

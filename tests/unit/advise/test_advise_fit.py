@@ -86,10 +86,18 @@ def test_slots_are_counted_up_to_a_cap_and_ctx_up_to_the_trained_context() -> No
     assert row.max_ctx == 8192  # SmolLM2's trained context
 
 
-def test_candidates_without_a_store_are_the_catalog() -> None:
-    names = [s.name for s in candidate_shapes(None)]
-    assert {"smollm2:135m", "gemma3:270m", "qwen2.5-coder:0.5b"} <= set(names)
-    assert all(s.source == "catalog" for s in candidate_shapes(None))
+def test_candidates_without_a_store_are_the_catalog_then_planning_sizes() -> None:
+    shapes = candidate_shapes(None)
+    catalog = [s.name for s in shapes if s.source == "catalog"]
+    generic = [s.name for s in shapes if s.source == "generic"]
+    assert catalog == ["smollm2:135m", "gemma3:270m", "qwen2.5-coder:0.5b"]
+    assert generic == ["1b:q4_k_m", "3b:q4_k_m", "7b:q4_k_m", "14b:q4_k_m", "32b:q4_k_m", "70b:q4_k_m"]
+    assert len(shapes) == len(catalog) + len(generic)
+
+
+def test_named_candidates_are_only_those(tiny_gguf) -> None:  # type: ignore[no-untyped-def]
+    shapes = candidate_shapes(None, [str(tiny_gguf()), "3b:q8_0"])
+    assert [(s.source, s.quantization) for s in shapes] == [("file", "Q8_0"), ("generic", "Q8_0")]
 
 
 def test_serve_advice_on_two_cores_uses_both_and_fits_its_slots_in_70_percent() -> None:

@@ -47,7 +47,7 @@ def test_another_model_than_the_benched_one_is_scaled_by_its_weights_and_says_so
     assert rec.measured["expected_per_slot_tok_s"] == pytest.approx(42.0 * scale)  # 8.4 tok/s
     (cited,) = [r for r in rec.reasons if r.startswith("measured throughput")]
     assert "42.0 tok/s per busy slot; measured on smollm2:135m" in cited
-    assert f"about {42.0 * scale:.1f} tok/s per slot (scaled, not measured)" in cited
+    assert f"about {42.0 * scale:.1f} tok/s per slot (scaled by the weights, a pessimistic guess" in cited
 
 
 def test_slow_measured_throughput_is_a_warning(tmp_path: Path) -> None:
