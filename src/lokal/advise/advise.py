@@ -164,6 +164,8 @@ def serve_advice(
     """Threads, slots and context for ``lokal serve --model``: the physical cores, as many slots
     (up to 8, or ``slots`` when the users are known) as fit in 70 % of the RAM available, and the
     asked (or 4096) context."""
+    if slots is not None and slots < 1:
+        raise ValueError(f"slots must be at least 1 (got {slots})")
     reasons = []
     threads = hardware.physical_cores or hardware.cores
     reasons.append(f"threads {threads}: the {'physical' if hardware.physical_cores else 'logical'} cores "
@@ -179,16 +181,16 @@ def serve_advice(
         reasons.append(f"ctx {use_ctx}: the largest context that fits in {TIGHT_SHARE:.0%} of the available RAM")
     else:
         trained = f" (the model was trained on {shape.context_length})" if shape.context_length else ""
-        reasons.append(f"ctx {use_ctx}: {'as asked' if ctx else 'the default'}{trained}")
+        reasons.append(f"ctx {use_ctx}: {'as planned' if ctx else 'the default'}{trained}")
     total = estimate_memory(shape, use_ctx, parallel, kv_type).total
     if slots is None:
         why = f"as many as fit, at most {MAX_AUTO_SLOTS}"
     elif parallel == slots:
-        why = f"one per user ({slots})"
+        why = f"the {slots} wanted"
     elif fitting < min(slots, MAX_AUTO_SLOTS):
         why = f"as many of the {slots} wanted as fit"
     else:
-        why = f"{slots} users, at most {MAX_AUTO_SLOTS} slots"
+        why = f"{slots} wanted, at most {MAX_AUTO_SLOTS}"
     reasons.append(f"parallel {parallel}: {why}; {parallel} slot(s) of {use_ctx} tokens need {_gb(total)} of the "
                    f"{_gb(budget)} that is {TIGHT_SHARE:.0%} of the available RAM; beyond {MAX_AUTO_SLOTS} a CPU "
                    "decode step grows about linearly")

@@ -63,7 +63,8 @@ def advise(
     model: Annotated[list[str] | None, typer.Option("--model", "-m", help="a model (store, catalog, .gguf, URL, "
                                                      "hf.co/…, or a size like 7b:q4_k_m); repeatable")] = None,
     ctx: Annotated[int, typer.Option("--ctx", help="context per slot to judge with")] = 4096,
-    parallel: Annotated[int, typer.Option("--parallel", help="slots to judge with")] = 1,
+    parallel: Annotated[int | None, typer.Option("--parallel", help="slots to judge with (default 1) and to "
+                                                  "serve with (default: as many as fit, up to 8)")] = None,
     kv_type: Annotated[str, typer.Option("--kv-type", help="KV cache type: f16, q8_0, q4_0")] = "f16",
     target: Annotated[str | None, typer.Option("--target", help='e.g. "7b@8k x4": which quantization fits')] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON (schema: lokal/advise/schemas/"
@@ -83,13 +84,17 @@ def advise(
     from lokal.advise.hardware import detect_hardware
     from lokal.advise.memory import TIGHT_SHARE
 
+    if parallel is not None and parallel < 1:
+        raise ValueError(f"--parallel must be at least 1 (got {parallel})")
     parsed_target = parse_target(target) if target else None  # a typo fails before any work
     home = Settings().home
     hw = detect_hardware(home)
     shapes = candidate_shapes(home, model)
+    slots = parallel
+    parallel = parallel or 1
     rows = fit_table(shapes, hw, ctx, parallel, kv_type)
     chosen = serve_model(rows, shapes)
-    serve = serve_advice(chosen, hw) if chosen is not None else None
+    serve = serve_advice(chosen, hw, ctx, slots=slots) if chosen is not None else None  # lokal serves f16 KV
     target_advice = advise_target(parsed_target, hw.ram_available) if parsed_target else None
     notes = [
         f"fits: under {TIGHT_SHARE:.0%} of the RAM available now; tight: up to 100%; won't fit: more",

@@ -73,6 +73,14 @@ def test_advise_json_with_a_target(lokal: Any) -> None:
     assert doc["serve"]["model"] == "qwen2.5-coder:0.5b"  # the largest catalog model, never a generic size
 
 
+def test_advise_serves_with_the_asked_context_and_slots(lokal: Any) -> None:
+    doc = valid("advise", lokal(["advise", "--json", "--ctx", "2048", "--parallel", "3", "-m", "smollm2:135m"],
+                                ram_gib=8).stdout)
+    assert (doc["ctx"], doc["parallel"]) == (2048, 3)
+    assert doc["models"][0]["estimate"]["parallel"] == 3
+    assert doc["serve"]["command"] == "lokal serve --model smollm2:135m --ctx-size 2048 --parallel 3 --threads 2"
+
+
 def test_advise_table_marks_the_rows(lokal: Any) -> None:
     result = lokal(["advise", "-m", "smollm2:135m", "-m", "70b:q8_0"])
     assert result.exit_code == 0
@@ -142,6 +150,7 @@ def test_recommend_json_when_nothing_fits(lokal: Any) -> None:
         (["cost"], "give measured throughput"),
         (["advise", "-m", "no-such:model"], 'cannot size "no-such:model"'),
         (["advise", "--ctx", "0"], "at least 1"),
+        (["advise", "--parallel", "0"], "--parallel must be at least 1"),
         (["advise", "--kv-type", "q5"], "unknown KV cache type"),
         (["advise", "--target", "big"], 'target "big"'),
         (["recommend", "-m", "no-such:model"], 'cannot size "no-such:model"'),
