@@ -103,7 +103,7 @@ def main() -> None:
     local = LocalOptions(args.model, settings.home, args.threads, args.slots, args.ctx, gguf)
     targets += [parse_target(spec, local) for spec in args.url]
 
-    scenario = Scenario("serve-load", args.concurrency, args.rounds, prefix_check=True)
+    scenario = Scenario("serve-load", args.concurrency, args.rounds, prefix_check=args.prefix_trials > 0)
     cfg = RunConfig(scenario, max_tokens=args.max_tokens, reps=args.reps, prefix_trials=args.prefix_trials,
                     prefix_tokens=args.prefix_tokens, baseline="lokal", logs=Path(args.logs),
                     meta={"model": args.model, "threads": args.threads, "slots": args.slots, "ctx": args.ctx})

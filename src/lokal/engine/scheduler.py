@@ -93,11 +93,11 @@ class Scheduler:
         """Pick a free slot and the longest reusable prefix for seq's prompt."""
         limit = seq.n_prompt - 1  # at least one prompt token must be decoded to get logits
         if not self.prefix_cache or limit <= 0:
-            return min(self.free_slots, key=lambda s: self.slot_used_at[s]), None, 0
+            return min(self.free_slots, key=self._slot_preference), None, 0
         best_free, best_free_n = -1, -1
         for s in self.free_slots:
             n = min(common_prefix(self.slot_cache[s], seq.prompt), limit)
-            if n > best_free_n or (n == best_free_n and self.slot_used_at[s] < self.slot_used_at[best_free]):
+            if n > best_free_n or (n == best_free_n and self._slot_preference(s) < self._slot_preference(best_free)):
                 best_free, best_free_n = s, n
         best_src, best_src_n = None, best_free_n
         for other in self.running:
@@ -107,15 +107,29 @@ class Scheduler:
                 best_src, best_src_n = other.slot, n
         if best_src is None:
             return best_free, (best_free if best_free_n > 0 else None), max(best_free_n, 0)
-        # Borrow another slot's prefix; overwrite the free slot whose cache is least recently used.
-        slot = min(self.free_slots, key=lambda s: self.slot_used_at[s])
+        # Borrow another slot's prefix into the free slot that keeps the busy slots contiguous.
+        slot = min(self.free_slots, key=self._slot_preference)
         return slot, best_src, best_src_n
+
+    def _slot_preference(self, slot: int) -> tuple[int, float]:
+        """Lower is better: first how many runs of consecutive busy slots there would be with this
+        one taken, then how recently its cached prefix was used (least recently used first).
+
+        With one KV stream per slot, llama.cpp decodes only consecutive slots together: each run of
+        consecutive busy slots costs its own pass over the weights in every step. A free slot that
+        extends or joins a run is worth more than an old cached prefix that nobody asked for."""
+        busy = {s.slot for s in self.running if s.slot is not None}
+        busy.add(slot)
+        runs = sum(1 for s in busy if s - 1 not in busy)
+        return runs, self.slot_used_at[slot]
 
     def schedule(self) -> list[tuple[Sequence, int]]:
         """Rows for the next decode: (sequence, number of its pending tokens to feed).
 
         Every decoding sequence advances by one token; prompts fill the rest of the budget in
-        arrival order, a long one in several chunks across steps, so no stream stalls."""
+        arrival order, a long one in several chunks across steps, so no stream stalls. The rows are
+        returned in slot order: llama.cpp puts only ascending, consecutive slots (KV streams) in one
+        micro-batch, so any other order splits a step into several passes over the weights."""
         plan: list[tuple[Sequence, int]] = []
         budget = self.token_budget
         for seq in self.running:
@@ -129,6 +143,7 @@ class Scheduler:
                 n = min(seq.pending, budget)
                 plan.append((seq, n))
                 budget -= n
+        plan.sort(key=lambda row: row[0].slot or 0)
         return plan
 
     def release(self, seq: Sequence) -> None:

@@ -65,3 +65,44 @@ def test_reuse_leaves_at_least_one_prompt_token_to_decode():
 def test_common_prefix():
     assert common_prefix([1, 2, 3], [1, 2, 4]) == 2
     assert common_prefix([], [1]) == 0
+
+
+def _running(s, slot, prompt):
+    q = seq(prompt)
+    q.slot, q.status, q.n_past = slot, SequenceStatus.DECODING, len(q.prompt)
+    q.tokens.append(7)
+    s.free_slots.remove(slot)
+    s.running.append(q)
+    return q
+
+
+def test_rows_come_in_slot_order_whatever_the_arrival_order():
+    # llama.cpp puts only ascending, consecutive KV streams into one micro-batch
+    s = Scheduler(n_slots=4, token_budget=64, max_queue=8, prefix_cache=False)
+    late, early, mid = _running(s, 3, [1]), _running(s, 0, [2]), _running(s, 1, [3])
+    prefill = seq([5, 6, 7])
+    s.add(prefill)
+    (adm,) = s.admit()
+    assert adm.slot == 2  # the one free slot
+    assert [q.slot for q, _ in s.schedule()] == [0, 1, 2, 3]
+    assert [q for q, _ in s.schedule()] == [early, mid, prefill, late]
+
+
+def test_a_new_sequence_takes_the_free_slot_that_keeps_busy_slots_contiguous():
+    s = Scheduler(n_slots=6, token_budget=64, max_queue=8, prefix_cache=True)
+    _running(s, 0, [1])
+    _running(s, 2, [2])
+    # slot 4 was used longest ago (LRU would pick it); slot 1 joins 0 and 2 into one run
+    s.slot_used_at = [0.0, 5.0, 0.0, 3.0, 1.0, 2.0]
+    s.add(seq([9, 9]))
+    (adm,) = s.admit()
+    assert adm.slot == 1
+
+
+def test_a_reusable_prefix_still_beats_contiguity():
+    s = Scheduler(n_slots=4, token_budget=64, max_queue=8, prefix_cache=True)
+    _running(s, 0, [1])
+    s.slot_cache[3] = [4, 5, 6, 7]
+    s.add(seq([4, 5, 6, 8]))
+    (adm,) = s.admit()
+    assert adm.slot == 3 and adm.source == 3 and adm.n_reused == 3
