@@ -1,29 +1,39 @@
 #!/usr/bin/env bash
 # Create .venv and install lokal into it. `scripts/install.sh test` adds the test dependencies.
 #
-# llama-cpp-python is compiled from source with llamafile's sgemm off: that kernel takes over
-# matrix products of 2+ rows only, so a request decoded alone (1 row) and the same request in a
-# batch (N rows) would round differently and greedy answers would depend on server load.
+# llama-cpp-python is compiled from its PyPI source so that batching never changes results
+# (docs/engine.md, "Results that do not depend on load"):
+# - llamafile's sgemm is off: it takes over matrix products of 2+ rows only, so a request decoded
+#   alone (1 row) and the same request in a batch (N rows) would round differently;
+# - scripts/llama_cpp_patch.sh makes ggml's CPU flash attention always use its per-row kernel
+#   (not the tiled or split-KV variants it picks by batch shape), so lokal can turn flash
+#   attention on; the wheel's version gets a "+lokal.N" label, which is how lokal knows.
 # The built wheel is kept in $LOKAL_WHEEL_CACHE (default ~/.cache/lokal/wheels) so the
 # 10-20 minute compile happens once per machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 LLAMA_CPP_PYTHON=0.3.36
+BUILD=lokal.1  # bump when FLAGS or the patch change
 FLAGS="-DGGML_LLAMAFILE=OFF"
-WHEELS="${LOKAL_WHEEL_CACHE:-$HOME/.cache/lokal/wheels}/llamafile-off"
+WHEELS="${LOKAL_WHEEL_CACHE:-$HOME/.cache/lokal/wheels}/$BUILD"
 EXTRAS=""
 if [ "${1:-}" = "test" ]; then EXTRAS="[test]"; fi
 
 python3 -m venv .venv
 shopt -s nullglob
-wheel=("$WHEELS"/llama_cpp_python-"$LLAMA_CPP_PYTHON"-*.whl)
+wheel=("$WHEELS"/llama_cpp_python-"$LLAMA_CPP_PYTHON"*.whl)
 if [ ${#wheel[@]} -eq 0 ]; then
-  echo "building llama-cpp-python $LLAMA_CPP_PYTHON with $FLAGS (once per machine)..."
+  echo "building llama-cpp-python $LLAMA_CPP_PYTHON+$BUILD with $FLAGS (once per machine)..."
   mkdir -p "$WHEELS"
+  src="$(mktemp -d)"
+  trap 'rm -rf "$src"' EXIT
+  .venv/bin/pip download --quiet --no-deps --no-binary :all: -d "$src" "llama-cpp-python==$LLAMA_CPP_PYTHON"
+  tar -xzf "$src"/llama_cpp_python-"$LLAMA_CPP_PYTHON".tar.gz -C "$src"
+  scripts/llama_cpp_patch.sh "$src/llama_cpp_python-$LLAMA_CPP_PYTHON" "$BUILD"
   CMAKE_ARGS="$FLAGS ${CMAKE_ARGS:-}" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
-    .venv/bin/pip wheel --no-cache-dir --no-deps -w "$WHEELS" "llama-cpp-python==$LLAMA_CPP_PYTHON"
-  wheel=("$WHEELS"/llama_cpp_python-"$LLAMA_CPP_PYTHON"-*.whl)
+    .venv/bin/pip wheel --no-cache-dir --no-deps -w "$WHEELS" "$src/llama_cpp_python-$LLAMA_CPP_PYTHON"
+  wheel=("$WHEELS"/llama_cpp_python-"$LLAMA_CPP_PYTHON"*.whl)
 fi
 .venv/bin/pip install --force-reinstall --no-deps "${wheel[0]}"
 .venv/bin/pip install -e ".$EXTRAS"

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 MIB = 1024 * 1024
 # Calibrated on smollm2:135m and gemma3:270m (docs/memory-estimate.md). Without flash attention
 # llama.cpp's CPU graph holds the f32 attention scores (ubatch x slot context x heads) and their
-# softmax: about 1.7 times one score matrix is touched when a prompt fills the context.
+# softmax: about 1.7 times one score matrix is touched when a prompt fills the context. With flash
+# attention (lokal's own llama-cpp-python build) the scores are never materialised.
 COMPUTE_SCORES_FACTOR = 1.7
 COMPUTE_BASE_BYTES = 4 * MIB  # activations, norms, the f32 logits row of each output
 OVERHEAD_BASE_BYTES = 17 * MIB  # context, graph metadata, llama.cpp's allocations at load
@@ -132,9 +133,13 @@ class Fit:
 
 
 def estimate_memory(
-    shape: ModelShape, ctx: int, parallel: int = 1, kv_type: str = "f16", batch: int = DEFAULT_BATCH
+    shape: ModelShape, ctx: int, parallel: int = 1, kv_type: str = "f16", batch: int = DEFAULT_BATCH,
+    flash_attention: bool | None = None,
 ) -> MemoryEstimate:
-    """The memory a model takes loaded by lokal with ``parallel`` slots of ``ctx`` tokens."""
+    """The memory a model takes loaded by lokal with ``parallel`` slots of ``ctx`` tokens.
+    ``flash_attention`` None: whether this install's llama.cpp runs it (lokal's own build does)."""
+    if flash_attention is None:
+        flash_attention = _flash_attention()
     if kv_type not in KV_TYPE_BYTES:
         raise EstimateError(f"unknown KV cache type {kv_type!r} (one of {', '.join(KV_TYPE_BYTES)})")
     if ctx < 1 or parallel < 1:
@@ -144,7 +149,7 @@ def estimate_memory(
         raise EstimateError(f"{shape.name}: the GGUF does not state layers and heads; cannot size its KV cache")
     ubatch = min(batch, ctx * parallel)
     heads = shape.facts.head_count or 1
-    scores = ubatch * ctx * heads * 4  # f32 attention scores of one ubatch against a full slot
+    scores = 0 if flash_attention else ubatch * ctx * heads * 4  # f32 scores of one ubatch against a slot
     return MemoryEstimate(
         model=shape.name,
         ctx=ctx,
@@ -165,6 +170,12 @@ def classify(needed: int, available: int) -> str:
     if needed <= available:
         return "tight"
     return "wont_fit"
+
+
+def _flash_attention() -> bool:
+    from lokal.engine.llama_model import batch_invariant_flash_attention
+
+    return batch_invariant_flash_attention()
 
 
 def fit_for(

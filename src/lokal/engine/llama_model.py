@@ -42,6 +42,13 @@ def _init_backend() -> None:
                 )
 
 
+def batch_invariant_flash_attention() -> bool:
+    """Whether this llama_cpp is lokal's own build (scripts/install.sh), whose CPU flash attention
+    always takes the per-row kernel. Stock builds pick a tiled or split-KV kernel by batch shape,
+    which rounds differently, so on them lokal leaves flash attention off."""
+    return "+lokal" in getattr(C, "__version__", "")
+
+
 def system_info() -> str:
     """llama.cpp's build and CPU feature line (SIMD flags, LLAMAFILE, threads support)."""
     raw = C.llama_print_system_info()
@@ -99,9 +106,10 @@ class LlamaModel:
         cparams.kv_unified = False
         cparams.swa_full = True  # keep all positions in SWA layers, so cached prefixes stay valid
         cparams.no_perf = True
-        # llama.cpp's CPU flash attention rounds differently for different prompt chunkings;
-        # without it, results do not depend on how the scheduler cut or batched a prompt.
-        cparams.flash_attn_type = 0
+        # Flash attention is faster (it skips masked cells and never materialises the scores), but
+        # stock ggml picks its kernel by batch shape; lokal's build always takes the per-row one.
+        self.flash_attention = batch_invariant_flash_attention()
+        cparams.flash_attn_type = 1 if self.flash_attention else 0
         ctx = C.llama_init_from_model(model, cparams)
         if not ctx:
             C.llama_model_free(model)

@@ -23,3 +23,11 @@ def machine(ram_gib: float = 1.0, cores: int = 2, disk_gib: float | None = 100.0
 def make_machine() -> Callable[..., Hardware]:
     """Factory: ``make_machine(ram_gib=1, cores=2, disk_gib=100)``."""
     return machine
+
+
+@pytest.fixture(autouse=True)
+def no_flash_attention(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hand-computed sizes here include the attention-score buffer that llama.cpp holds
+    without flash attention; whether this install's build runs flash attention is a machine fact
+    like the others, so it is fixed rather than detected."""
+    monkeypatch.setattr("lokal.advise.memory._flash_attention", lambda: False)

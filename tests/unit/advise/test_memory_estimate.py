@@ -33,6 +33,14 @@ def test_smollm2_at_1024_tokens_term_by_term() -> None:
     assert e.total == e.weights + e.kv_cache + e.compute + e.overhead
 
 
+def test_flash_attention_never_holds_the_scores() -> None:
+    shape = model_shape("smollm2:135m")
+    with_fa = estimate_memory(shape, 1024, 1, flash_attention=True)
+    without = estimate_memory(shape, 1024, 1, flash_attention=False)
+    assert with_fa.compute == COMPUTE_BASE_BYTES
+    assert without.total - with_fa.total == int(COMPUTE_SCORES_FACTOR * 512 * 1024 * 9 * 4)
+
+
 def test_gemma3_uses_its_stated_head_size() -> None:
     e = estimate_memory(model_shape("gemma3:270m"), 256, 1)
     assert e.kv_cache == 18 * 1 * (256 + 256) * 2 * 256  # key_length 256, not 640 / 4
