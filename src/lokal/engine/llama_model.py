@@ -197,6 +197,9 @@ class LlamaModel:
             raise RuntimeError(f"llama_decode failed with code {rc}")
 
     def sample(self, sampler: SamplerChain, batch_index: int) -> int:
+        if sampler.argmax_only:  # the greedy chain's own pick, without copying the vocabulary into candidates
+            logits = C.llama_get_logits_ith(self._ctx, batch_index)
+            return int(np.ctypeslib.as_array(logits, shape=(self.n_vocab,)).argmax())
         if sampler.grammar is None:
             return int(C.llama_sampler_sample(sampler.ptr, self._ctx, batch_index))
         return sampler.sample_constrained(C.llama_get_logits_ith(self._ctx, batch_index))
@@ -257,7 +260,8 @@ class SamplerChain:
                 arr[i].token = tok  # type: ignore[assignment]  # ctypes converts
                 arr[i].bias = bias
             add(chain, C.llama_sampler_init_logit_bias(model.n_vocab, len(p.logit_bias), arr))
-        if p.repeat_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
+        has_penalties = p.repeat_penalty != 1.0 or bool(p.presence_penalty) or bool(p.frequency_penalty)
+        if has_penalties:
             last_n = model.shape.slot_ctx if p.repeat_last_n == -1 else p.repeat_last_n
             penalties = C.llama_sampler_init_penalties(
                 model.n_vocab, last_n, p.repeat_penalty, p.frequency_penalty, p.presence_penalty
@@ -270,6 +274,9 @@ class SamplerChain:
         self.grammar = model.grammar_sampler(p.grammar) if p.grammar is not None else None
         self._candidates = np.zeros(0, dtype=_TOKEN_DATA)
         self.n_vocab = model.n_vocab
+        # Plain greedy (no bias, penalties or grammar) is an argmax over the row's logits, which
+        # LlamaModel.sample takes directly: llama.cpp's greedy sampler keeps the first maximum too.
+        self.argmax_only = p.greedy and not p.logit_bias and self.grammar is None and not has_penalties
         if p.greedy:
             add(chain, C.llama_sampler_init_greedy())
         else:

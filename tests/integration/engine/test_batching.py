@@ -57,3 +57,21 @@ def test_stop_frees_the_slot_for_the_next_request(model_home):
         out = llm.generate(["Count from 1 to 50."] * 3, SamplingParams(temperature=0, max_tokens=200, stop=["5"]))
         assert all(g.finish_reason.value == "stop" and "5" not in g.text for g in out)
         assert llm.engine.stats().running == 0
+
+
+def test_the_argmax_shortcut_picks_what_llamas_greedy_sampler_picks(llm):
+    import llama_cpp as C
+
+    model = llm.engine.model
+    tokens = model.tokenize("The capital of France is a city named", add_special=True, parse_special=False)
+    model.forget(0, 0)
+    model.decode([(t, i, 0, True) for i, t in enumerate(tokens)])
+    chain = model.new_sampler(GREEDY, [])
+    assert chain.argmax_only
+    picks = [model.sample(chain, i) for i in range(len(tokens))]
+    assert picks == [int(C.llama_sampler_sample(chain.ptr, model._ctx, i)) for i in range(len(tokens))]
+    penalised = model.new_sampler(SamplingParams(temperature=0, repeat_penalty=1.1), [])
+    assert not penalised.argmax_only
+    penalised.free()
+    chain.free()
+    model.forget(0, 0)
