@@ -23,12 +23,14 @@ import llama_cpp as C
 
 from lokal.config import Settings
 from lokal.engine.engine import Engine
-from lokal.engine.llama_model import ContextShape, LlamaModel
+from lokal.engine.llama_model import ContextShape, LlamaModel, batch_invariant_flash_attention
 from lokal.engine.sampling import SamplingParams
 from lokal.store.model_store import ModelStore
 from lokal.store.pull import pull_model
 
 PROMPT = "Write a short story about a lighthouse keeper."
+# Every target decodes with flash attention exactly when lokal's engine does (lokal's own build).
+FLASH_ATTENTION = 1 if batch_invariant_flash_attention() else 0
 
 
 def raw_llama_cpp(path: Path, threads: int, n_gen: int, prompt_tokens: list[int]) -> float:
@@ -37,7 +39,7 @@ def raw_llama_cpp(path: Path, threads: int, n_gen: int, prompt_tokens: list[int]
     model = C.llama_model_load_from_file(str(path).encode(), mp)
     cp = C.llama_context_default_params()
     cp.n_ctx, cp.n_batch, cp.n_threads, cp.n_threads_batch = 2048, 512, threads, threads
-    cp.flash_attn_type = 0
+    cp.flash_attn_type = FLASH_ATTENTION  # as lokal's engine runs it
     ctx = C.llama_init_from_model(model, cp)
     smpl = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
     C.llama_sampler_chain_add(smpl, C.llama_sampler_init_greedy())
@@ -113,7 +115,8 @@ def lokal_http(home: Path, model: str, threads: int, n_gen: int) -> float:
 
 def llama_bench(binary: str, path: Path, threads: int, n_gen: int) -> float:
     out = subprocess.run(
-        [binary, "-m", str(path), "-t", str(threads), "-p", "0", "-n", str(n_gen), "-fa", "0", "-o", "json"],
+        [binary, "-m", str(path), "-t", str(threads), "-p", "0", "-n", str(n_gen), "-fa", str(FLASH_ATTENTION),
+         "-o", "json"],
         check=True, capture_output=True, text=True,
     ).stdout
     return float(json.loads(out)[0]["avg_ts"])

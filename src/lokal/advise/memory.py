@@ -32,6 +32,10 @@ MIB = 1024 * 1024
 # attention (lokal's own llama-cpp-python build) the scores are never materialised.
 COMPUTE_SCORES_FACTOR = 1.7
 COMPUTE_BASE_BYTES = 4 * MIB  # activations, norms, the f32 logits row of each output
+# With flash attention the largest live tensors are one ubatch's activations: about 10 f32 values
+# per token per embedding dimension (residual, norms, Q/K/V, the FFN's gate and up projections).
+# Without it the fitted score term above covers them.
+ACTIVATION_FLOATS_PER_DIM = 10
 OVERHEAD_BASE_BYTES = 17 * MIB  # context, graph metadata, llama.cpp's allocations at load
 OVERHEAD_PER_VOCAB_TOKEN = 183  # vocabulary strings, maps and scores in llama.cpp's C++ structures
 DEFAULT_BATCH = 512  # lokal's LOKAL_BATCH_SIZE: n_batch = n_ubatch
@@ -149,7 +153,10 @@ def estimate_memory(
         raise EstimateError(f"{shape.name}: the GGUF does not state layers and heads; cannot size its KV cache")
     ubatch = min(batch, ctx * parallel)
     heads = shape.facts.head_count or 1
-    scores = 0 if flash_attention else ubatch * ctx * heads * 4  # f32 scores of one ubatch against a slot
+    if flash_attention:
+        extra = ubatch * (shape.facts.embedding_length or 0) * ACTIVATION_FLOATS_PER_DIM * 4
+    else:
+        extra = int(COMPUTE_SCORES_FACTOR * ubatch * ctx * heads * 4)  # f32 scores of one ubatch against a slot
     return MemoryEstimate(
         model=shape.name,
         ctx=ctx,
@@ -158,7 +165,7 @@ def estimate_memory(
         batch=batch,
         weights=shape.weights_bytes,
         kv_cache=per_token * ctx * parallel,
-        compute=int(COMPUTE_SCORES_FACTOR * scores) + COMPUTE_BASE_BYTES,
+        compute=extra + COMPUTE_BASE_BYTES,
         overhead=OVERHEAD_BASE_BYTES + OVERHEAD_PER_VOCAB_TOKEN * shape.n_vocab,
     )
 
