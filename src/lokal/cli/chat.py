@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,10 @@ async def _stream_answer(model: LoadedModel, prompt: list[int], params: Sampling
             console.out(delta.text, end="", highlight=False)
         if delta.finish_reason is FinishReason.ERROR:
             raise RuntimeError(delta.error or "generation failed")
+        if delta.finish_reason is FinishReason.LENGTH and params.grammar is not None:
+            # stderr, so that stdout stays the answer alone (what a script pipes into a JSON parser)
+            print("\nwarning: the answer reached the token limit before the JSON was complete "
+                  "(raise --max-tokens)", file=sys.stderr)
     return "".join(parts)
 
 
