@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, expect
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from tests.integration.conftest import LiveServer
 from tests.integration.security.conftest import lokal_cli
@@ -25,21 +26,28 @@ def keyed(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     live.stop()
 
 
-def test_the_ui_asks_for_the_key_once_and_chats_with_it(browser: Browser, keyed: tuple[LiveServer, str]) -> None:  # noqa: F811
-    server, key = keyed
-    context = browser.new_context()
+def say_hello_with_dialogs(chromium: Browser, server: LiveServer,
+                           on_dialog: Callable[[Any], None]) -> tuple[BrowserContext, Page]:
+    """A fresh browser context whose dialogs go to on_dialog, that opens the UI and sends a prompt."""
+    context = chromium.new_context()
     page = context.new_page()
     page.set_default_timeout(30_000)
+    page.on("dialog", on_dialog)
+    open_ui(page, server)
+    page.fill("#prompt", "Say hello.")
+    page.press("#prompt", "Enter")
+    return context, page
+
+
+def test_the_ui_asks_for_the_key_once_and_chats_with_it(browser: Browser, keyed: tuple[LiveServer, str]) -> None:  # noqa: F811
+    server, key = keyed
     asked: list[str] = []
 
     def answer(dialog) -> None:  # type: ignore[no-untyped-def]
         asked.append(dialog.message)
         dialog.accept(key if len(asked) == 1 else "")
 
-    page.on("dialog", answer)
-    open_ui(page, server)
-    page.fill("#prompt", "Say hello.")
-    page.press("#prompt", "Enter")
+    context, page = say_hello_with_dialogs(browser, server, answer)
     expect(page.locator(".message.assistant .content").first).not_to_have_text("", timeout=60_000)
     page.wait_for_function("() => !document.querySelector('.message.assistant.streaming')", timeout=60_000)
     assert len(asked) == 1 and "API key" in asked[0]
@@ -50,13 +58,7 @@ def test_the_ui_asks_for_the_key_once_and_chats_with_it(browser: Browser, keyed:
 
 def test_a_wrong_key_is_not_let_in(browser: Browser, keyed: tuple[LiveServer, str]) -> None:  # noqa: F811
     server, _ = keyed
-    context = browser.new_context()
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    page.on("dialog", lambda d: d.accept("not-a-key"))
-    open_ui(page, server)
-    page.fill("#prompt", "Say hello.")
-    page.press("#prompt", "Enter")
+    context, page = say_hello_with_dialogs(browser, server, lambda d: d.accept("not-a-key"))
     page.wait_for_timeout(3000)  # the refused request has long come back
     answers = page.locator(".message.assistant .content")
     assert answers.count() == 0 or not answers.first.inner_text().strip()
