@@ -75,3 +75,39 @@ def test_the_argmax_shortcut_picks_what_llamas_greedy_sampler_picks(llm):
     penalised.free()
     chain.free()
     model.forget(0, 0)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"repeat_penalty": 1.5, "repeat_last_n": 8},
+        {"repeat_penalty": 0.7, "repeat_last_n": 64},
+        {"repeat_penalty": 1.3, "frequency_penalty": 1.7, "repeat_last_n": 6},
+        {"presence_penalty": 1.9, "repeat_last_n": -1},
+        {"repeat_penalty": 1.2, "repeat_last_n": 8, "logit_bias": {13: 6.5, 30: -2.0, 260: 3.25}},
+    ],
+)
+def test_greedy_with_penalties_and_bias_in_numpy_picks_what_llamas_chain_picks(llm, extra):
+    """Greedy rows with a penalty window or a logit bias are picked in numpy; every pick over
+    many rows (each one remembered, so the window slides) equals llama.cpp's own chain's."""
+    import llama_cpp as C
+
+    model = llm.engine.model
+    text = "The cat sat on the mat. The cat sat on the mat again, and the dog sat on the cat's mat too."
+    tokens = model.tokenize(text, add_special=True, parse_special=False)
+    model.forget(0, 0)
+    model.decode([(t, i, 0, True) for i, t in enumerate(tokens)])
+    params = SamplingParams(temperature=0, **extra)
+    ours = model.new_sampler(params, tokens[:10])
+    theirs = model.new_sampler(params, tokens[:10])
+    assert ours.greedy_in_numpy and not ours.argmax_only
+    picks = [model.sample(ours, i) for i in range(len(tokens))]
+    expected = [int(C.llama_sampler_sample(theirs.ptr, model._ctx, i)) for i in range(len(tokens))]
+    greedy = model.new_sampler(GREEDY, [])
+    plain = [model.sample(greedy, i) for i in range(len(tokens))]
+    greedy.free()
+    assert picks == expected
+    assert picks != plain  # the penalties or the bias did change some picks
+    ours.free()
+    theirs.free()
+    model.forget(0, 0)
