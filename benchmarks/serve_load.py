@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from lokal.bench.metrics import paired_tok_s_ratio
 from lokal.bench.run import BenchEvents, RunConfig, run_bench
 from lokal.bench.scenarios import Scenario
 from lokal.bench.targets import LocalOptions, Target, llama_cpp_python, llama_server, lokal_server, parse_target
@@ -57,7 +58,7 @@ def legacy_table(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 "ttft_p50_ms": tt.get("p50"), "ttft_p95_ms": tt.get("p95"), "tok_s": lv["tok_s"],
                 "req_s": lv["req_s"], "latency_s": (lv["latency_s"] or {}).get("mean"),
                 "stream_tok_s": lv["stream_tok_s"] or 0.0, "tokens_per_req": lv["tokens_per_req"],
-                "errors": lv["errors"],
+                "errors": lv["errors"], "tok_s_reps": lv.get("tok_s_reps", []),
             }
         if row.get("prefix"):
             entry["prefix"] = row["prefix"]
@@ -130,11 +131,13 @@ def report(table: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
                 print(f"{name:<26} {c:>3} (no successful requests)")
                 continue
             b = base.get(f"c{c}")
-            ratio = f"{s['tok_s'] / b['tok_s']:>8.2f}x" if b and b["tok_s"] else f"{'—':>9}"
+            r = paired_tok_s_ratio(s, b) if b else None
+            ratio = f"{r:>8.2f}x" if r is not None else f"{'—':>9}"
             errs = f"  ({s['errors']} errors)" if s["errors"] else ""
             print(f"{name:<26} {c:>3} {s['ttft_p50_ms']:>7.0f}ms {s['ttft_p95_ms']:>7.0f}ms {s['tok_s']:>8.1f} "
                   f"{s['req_s']:>6.2f} {s['latency_s']:>7.2f}s {s['stream_tok_s']:>12.1f} "
                   f"{s['tokens_per_req']:>7.1f} {ratio}{errs}")
+    print("vs lokal: median over reps of the tok/s ratio within the rep")
     print(f"\n{'target':<26} {'cold TTFT':>10} {'warm TTFT':>10} {'warm/cold':>10} {'RSS MiB':>8}")
     for name, row in table.items():
         p = row.get("prefix")

@@ -63,5 +63,15 @@ def merge_reps(reps: list[dict[str, Any]], records: list[RequestRecord]) -> dict
     for key in ("tok_s", "req_s"):
         out[key] = statistics.median(r[key] for r in reps)
     out["reps"] = len(reps)
+    out["tok_s_reps"] = [r["tok_s"] for r in reps]  # in measuring order, for ratios paired rep by rep
     out["ttft_samples_ms"] = [round(r.ttft * 1000, 2) for r in records if r.ok and r.ttft is not None]
     return out
+
+
+def paired_tok_s_ratio(level: dict[str, Any], base: dict[str, Any]) -> float | None:
+    """A level's tok/s against the baseline's: the median of the ratios within each rep (the targets took
+    turns in it, so a shared machine's drift between reps cancels out), else the ratio of the medians."""
+    mine, theirs = level.get("tok_s_reps") or [], base.get("tok_s_reps") or []
+    if mine and len(mine) == len(theirs) and all(theirs):
+        return float(statistics.median(x / y for x, y in zip(mine, theirs, strict=True)))
+    return float(level["tok_s"] / base["tok_s"]) if base.get("tok_s") else None

@@ -7,6 +7,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from lokal.bench.metrics import paired_tok_s_ratio
+
 
 def fmt(value: float | None, spec: str = ".1f", unit: str = "") -> str:
     return "—" if value is None else f"{value:{spec}}{unit}"
@@ -18,6 +20,11 @@ def ratio(value: float | None, base: float | None, lower_is_better: bool = False
     r = value / base
     good = r <= 1 if lower_is_better else r >= 1
     return f"[{'green' if good else 'red'}]{r:.2f}×[/]"
+
+
+def _paired(level: dict[str, Any], base: dict[str, Any] | None) -> str:
+    r = paired_tok_s_ratio(level, base) if base else None
+    return "—" if r is None else f"[{'green' if r >= 1 else 'red'}]{r:.2f}×[/]"
 
 
 def _level(row: dict[str, Any], c: int) -> dict[str, Any] | None:
@@ -77,7 +84,7 @@ def concurrency_table(doc: dict[str, Any]) -> Table:
                 continue
             t.add_row(
                 row["name"], str(c), fmt(lv["req_s"], ".2f"), fmt(lv["tok_s"]),
-                ratio(lv["tok_s"], blv["tok_s"] if blv else None),
+                _paired(lv, blv),
                 _ps(lv["ttft_ms"], ("p50", "p95", "p99"), ".0f"), _ps(lv["latency_s"], ("p50", "p95", "p99"), ".2f"),
                 _ps(lv["itl_ms"], ("p50", "p95"), ".1f"), fmt(lv.get("stream_tok_s")),
                 f"[red]{lv['errors']}[/]" if lv["errors"] else "0",

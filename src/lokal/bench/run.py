@@ -54,12 +54,14 @@ class BenchEvents:
     def measured(self, target: str, concurrency: int, summary: dict[str, Any]) -> None: ...
 
 
-def level_prompts(cfg: RunConfig, concurrency: int, salt: int) -> list[Prompt]:
+def level_prompts(cfg: RunConfig, concurrency: int, salt: int, rep: int = 0) -> list[Prompt]:
+    """The prompts of one measurement: the same for every target; each rep gets its own (the next ones of a
+    user's set, or built-in ones worded apart), so a repeat is not served from a cache of the earlier rep."""
     n = concurrency * cfg.scenario.rounds_at(concurrency)
     if cfg.user_prompts:
-        return cycle(cfg.user_prompts, n, offset=cfg.seed)
+        return cycle(cfg.user_prompts, n, offset=cfg.seed + rep * n)
     system = system_prompt(cfg.scenario.shared_prefix_tokens, salt) if cfg.scenario.shared_prefix_tokens else None
-    return builtin_prompts(n, cfg.seed + concurrency, cfg.scenario.prompt_tokens, system)
+    return builtin_prompts(n, cfg.seed + concurrency, cfg.scenario.prompt_tokens, system, round_no=rep)
 
 
 async def _preflight(target: Target, opts: RequestOptions) -> str | None:
@@ -175,14 +177,14 @@ def _measure(live: list[Target], cfg: RunConfig, opts: dict[str, RequestOptions]
     sc = cfg.scenario
     if cfg.warmup:
         for t in live:  # page in weights, first allocations
-            asyncio.run(run_closed_loop(t, level_prompts(cfg, 1, 0)[:1], 1, RequestOptions(8, cfg.seed,
+            asyncio.run(run_closed_loop(t, level_prompts(cfg, 1, 0, rep=-1)[:1], 1, RequestOptions(8, cfg.seed,
                                                                                          opts[t.name].ignore_eos)))
     salt = int(time.time())
     for c in sc.concurrency:
-        prompts = level_prompts(cfg, c, salt + c)
         reps: dict[str, list[dict[str, Any]]] = {t.name: [] for t in live}
         records: dict[str, list[RequestRecord]] = {t.name: [] for t in live}
         for rep in range(cfg.reps):
+            prompts = level_prompts(cfg, c, salt + c, rep)
             for t in live:
                 ev.measuring(t.name, c, rep, len(prompts))
                 recs, wall = asyncio.run(run_closed_loop(t, prompts, c, opts[t.name], ev.record))

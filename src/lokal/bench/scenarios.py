@@ -86,13 +86,18 @@ def system_prompt(n_tokens: int, salt: int) -> str:
     return f"Session {salt}. You are a helpful assistant. " + filler(n_tokens, salt)
 
 
-def builtin_prompts(n: int, seed: int, prompt_tokens: int = 0, system: str | None = None) -> list[Prompt]:
-    """n chat prompts in a fixed order for a given seed; the same for every target."""
+def builtin_prompts(
+    n: int, seed: int, prompt_tokens: int = 0, system: str | None = None, round_no: int = 0
+) -> list[Prompt]:
+    """n chat prompts in a fixed order for a given seed; the same for every target.
+
+    `round_no` (a repeated measurement) starts every user message differently, so no target can
+    answer a repeat from a cache of the earlier round's prompts: every round reads new prompts."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
         topic = TOPICS[rng.randrange(len(TOPICS))]
-        text = f"Write a detailed essay about {topic}. Request {i}."
+        text = f"Request {round_no}.{i}: write a detailed essay about {topic}."
         if prompt_tokens:
             text = f"Read these notes, then answer.\n{filler(prompt_tokens, seed + i)}\n\n{text}"
         messages = [{"role": "user", "content": text}]

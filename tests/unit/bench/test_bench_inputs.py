@@ -54,6 +54,10 @@ def test_builtin_prompts_repeat_for_a_seed_and_control_length() -> None:
     short = builtin_prompts(1, 0)[0].messages[0]["content"]
     long = builtin_prompts(1, 0, prompt_tokens=1000)[0].messages[0]["content"]
     assert len(short.split()) < 20 and 700 <= len(long.split()) <= 800
+    # each repeated measurement reads new prompts, worded apart from the first words on
+    again = builtin_prompts(8, seed=3, round_no=1)
+    assert all(a.messages[0]["content"].split()[1] != b.messages[0]["content"].split()[1]
+               for a, b in zip(builtin_prompts(8, seed=3), again, strict=True))
     shared = builtin_prompts(3, 0, system="be brief")
     assert all(p.messages[0] == {"role": "system", "content": "be brief"} for p in shared)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lokal.bench.loadgen import RequestRecord
-from lokal.bench.metrics import distribution, merge_reps, percentile, summarize
+from lokal.bench.metrics import distribution, merge_reps, paired_tok_s_ratio, percentile, summarize
 
 
 @pytest.mark.parametrize("values", [[5.0], [1.0, 2.0], [3.0, 1.0, 2.0], list(np.random.default_rng(1).random(101))])
@@ -68,3 +68,16 @@ def test_merge_reps_takes_median_rates_and_pools_requests() -> None:
     assert merged["tok_s"] == pytest.approx(5.0)  # median of 10, 5, 2.5
     assert merged["requests"] == 3 and merged["reps"] == 3
     assert sorted(merged["ttft_samples_ms"]) == [100.0, 200.0, 300.0]
+    assert merged["tok_s_reps"] == pytest.approx([10.0, 5.0, 2.5])
+
+
+def test_ratio_against_the_baseline_pairs_reps_so_drift_between_reps_cancels() -> None:
+    # the machine slowed down in rep 2 for both targets and in rep 3 for this one alone: the medians say
+    # 60 / 80 = 0.75, two reps of three say 1.1
+    mine = {"tok_s": 60.0, "tok_s_reps": [110.0, 55.0, 60.0]}
+    base = {"tok_s": 80.0, "tok_s_reps": [100.0, 50.0, 80.0]}
+    assert paired_tok_s_ratio(mine, base) == pytest.approx(1.1)
+    # documents from before per-rep rates were kept (or a rep missing): the ratio of the medians
+    assert paired_tok_s_ratio({"tok_s": 60.0}, base) == pytest.approx(0.75)
+    assert paired_tok_s_ratio({"tok_s": 60.0, "tok_s_reps": [60.0]}, base) == pytest.approx(0.75)
+    assert paired_tok_s_ratio(mine, {"tok_s": 0.0}) is None
