@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=512, ge=16, description="token budget of one decode step")
     max_queue: int = Field(default=256, ge=0, description="waiting requests before 503")
     prefix_cache: bool = Field(default=True, description="reuse KV cells of earlier prompts")
+    prefix_cache_ram_mib: int = Field(
+        default=512, ge=0, description="host memory for prefixes evicted from slots, per model; 0 = slots only"
+    )
     max_loaded_models: int = Field(default=2, ge=1, description="models kept in memory at once")
     keep_alive: str = Field(
         default="5m", description='idle time before a model unloads ("5m", "1h30m", seconds; 0 at once, -1 never)'

@@ -434,6 +434,12 @@ def serve(
         str | None,
         typer.Option("--keep-alive", help='idle time before a model unloads: "5m" (default), "1h30m", 0, -1 = never'),
     ] = None,
+    prefix_cache_ram: Annotated[
+        int | None,
+        typer.Option(
+            "--prefix-cache-ram", help="MiB of host memory for prefixes evicted from slots (default 512; 0 = off)"
+        ),
+    ] = None,
 ) -> None:
     """Serve the OpenAI-compatible API (and /docs) on one port."""
 
@@ -442,7 +448,7 @@ def serve(
 
     settings = _settings(
         host=host, port=port, parallel=parallel, ctx_size=ctx_size, threads=threads, max_queue=max_queue,
-        default_model=model, keep_alive=keep_alive,
+        default_model=model, keep_alive=keep_alive, prefix_cache_ram_mib=prefix_cache_ram,
     )
     if not no_preload:
         _ensure_pulled(settings, settings.default_model)

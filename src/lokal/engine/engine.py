@@ -10,6 +10,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from lokal.engine.host_prefixes import HostPrefixes
 from lokal.engine.llama_model import LlamaModel, SamplerChain
 from lokal.engine.sampling import SamplingParams
 from lokal.engine.scheduler import Admission, QueueFull, Scheduler
@@ -44,20 +45,29 @@ class EngineStats:
     prompt_tokens: int
     cached_prompt_tokens: int
     recent_ttft_s: tuple[float, ...]
+    host_prefixes: int = 0  # evicted prefixes kept in host memory
+    host_prefix_bytes: int = 0
 
 
 class Engine:
     """Continuous batching over one LlamaModel: every running sequence advances in each decode."""
 
     def __init__(
-        self, model: LlamaModel, max_queue: int = 256, prefix_cache: bool = True, stats_window_s: float = 10.0
+        self,
+        model: LlamaModel,
+        max_queue: int = 256,
+        prefix_cache: bool = True,
+        stats_window_s: float = 10.0,
+        host_prefix_bytes: int = 0,
     ) -> None:
         self.model = model
+        self.host = HostPrefixes(host_prefix_bytes if prefix_cache else 0)
         self.scheduler = Scheduler(
             n_slots=model.shape.n_slots,
             token_budget=model.shape.n_batch,
             max_queue=max_queue,
             prefix_cache=prefix_cache,
+            host=self.host,
         )
         self._inbox: deque[Sequence] = deque()
         self._aborts: deque[int] = deque()
@@ -167,7 +177,10 @@ class Engine:
 
     def _start(self, a: Admission) -> None:
         seq, n = a.seq, a.n_reused
-        if a.source == a.slot and n > 0:
+        self._save_evicted(a.slot, n if a.source == a.slot else 0)
+        if a.stored is not None:
+            n = self._restore(a.slot, a.stored, n)
+        elif a.source == a.slot and n > 0:
             if not self.model.forget(a.slot, n):
                 self.model.forget(a.slot, 0)
                 n = 0
@@ -183,6 +196,29 @@ class Engine:
         seq.sampler = self.model.new_sampler(seq.params, seq.prompt[-recent_n:] if recent_n else [])
         self.n_prompt += seq.n_prompt
         self.n_cached += n
+
+    def _save_evicted(self, slot: int, kept: int) -> None:
+        """Copy a free slot's cached prefix to host memory before a new request overwrites it
+        (keeping only its first ``kept`` cells)."""
+        cached = self.scheduler.slot_cache[slot]
+        if len(cached) <= kept or not self.host.worth_saving(cached):
+            return
+        if self.model.cached_tokens(slot) != len(cached):  # the cells are not what the scheduler thinks
+            return
+        self.host.put(cached, self.model.save_sequence(slot))
+
+    def _restore(self, slot: int, key: int, n: int) -> int:
+        """Put a host entry's cells back into a slot and keep its first n; how many are kept."""
+        entry = self.host.take(key)
+        self.model.forget(slot, 0)
+        if entry is None or not self.model.restore_sequence(slot, entry.state):
+            self.host.discard(key)
+            self.model.forget(slot, 0)
+            return 0
+        if self.model.cached_tokens(slot) < n or not self.model.forget(slot, n):
+            self.model.forget(slot, 0)
+            return 0
+        return n
 
     def _accept(self, seq: Sequence, token: int, now: float, out: list[tuple[Sequence, Delta]]) -> None:
         if seq.status is SequenceStatus.PREFILLING:
@@ -225,8 +261,9 @@ class Engine:
             seq.sampler.free()
         seq.sampler = None
         if seq.slot is not None:
-            self.scheduler.release(seq)
-            if not self.scheduler.prefix_cache or reason is FinishReason.ERROR:
+            keep = reason is not FinishReason.ERROR  # a failed decode may have left the cells half written
+            self.scheduler.release(seq, keep_cache=keep)
+            if not self.scheduler.prefix_cache or not keep:
                 self.model.forget(seq.slot, 0)
         out.append(
             (seq, Delta(text=text, finish_reason=reason, usage=seq.usage(), timings=seq.timings(), error=error))
@@ -260,4 +297,6 @@ class Engine:
             prompt_tokens=self.n_prompt,
             cached_prompt_tokens=self.n_cached,
             recent_ttft_s=tuple(self._recent_ttft),
+            host_prefixes=len(self.host),
+            host_prefix_bytes=self.host.used_bytes,
         )

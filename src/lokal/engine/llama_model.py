@@ -220,6 +220,19 @@ class LlamaModel:
         C.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
         return self.forget(dst, n_tokens)
 
+    def save_sequence(self, seq_id: int) -> bytes:
+        """A sequence's KV cells as llama.cpp's state bytes (for restore_sequence)."""
+        size = C.llama_state_seq_get_size(self._ctx, seq_id)
+        buf = (ctypes.c_uint8 * size)()
+        n = C.llama_state_seq_get_data(self._ctx, buf, size, seq_id)
+        return ctypes.string_at(buf, n)
+
+    def restore_sequence(self, seq_id: int, state: bytes) -> bool:
+        """Put saved cells back into a sequence (its own cells go first); False if llama.cpp refuses.
+        The cells land at the same indices of the slot's stream, so answers do not change."""
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        return bool(C.llama_state_seq_set_data(self._ctx, buf, len(state), seq_id))
+
     def grammar_sampler(self, grammar: str) -> ctypes.c_void_p:
         """A compiled grammar sampler (caller owns it); GrammarError if llama.cpp refuses the text."""
         ptr = C.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")

@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Sequence as Tokens
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from lokal.engine.sequence import Sequence, SequenceStatus
+
+if TYPE_CHECKING:
+    from lokal.engine.host_prefixes import HostPrefixes
 
 
 class QueueFull(RuntimeError):
@@ -22,15 +27,16 @@ class QueueFull(RuntimeError):
 @dataclass(frozen=True)
 class Admission:
     """A waiting sequence gets a slot; its first ``n_reused`` prompt tokens come from ``source``'s
-    KV cells (its own slot when source == slot)."""
+    KV cells (its own slot when source == slot), or from the host tier's entry ``stored``."""
 
     seq: Sequence
     slot: int
     source: int | None
     n_reused: int
+    stored: int | None = None
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: Tokens[int], b: Tokens[int]) -> int:
     n = min(len(a), len(b))
     i = 0
     while i < n and a[i] == b[i]:
@@ -42,13 +48,16 @@ class Scheduler:
     """FCFS admission into a fixed number of slots, and a per-step token budget in which every
     decoding sequence advances by one token and prefilling ones read their prompt in chunks."""
 
-    def __init__(self, n_slots: int, token_budget: int, max_queue: int, prefix_cache: bool) -> None:
+    def __init__(
+        self, n_slots: int, token_budget: int, max_queue: int, prefix_cache: bool, host: HostPrefixes | None = None
+    ) -> None:
         if token_budget <= n_slots:
             raise ValueError("the step token budget must exceed the number of slots")
         self.n_slots = n_slots
         self.token_budget = token_budget
         self.max_queue = max_queue
         self.prefix_cache = prefix_cache
+        self.host = host if prefix_cache else None  # evicted prefixes in host memory
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.free_slots: list[int] = list(range(n_slots))
@@ -79,21 +88,22 @@ class Scheduler:
         admitted = []
         while self.waiting and self.free_slots:
             seq = self.waiting.popleft()
-            slot, source, n = self._place(seq)
-            self.free_slots.remove(slot)
-            seq.slot = slot
-            seq.n_past = n  # provisional, so a later admission in this round can borrow it too
+            a = self._place(seq)
+            self.free_slots.remove(a.slot)
+            seq.slot = a.slot
+            seq.n_past = a.n_reused  # provisional, so a later admission in this round can borrow it too
             seq.status = SequenceStatus.PREFILLING
             seq.admitted_at = time.perf_counter()
             self.running.append(seq)
-            admitted.append(Admission(seq, slot, source, n))
+            admitted.append(a)
         return admitted
 
-    def _place(self, seq: Sequence) -> tuple[int, int | None, int]:
-        """Pick a free slot and the longest reusable prefix for seq's prompt."""
+    def _place(self, seq: Sequence) -> Admission:
+        """Pick a free slot and the longest reusable prefix for seq's prompt: a free slot's own
+        cells, a running sequence's, or an entry of the host tier."""
         limit = seq.n_prompt - 1  # at least one prompt token must be decoded to get logits
         if not self.prefix_cache or limit <= 0:
-            return min(self.free_slots, key=self._slot_preference), None, 0
+            return Admission(seq, min(self.free_slots, key=self._slot_preference), None, 0)
         best_free, best_free_n = -1, -1
         for s in self.free_slots:
             n = min(common_prefix(self.slot_cache[s], seq.prompt), limit)
@@ -105,11 +115,13 @@ class Scheduler:
             n = min(common_prefix(other.tokens[: other.n_past], seq.prompt), limit)
             if n > best_src_n:
                 best_src, best_src_n = other.slot, n
+        stored, stored_n = self.host.longest(seq.prompt, limit) if self.host is not None else (None, 0)
+        if stored is not None and stored_n > best_src_n:
+            return Admission(seq, min(self.free_slots, key=self._slot_preference), None, stored_n, stored)
         if best_src is None:
-            return best_free, (best_free if best_free_n > 0 else None), max(best_free_n, 0)
+            return Admission(seq, best_free, best_free if best_free_n > 0 else None, max(best_free_n, 0))
         # Borrow another slot's prefix into the free slot that keeps the busy slots contiguous.
-        slot = min(self.free_slots, key=self._slot_preference)
-        return slot, best_src, best_src_n
+        return Admission(seq, min(self.free_slots, key=self._slot_preference), best_src, best_src_n)
 
     def _slot_preference(self, slot: int) -> tuple[int, float]:
         """Lower is better: first how many runs of consecutive busy slots there would be with this
@@ -146,11 +158,12 @@ class Scheduler:
         plan.sort(key=lambda row: row[0].slot or 0)
         return plan
 
-    def release(self, seq: Sequence) -> None:
-        """A sequence is done: its slot is free again, and its KV cells stay as a cached prefix."""
+    def release(self, seq: Sequence, keep_cache: bool = True) -> None:
+        """A sequence is done: its slot is free again, and its KV cells stay as a cached prefix
+        (unless ``keep_cache`` is false: the engine drops them)."""
         if seq in self.running:
             self.running.remove(seq)
         if seq.slot is not None:
-            self.slot_cache[seq.slot] = seq.tokens[: seq.n_past] if self.prefix_cache else []
+            self.slot_cache[seq.slot] = seq.tokens[: seq.n_past] if self.prefix_cache and keep_cache else []
             self.slot_used_at[seq.slot] = time.perf_counter()
             self.free_slots.append(seq.slot)

@@ -48,12 +48,14 @@ class LoadedModel:
 
     @classmethod
     def load(cls, name: str, manifest: Manifest, path: Path, shape: ContextShape,
-             max_queue: int, prefix_cache: bool, start_thread: bool = True) -> LoadedModel:
+             max_queue: int, prefix_cache: bool, start_thread: bool = True,
+             prefix_cache_ram_mib: int = 0) -> LoadedModel:
         """Load weights and start the engine thread (blocking: call it off the event loop)."""
         model = LlamaModel(path, shape)
         source = manifest.template or model.chat_template()
         template = ChatTemplate.for_model(source, model.architecture, model.bos_text, model.eos_text)
-        engine = Engine(model, max_queue=max_queue, prefix_cache=prefix_cache)
+        engine = Engine(model, max_queue=max_queue, prefix_cache=prefix_cache,
+                        host_prefix_bytes=prefix_cache_ram_mib * 2**20)
         runner = AsyncEngine(engine, name=f"engine:{name}") if start_thread else None
         defaults = {
             _PARAM_ALIASES[k]: v for k, v in (manifest.parameters or {}).items() if k in _PARAM_ALIASES

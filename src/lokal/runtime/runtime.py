@@ -102,6 +102,7 @@ class Runtime:
             self.settings.max_queue,
             self.settings.prefix_cache,
             start_thread,
+            self.settings.prefix_cache_ram_mib,
         )
 
     async def get(self, name: str, keep_alive: float | None = None) -> LoadedModel:

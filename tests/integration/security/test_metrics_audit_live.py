@@ -63,6 +63,8 @@ def test_metrics_counters_and_histograms_move_after_a_streamed_chat(secured: Sec
     assert 0 <= value(after, "lokal_kv_cache_usage_ratio", model=MODEL) <= 1
     assert ("lokal_num_requests_running", frozenset({("model", MODEL)})) in after
     assert ("lokal_num_requests_waiting", frozenset({("model", MODEL)})) in after
+    assert value(after, "lokal_prefix_cache_host_bytes", model=MODEL) >= 0
+    assert ("lokal_prefix_cache_host_entries", frozenset({("model", MODEL)})) in after
 
 
 def audit_until(server: SecuredServer, request_id: str, timeout: float = 10.0) -> list[dict[str, object]]:

@@ -54,6 +54,8 @@ class EngineCollector(Collector):
         kv_total = gauge("lokal_kv_cache_total_cells", "KV-cache cells of a model")
         kv_usage = gauge("lokal_kv_cache_usage_ratio", "KV-cache cells used, 0..1")
         tps = gauge("lokal_generation_tokens_per_second", "generated tokens per second over the engine's window")
+        host_n = gauge("lokal_prefix_cache_host_entries", "prefixes evicted from slots and kept in host memory")
+        host_b = gauge("lokal_prefix_cache_host_bytes", "host memory held by those prefixes")
         for m in self.runtime.loaded():
             s = m.engine.stats()
             name = [m.name]
@@ -66,7 +68,9 @@ class EngineCollector(Collector):
             kv_total.add_metric(name, s.kv_cells_total)
             kv_usage.add_metric(name, s.kv_cells_used / s.kv_cells_total if s.kv_cells_total else 0.0)
             tps.add_metric(name, s.tokens_per_second)
-        yield from (loaded, memory, running, waiting, slots, kv_used, kv_total, kv_usage, tps)
+            host_n.add_metric(name, s.host_prefixes)
+            host_b.add_metric(name, s.host_prefix_bytes)
+        yield from (loaded, memory, running, waiting, slots, kv_used, kv_total, kv_usage, tps, host_n, host_b)
 
 
 class Metrics:
