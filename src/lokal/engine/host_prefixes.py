@@ -10,6 +10,7 @@ llama.cpp: it holds token lists and opaque state blobs.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sized
 from dataclasses import dataclass
 
 from lokal.engine.scheduler import common_prefix
@@ -19,7 +20,7 @@ from lokal.engine.scheduler import common_prefix
 class HostEntry:
     key: int
     tokens: tuple[int, ...]
-    state: bytes
+    state: Sized  # llama.cpp's state buffer; len() is its size in bytes
 
 
 class HostPrefixes:
@@ -48,7 +49,7 @@ class HostPrefixes:
         n = len(tokens)
         return not any(len(e.tokens) >= n and list(e.tokens[:n]) == tokens for e in self._entries.values())
 
-    def put(self, tokens: list[int], state: bytes) -> None:
+    def put(self, tokens: list[int], state: Sized) -> None:
         """Keep a sequence's state; entries that it covers (a prefix of it) and the least recently
         used ones beyond the capacity go. A state larger than the whole capacity is not kept."""
         if not self.enabled or len(state) > self.capacity_bytes:

@@ -220,18 +220,19 @@ class LlamaModel:
         C.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
         return self.forget(dst, n_tokens)
 
-    def save_sequence(self, seq_id: int) -> bytes:
-        """A sequence's KV cells as llama.cpp's state bytes (for restore_sequence)."""
+    def save_sequence(self, seq_id: int) -> ctypes.Array[ctypes.c_uint8]:
+        """A sequence's KV cells as llama.cpp's state bytes (for restore_sequence), in one copy."""
         size = C.llama_state_seq_get_size(self._ctx, seq_id)
         buf = (ctypes.c_uint8 * size)()
         n = C.llama_state_seq_get_data(self._ctx, buf, size, seq_id)
-        return ctypes.string_at(buf, n)
+        if n != size:
+            raise RuntimeError(f"llama.cpp wrote {n} of {size} bytes of sequence {seq_id}'s state")
+        return buf
 
-    def restore_sequence(self, seq_id: int, state: bytes) -> bool:
+    def restore_sequence(self, seq_id: int, state: ctypes.Array[ctypes.c_uint8]) -> bool:
         """Put saved cells back into a sequence (its own cells go first); False if llama.cpp refuses.
         The cells land at the same indices of the slot's stream, so answers do not change."""
-        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
-        return bool(C.llama_state_seq_set_data(self._ctx, buf, len(state), seq_id))
+        return bool(C.llama_state_seq_set_data(self._ctx, state, len(state), seq_id))
 
     def grammar_sampler(self, grammar: str) -> ctypes.c_void_p:
         """A compiled grammar sampler (caller owns it); GrammarError if llama.cpp refuses the text."""
