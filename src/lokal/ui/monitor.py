@@ -83,6 +83,8 @@ def snapshot(runtime: Runtime, log: RequestLog) -> dict[str, Any]:
             "slots": s.slots,
             "kv_cells_used": s.kv_cells_used,
             "kv_cells_total": s.kv_cells_total,
+            "host_prefixes": s.host_prefixes,
+            "host_prefix_bytes": s.host_prefix_bytes,
             "tokens_per_second": s.tokens_per_second,
             "generated_tokens": s.generated_tokens,
             "prompt_tokens": s.prompt_tokens,

@@ -428,6 +428,9 @@ def test_monitor_updates_after_a_request(ui: PageWatch, ui_server: LiveServer) -
     open_ui(page, ui_server, "monitor")
     expect(page.locator("#mon-cpu")).to_have_text(re.compile(r"\d+%"))
     expect(page.locator("#mon-models")).to_contain_text(MODEL)
+    # the prefix cache's host tier: entries and their memory, next to the KV cells
+    host_tier = page.locator("#mon-models tr").first.locator("td").nth(5)
+    expect(host_tier).to_have_text(re.compile(r"^\d+ · [\d.]+ [KMGT]?B$"))
     before = int(page.locator("#mon-requests").inner_text())
     r = httpx.post(f"{ui_server.url}/v1/chat/completions", timeout=60, json={
         "model": MODEL, "messages": [{"role": "user", "content": "Count to twenty."}], "max_tokens": 48,

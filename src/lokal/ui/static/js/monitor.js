@@ -63,9 +63,10 @@ export class MonitorPage {
     models.replaceChildren();
     for (const lm of snap.models) {
       models.append(row([lm.name, formatBytes(lm.memory_bytes), lm.running, lm.waiting,
-        `${lm.kv_cells_used} / ${lm.kv_cells_total}`, lm.tokens_per_second.toFixed(1)]));
+        `${lm.kv_cells_used} / ${lm.kv_cells_total}`, `${lm.host_prefixes} · ${formatBytes(lm.host_prefix_bytes)}`,
+        lm.tokens_per_second.toFixed(1)]));
     }
-    if (!snap.models.length) models.append(row(["No model loaded."], 6));
+    if (!snap.models.length) models.append(row(["No model loaded."], 7));
 
     const recent = $("#mon-requests-body");
     recent.replaceChildren();
