@@ -210,7 +210,6 @@ class Engine:
     def _restore(self, slot: int, key: int, n: int) -> int:
         """Put a host entry's cells back into a slot and keep its first n; how many are kept."""
         entry = self.host.take(key)
-        self.model.forget(slot, 0)
         if entry is None or not self.model.restore_sequence(slot, entry.state):  # type: ignore[arg-type]
             self.host.discard(key)
             self.model.forget(slot, 0)

@@ -32,7 +32,6 @@ class HostPrefixes:
         self._entries: OrderedDict[int, HostEntry] = OrderedDict()
         self._next_key = 0
         self.used_bytes = 0
-        self.hits = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -46,8 +45,8 @@ class HostPrefixes:
         enough and no saved entry already holds the same tokens or more."""
         if not self.enabled or len(tokens) < self.min_tokens:
             return False
-        n = len(tokens)
-        return not any(len(e.tokens) >= n and list(e.tokens[:n]) == tokens for e in self._entries.values())
+        t = tuple(tokens)
+        return not any(e.tokens[: len(t)] == t for e in self._entries.values())
 
     def put(self, tokens: list[int], state: Sized) -> None:
         """Keep a sequence's state; entries that it covers (a prefix of it) and the least recently
@@ -78,17 +77,12 @@ class HostPrefixes:
         entry = self._entries.get(key)
         if entry is not None:
             self._entries.move_to_end(key)
-            self.hits += 1
         return entry
 
     def discard(self, key: int) -> None:
         """Forget an entry whose state llama.cpp refused."""
         if key in self._entries:
             self._drop(key)
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self.used_bytes = 0
 
     def _drop(self, key: int) -> None:
         self.used_bytes -= len(self._entries.pop(key).state)
