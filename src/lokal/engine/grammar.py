@@ -54,10 +54,13 @@ def schema_grammar(schema: Any) -> str:
         raise SchemaError(f"the JSON schema is {len(text)} characters, limit {MAX_SCHEMA_CHARS}")
     check_schema(schema)
     try:
-        converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+        # llama-cpp-python's converter is untyped; its grammar is a str.
+        converter: Any = SchemaConverter(  # type: ignore[no-untyped-call]
+            prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False
+        )
         resolved = converter.resolve_refs(json.loads(text), "input")
         converter.visit(resolved, "")
-        grammar = converter.format_grammar()
+        grammar: str = converter.format_grammar()
     except RecursionError as exc:
         raise SchemaError("the JSON schema nests too deeply") from exc
     except Exception as exc:  # the converter asserts and raises on what it cannot express

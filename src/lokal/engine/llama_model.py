@@ -20,13 +20,16 @@ _backend_lock = threading.Lock()
 _backend_ready = False
 
 
-@ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
-def _quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+def _log_errors_only(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     # llama.cpp prints hundreds of load lines; keep only errors (GGML_LOG_LEVEL_ERROR == 4).
     if level == 4 and text:
         import sys
 
         sys.stderr.write("llama.cpp: " + text.decode("utf-8", "replace"))
+
+
+# The C callback: kept at module level so it lives as long as llama.cpp may call it.
+_quiet_log = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)(_log_errors_only)
 
 
 def _init_backend() -> None:
@@ -92,8 +95,8 @@ class LlamaModel:
             raise ModelLoadError(f"llama.cpp could not load {path}")
         self._model = model
         self._vocab = C.llama_model_get_vocab(model)
-        self.n_vocab = C.llama_vocab_n_tokens(self._vocab)
-        self.n_ctx_train = C.llama_model_n_ctx_train(model)
+        self.n_vocab: int = C.llama_vocab_n_tokens(self._vocab)
+        self.n_ctx_train: int = C.llama_model_n_ctx_train(model)
 
         cparams = C.llama_context_default_params()
         cparams.n_ctx = shape.n_ctx
@@ -222,7 +225,7 @@ class LlamaModel:
 
     def save_sequence(self, seq_id: int) -> ctypes.Array[ctypes.c_uint8]:
         """A sequence's KV cells as llama.cpp's state bytes (for restore_sequence), in one copy."""
-        size = C.llama_state_seq_get_size(self._ctx, seq_id)
+        size: int = C.llama_state_seq_get_size(self._ctx, seq_id)
         buf = (ctypes.c_uint8 * size)()
         n = C.llama_state_seq_get_data(self._ctx, buf, size, seq_id)
         if n != size:
