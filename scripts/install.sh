@@ -17,8 +17,8 @@ LLAMA_CPP_PYTHON=0.3.36
 BUILD=lokal.1  # bump when FLAGS or the patch change
 FLAGS="-DGGML_LLAMAFILE=OFF"
 WHEELS="${LOKAL_WHEEL_CACHE:-$HOME/.cache/lokal/wheels}/$BUILD"
-EXTRAS=""
-if [ "${1:-}" = "test" ]; then EXTRAS="[test]"; fi
+EXTRAS="[bench]"  # `lokal bench run --html` works after the README's quick start
+if [ "${1:-}" = "test" ]; then EXTRAS="[test,bench]"; fi
 
 python3 -m venv .venv
 shopt -s nullglob

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from lokal.bench import SCHEMA_VERSION
@@ -59,7 +60,8 @@ def _num(v: float | None, spec: str) -> str:
 
 
 def compare_table(a: dict[str, Any], b: dict[str, Any], name_a: str = "A", name_b: str = "B") -> Table:
-    t = Table(title=f"A = {name_a} ({a['created']})  ·  B = {name_b} ({b['created']})", title_justify="left")
+    t = Table(title=f"A = {escape(name_a)} ({escape(str(a['created']))})  ·  "
+                    f"B = {escape(name_b)} ({escape(str(b['created']))})", title_justify="left")
     for col in ("system", "c", "tok/s A", "tok/s B", "Δ tok/s", "TTFT p50 A", "TTFT p50 B", "Δ TTFT",
                 "errors A", "errors B"):
         t.add_column(col, justify="left" if col == "system" else "right")
@@ -67,6 +69,6 @@ def compare_table(a: dict[str, Any], b: dict[str, Any], name_a: str = "A", name_
         ta, tb, dt = r["tok_s"]
         fa, fb, df = r["ttft_p50_ms"]
         ea, eb, _ = r["errors"]
-        t.add_row(r["system"], str(r["concurrency"]), _num(ta, ".1f"), _num(tb, ".1f"), _pct(dt, True),
+        t.add_row(escape(r["system"]), str(r["concurrency"]), _num(ta, ".1f"), _num(tb, ".1f"), _pct(dt, True),
                   _num(fa, ".0f"), _num(fb, ".0f"), _pct(df, False), _num(ea, "d"), _num(eb, "d"))
     return t

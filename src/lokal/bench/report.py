@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lokal.bench.metrics import paired_tok_s_ratio
@@ -47,14 +48,15 @@ def summary_table(doc: dict[str, Any]) -> Table:
     """One row per system: first-token latency, decode speed, best throughput, memory, errors."""
     base = baseline_row(doc) or {}
     cfg = doc["config"]
-    t = Table(title=f"lokal bench · {cfg['scenario']} · {cfg.get('model') or ''} · max_tokens={cfg['max_tokens']} · "
+    t = Table(title=f"lokal bench · {escape(cfg['scenario'])} · {escape(cfg.get('model') or '')} · "
+                    f"max_tokens={cfg['max_tokens']} · "
                     f"{doc['machine']['cpus']} CPUs", title_justify="left")
     for col in ("system", "TTFT p50 ms", "decode tok/s", "prompt tok/s", "peak tok/s", "at c", "peak RSS MiB",
-                "errors", f"vs {doc.get('baseline')}"):
+                "errors", f"vs {escape(str(doc.get('baseline')))}"):
         t.add_column(col, justify="left" if col == "system" else "right")
     for row in doc["targets"]:
         first = min(row["levels"], key=lambda lv: lv["concurrency"]) if row["levels"] else None
-        name = row["name"] + ("" if row["status"] == "ok" else f" [red]({row['status']})[/]")
+        name = escape(row["name"]) + ("" if row["status"] == "ok" else f" [red]({row['status']})[/]")
         rss = fmt(row.get("peak_rss_mib"), ".0f")
         if row.get("peak_gpu_mib"):
             rss += f" + GPU {row['peak_gpu_mib']:.0f}"
@@ -83,7 +85,7 @@ def concurrency_table(doc: dict[str, Any]) -> Table:
             if lv is None:
                 continue
             t.add_row(
-                row["name"], str(c), fmt(lv["req_s"], ".2f"), fmt(lv["tok_s"]),
+                escape(row["name"]), str(c), fmt(lv["req_s"], ".2f"), fmt(lv["tok_s"]),
                 _paired(lv, blv),
                 _ps(lv["ttft_ms"], ("p50", "p95", "p99"), ".0f"), _ps(lv["latency_s"], ("p50", "p95", "p99"), ".2f"),
                 _ps(lv["itl_ms"], ("p50", "p95"), ".1f"), fmt(lv.get("stream_tok_s")),
@@ -104,7 +106,8 @@ def prefix_table(doc: dict[str, Any]) -> Table | None:
         t.add_column(col, justify="left" if col == "system" else "right")
     for r in rows:
         p = r["prefix"]
-        t.add_row(r["name"], fmt(p["cold_ms"], ".0f", " ms"), fmt(p["warm_ms"], ".0f", " ms"), fmt(p["ratio"], ".2f"))
+        t.add_row(escape(r["name"]), fmt(p["cold_ms"], ".0f", " ms"), fmt(p["warm_ms"], ".0f", " ms"),
+                  fmt(p["ratio"], ".2f"))
     return t
 
 
@@ -117,6 +120,6 @@ def render(doc: dict[str, Any], console: Console) -> None:
     if pt is not None:
         console.print(pt)
     for line in doc.get("failures", []):
-        console.print(f"[red]✗[/] {line}", highlight=False, soft_wrap=True)
+        console.print(f"[red]✗[/] {escape(line)}", highlight=False, soft_wrap=True)
     if doc.get("interrupted"):
         console.print("[yellow]interrupted: the tables show what finished[/]")

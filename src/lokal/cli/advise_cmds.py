@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lokal.config import Settings
@@ -38,14 +39,15 @@ def _one_line_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except (ValueError, OSError, StoreError) as exc:  # EstimateError, BenchFileError, PriceTableError: ValueError
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
 
 def _say(text: str) -> None:
-    """One line of output, markup but no highlighting; piped, it is not cut into 160 columns."""
+    """One line of output, markup but no highlighting; piped, it is not cut into 160 columns. Values
+    put into ``text`` (names, paths, reasons) go through ``escape``: they are text, not markup."""
     console.print(text, highlight=False, soft_wrap=True)
 
 
@@ -124,31 +126,31 @@ def advise(
             }
         _emit_json(doc)
         return
-    gpus = ", ".join(f"{g.name} {_gb(g.memory_total)}" for g in hw.gpus) or "none detected"
-    _say(f"[bold]{hw.cpu_model}[/bold]: {hw.cores} cores ({hw.physical_cores or '?'} physical), "
-                  f"SIMD {' '.join(hw.simd) or 'none detected'}")
-    _say(f"RAM {_gb(hw.ram_available)} available of {_gb(hw.ram_total)}; disk free under {home}: "
+    gpus = escape(", ".join(f"{g.name} {_gb(g.memory_total)}" for g in hw.gpus) or "none detected")
+    _say(f"[bold]{escape(hw.cpu_model)}[/bold]: {hw.cores} cores ({hw.physical_cores or '?'} physical), "
+                  f"SIMD {escape(' '.join(hw.simd) or 'none detected')}")
+    _say(f"RAM {_gb(hw.ram_available)} available of {_gb(hw.ram_total)}; disk free under {escape(str(home))}: "
                   f"{_gb(hw.disk_free) if hw.disk_free is not None else '?'}; GPUs: {gpus}")
-    table = Table(box=None, header_style="bold", title=f"at ctx {ctx} x {parallel} slot(s), KV {kv_type}",
+    table = Table(box=None, header_style="bold", title=f"at ctx {ctx} x {parallel} slot(s), KV {escape(kv_type)}",
                   title_justify="left")
     for col in ("MODEL", "QUANT", "WEIGHTS", "KV", "OTHER", "TOTAL", "FIT", "MAX CTX", "SLOTS"):
         table.add_column(col, justify="left" if col in ("MODEL", "QUANT", "FIT") else "right", no_wrap=True)
     for r in rows:
         e = r.estimate
         style = FIT_STYLE[r.fit]
-        table.add_row(r.model + ("" if r.source == "store" else "*"), r.quantization or "?",
+        table.add_row(escape(r.model + ("" if r.source == "store" else "*")), escape(r.quantization or "?"),
                       _gb(e.weights), _gb(e.kv_cache), _gb(e.compute + e.overhead), _gb(e.total),
                       f"[{style}]{FIT_WORDS[r.fit]}[/{style}]", str(r.max_ctx),
                       f"{r.max_parallel}+" if r.max_parallel >= MAX_PARALLEL else str(r.max_parallel))
     console.print(table)
     if serve is not None:
-        _say(f"\n[bold]serve[/bold]: {serve.command}")
+        _say(f"\n[bold]serve[/bold]: {escape(serve.command)}")
         for reason in serve.reasons:
-            _say(f"  - {reason}")
+            _say(f"  - {escape(reason)}")
     if target_advice is not None:
         t = target_advice.target
         _say(f"\n[bold]target[/bold] {t.size_b:g}B, {t.ctx} tokens x {t.users} user(s): "
-                      f"{target_advice.reason}")
+                      f"{escape(target_advice.reason)}")
         opts = Table(box=None, header_style="bold")
         for col in ("QUANT", "KV F16", "FIT", "KV Q8_0", "FIT "):
             opts.add_column(col, justify="right" if col.startswith("KV") else "left", no_wrap=True)
@@ -156,7 +158,7 @@ def advise(
         for o in target_advice.options:
             by_quant.setdefault(o.quantization, {})[o.kv_type] = o
         for quant, kinds in by_quant.items():
-            cells = [quant]
+            cells = [escape(quant)]
             for kv in ("f16", "q8_0"):
                 o = kinds[kv]
                 style = FIT_STYLE[o.fit]
@@ -228,17 +230,17 @@ def cost(
             "result": result.to_dict(),
         })
         return
-    cur = prices.currency
+    cur = escape(prices.currency)  # from the user's prices.json, as are the APIs' names below
     model = f", {throughput.model}" if throughput.model else ""
-    _say(f"throughput {throughput.tok_s:.1f} tok/s ({throughput.source}{model})")
-    _say(f"power {power.watts:.0f} W: {power.detail}")
+    _say(f"throughput {throughput.tok_s:.1f} tok/s ({escape(throughput.source + model)})")
+    _say(f"power {power.watts:.0f} W: {escape(power.detail)}")
     _say(f"{result.tokens_per_month / 1e6:.2f} M tokens a month at {utilisation:.0%} utilisation; "
                   f"hardware {hardware_price:g} over {lifetime_years:g} years = {result.hardware_per_month:.2f} "
                   f"+ energy {result.energy_per_month:.2f} (at {kwh_price:g}/kWh) = {result.local_per_month:.2f} "
                   f"{cur} a month")
     _say(f"[bold]local: {result.local_per_m:.3f} {cur} per million tokens[/bold] "
                   f"(electricity alone {result.energy_per_m:.3f})")
-    _say(f"\ncloud APIs, list prices noted {prices.noted}; {ratio:g} prompt token(s) per output token "
+    _say(f"\ncloud APIs, list prices noted {escape(prices.noted)}; {ratio:g} prompt token(s) per output token "
                   f"({ratio_source})")
     table = Table(box=None, header_style="bold")
     for col in ("API", f"{cur}/M", "VS LOCAL", f"{cur}/MONTH", "BREAK-EVEN"):
@@ -249,7 +251,7 @@ def cost(
         else:
             months = f"{c.break_even_months:.1f} months" + ("" if c.pays_back else " (> lifetime)")
         ratio_text = f"{c.per_m / result.local_per_m:.2f}x" if result.local_per_m > 0 else "-"
-        table.add_row(f"{c.provider} {c.model}", f"{c.per_m:.3f}", ratio_text, f"{c.month:.2f}", months)
+        table.add_row(escape(f"{c.provider} {c.model}"), f"{c.per_m:.3f}", ratio_text, f"{c.month:.2f}", months)
     console.print(table)
     _say("[dim]VS LOCAL: the API's price per million over local's; break-even: months until the hardware "
                   "price is paid back by not paying the API for the same tokens, less electricity; "
@@ -302,11 +304,11 @@ def recommend(
                     "hardware": hw.to_dict(), "recommendation": rec.to_dict()})
         return
     if rec.command:
-        _say(f"[bold]{rec.command}[/bold]")
+        _say(f"[bold]{escape(rec.command)}[/bold]")
     for reason in rec.reasons:
-        _say(f"  - {reason}")
+        _say(f"  - {escape(reason)}")
     for warning in rec.warnings:
-        _say(f"[yellow]  ! {warning}[/yellow]")
+        _say(f"[yellow]  ! {escape(warning)}[/yellow]")
 
 
 # ---- lokal pull's warning --------------------------------------------------------------------
@@ -323,7 +325,7 @@ def warn_if_wont_fit(name: str, settings: Settings, hardware: Hardware | None = 
     except Exception:
         return
     for warning in warnings:
-        err_console.print(f"[bold yellow]warning:[/bold yellow] {warning}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold yellow]warning:[/bold yellow] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

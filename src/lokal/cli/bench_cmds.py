@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lokal.bench.loadgen import RequestRecord
@@ -22,7 +23,7 @@ err_console = Console(stderr=True)
 
 
 def _fail(message: str) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(1)
 
 
@@ -34,21 +35,21 @@ class ProgressEvents(BenchEvents):
         self.task = progress.add_task("starting", total=total)
 
     def failure(self, line: str) -> None:
-        self.progress.console.print(f"[red]✗[/red] {line}", highlight=False, soft_wrap=True)
+        self.progress.console.print(f"[red]✗[/red] {escape(line)}", highlight=False, soft_wrap=True)
 
     def note(self, line: str) -> None:
-        self.progress.console.print(f"[dim]{line}[/dim]", highlight=False)
+        self.progress.console.print(f"[dim]{escape(line)}[/dim]", highlight=False)
 
     def measuring(self, target: str, concurrency: int, rep: int, requests: int) -> None:
         what = f"c={concurrency} rep {rep + 1}" if concurrency else "prefix check"
-        self.progress.update(self.task, description=f"{target} · {what}")
+        self.progress.update(self.task, description=f"{escape(target)} · {what}")
 
     def record(self, rec: RequestRecord) -> None:
         self.progress.advance(self.task)
 
     def measured(self, target: str, concurrency: int, summary: dict[str, Any]) -> None:
         err = f", [red]{summary['errors']} errors[/red]" if summary["errors"] else ""
-        self.progress.console.print(f"  {target} c={concurrency}: {summary['tok_s']:.1f} tok/s, "
+        self.progress.console.print(f"  {escape(target)} c={concurrency}: {summary['tok_s']:.1f} tok/s, "
                                     f"{summary['req_s']:.2f} req/s{err}", highlight=False)
 
 
@@ -138,17 +139,17 @@ def run(
     render(doc, console)
     if json_out:
         json_out.write_text(json.dumps(doc, indent=2))
-        console.print(f"[dim]results: {json_out}[/dim]")
+        console.print(f"[dim]results: {escape(str(json_out))}[/dim]")
     if html_out or charts:
         from lokal.bench.html import write_html, write_pngs
 
         try:
             if html_out:
                 write_html(doc, html_out)
-                console.print(f"[dim]report: {html_out}[/dim]")
+                console.print(f"[dim]report: {escape(str(html_out))}[/dim]")
             if charts:
                 for path in write_pngs(doc, charts):
-                    console.print(f"[dim]chart: {path}[/dim]")
+                    console.print(f"[dim]chart: {escape(str(path))}[/dim]")
         except RuntimeError as exc:
             raise _fail(str(exc)) from None
     if doc["interrupted"]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from lokal.engine.chat_template import TemplateError
 from lokal.engine.engine import PromptTooLong
@@ -97,7 +98,7 @@ def interactive(model: LoadedModel, params: SamplingParams, console: Console, sy
         try:
             reply = answer(model, history, params, console)
         except (PromptTooLong, TemplateError, ValueError) as exc:
-            console.print(f"[bold red]error:[/bold red] {exc} (/clear starts over)", highlight=False)
+            console.print(f"[bold red]error:[/bold red] {escape(str(exc))} (/clear starts over)", highlight=False)
             reply = None
         if reply is None:
             history.pop()  # a stopped answer is not part of the conversation

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lokal.config import Settings
@@ -22,7 +23,7 @@ def _store() -> KeyStore:
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
     return typer.Exit(1)
 
 
@@ -38,7 +39,8 @@ def create(
     except KeyStoreError as exc:
         raise _fail(exc) from None
     print(key)  # alone on stdout, so that `KEY=$(lokal keys create ci)` works
-    err_console.print(f"key [bold]{name}[/bold] created; store it now, it cannot be shown again", highlight=False)
+    err_console.print(f"key [bold]{escape(name)}[/bold] created; store it now, it cannot be shown again",
+                      highlight=False)
 
 
 @keys_app.command("list")
@@ -54,7 +56,7 @@ def list_keys() -> None:
         return "default" if value is None else str(value or "unlimited")
 
     for k in keys.values():
-        table.add_row(k.name, k.prefix + "…", k.created, limit(k.rpm), limit(k.tpm))
+        table.add_row(escape(k.name), escape(k.prefix) + "…", k.created, limit(k.rpm), limit(k.tpm))
     console.print(table)
 
 
@@ -67,4 +69,4 @@ def revoke(name: Annotated[str, typer.Argument(help="the key's name")]) -> None:
     except KeyStoreError as exc:
         raise _fail(exc) from None
     left = len(store.keys())
-    console.print(f"revoked {name}" + ("" if left else "; no keys left: auth is off"))
+    console.print(f"revoked {escape(name)}" + ("" if left else "; no keys left: auth is off"))

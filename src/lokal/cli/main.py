@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lokal import __version__
@@ -56,7 +57,7 @@ def friendly(fn: F) -> F:
             return fn(*args, **kwargs)
         except _user_errors() as exc:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("[dim]interrupted[/dim]")
@@ -134,7 +135,7 @@ def pull(name: Annotated[str, typer.Argument(help="catalog name (smollm2:135m) o
         warn_if_wont_fit(name, settings)  # the same estimate as lokal advise and the web UI's badge
     with PullProgressBar(err_console, name) as bar:
         manifest = pull_model(_store(settings), name, bar)
-    console.print(f"[green]✔[/green] {manifest.name} ({_human_size(manifest.size)}) is ready")
+    console.print(f"[green]✔[/green] {escape(manifest.name)} ({_human_size(manifest.size)}) is ready")
 
 
 @app.command("list")
@@ -147,7 +148,8 @@ def list_models() -> None:
         table.add_column(col)
     for m in models:
         digest = m.digest.split(":", 1)[-1][:12]
-        table.add_row(m.name, digest, _human_size(m.size), m.facts.quantization or "?", _ago(m.modified_at))
+        quant = escape(m.facts.quantization or "?")
+        table.add_row(escape(m.name), digest, _human_size(m.size), quant, _ago(m.modified_at))
     console.print(table)
 
 
@@ -211,7 +213,7 @@ def show(
     if m.messages:
         rows.append(("messages", f"{len(m.messages)} (lokal show --modelfile lists them)"))
     for k, v in rows:
-        table.add_row(k, v)
+        table.add_row(k, escape(v))  # names, paths, system prompts: text, not markup
     console.print(table)
     console.print("[bold]chat template[/bold]")
     console.out(tpl or "(none: lokal uses a fallback for this architecture)", highlight=False)
@@ -251,7 +253,7 @@ def create(
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
-    console.print(f"[green]✔[/green] created {manifest.name}")
+    console.print(f"[green]✔[/green] created {escape(manifest.name)}")
 
 
 @app.command("cp")
@@ -262,7 +264,7 @@ def copy_model(
 ) -> None:
     """Copy a model under a new name (the weights are shared, not copied)."""
     manifest = _store(_settings()).copy(source, destination)
-    console.print(f"copied '{source}' to '{manifest.name}'")
+    console.print(f"copied '{escape(source)}' to '{escape(manifest.name)}'")
 
 
 def _server_url(settings: Settings) -> str:
@@ -330,8 +332,8 @@ def ps() -> None:
         vram = int(m.get("size_vram") or 0)
         processor = "100% CPU" if not vram else "100% GPU" if vram >= size else f"{100 - vram * 100 // size}% CPU"
         context = str(m.get("context_length") or "")
-        table.add_row(m.get("name") or m.get("model", "?"), digest, _human_size(size), processor, context,
-                      _until(m.get("expires_at")))
+        name = escape(str(m.get("name") or m.get("model", "?")))
+        table.add_row(name, digest, _human_size(size), processor, context, _until(m.get("expires_at")))
     console.print(table)
 
 
@@ -356,7 +358,7 @@ def remove(names: Annotated[list[str], typer.Argument(help="models to delete")])
     store = _store(_settings())
     for name in names:
         store.delete(name)
-        console.print(f"deleted {name}")
+        console.print(f"deleted {escape(name)}")
 
 
 @app.command("import")
@@ -369,7 +371,7 @@ def import_model(
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     manifest = _store(_settings()).import_file(path, name)
-    console.print(f"[green]✔[/green] imported {manifest.name} ({_human_size(manifest.size)})")
+    console.print(f"[green]✔[/green] imported {escape(manifest.name)} ({_human_size(manifest.size)})")
 
 
 @app.command()
@@ -455,7 +457,7 @@ def serve(
     preload = [] if no_preload else [settings.default_model]
     app_ = create_app(settings, Runtime(settings), preload=preload)
     console.print(
-        f"lokal {__version__} serving on [bold]http://{settings.host}:{settings.port}[/bold] "
+        f"lokal {__version__} serving on [bold]http://{escape(settings.host)}:{settings.port}[/bold] "
         f"(slots={settings.parallel or 'auto'}, ctx={settings.ctx_size}, threads={settings.threads})"
     )
     _warn_if_open(settings)
@@ -479,7 +481,7 @@ def _warn_if_open(settings: Settings) -> None:
         loopback = host == "localhost"
     if not loopback and not KeyStore(settings.home).enabled():
         err_console.print(
-            f"[bold red]WARNING: serving on {settings.host} with no API keys: anyone who can reach this "
+            f"[bold red]WARNING: serving on {escape(settings.host)} with no API keys: anyone who can reach this "
             "port can use every model and route. Create a key with `lokal keys create NAME`.[/bold red]",
             highlight=False,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import TracebackType
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -47,8 +48,8 @@ class PullProgressBar:
     def __call__(self, p: PullProgress) -> None:
         if p.total:
             if self._task is None:
-                self._task = self._progress.add_task(f"pulling {self._name}", total=p.total)
+                self._task = self._progress.add_task(f"pulling {escape(self._name)}", total=p.total)
             self._progress.update(self._task, total=p.total, completed=p.completed or 0)
         elif p.status != self._last_status:
-            self._progress.console.print(f"[dim]{p.status}[/dim]")
+            self._progress.console.print(f"[dim]{escape(p.status)}[/dim]")
         self._last_status = p.status
