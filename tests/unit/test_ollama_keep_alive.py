@@ -26,8 +26,16 @@ def test_anything_else_is_refused(value: object) -> None:
         parse_keep_alive(value)
 
 
-def test_settings_default_and_validation() -> None:
+def test_settings_default_and_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LOKAL_KEEP_ALIVE", raising=False)  # the default, whatever this shell exports
     assert Settings().keep_alive_s == 300
+    monkeypatch.setenv("LOKAL_KEEP_ALIVE", "1h30m")
+    assert Settings().keep_alive_s == 5400
+    assert Settings(keep_alive="10s").keep_alive_s == 10  # an explicit value wins over the environment
+    monkeypatch.setenv("LOKAL_KEEP_ALIVE", "later")
+    with pytest.raises(ValueError, match="keep_alive"):
+        Settings()
+    monkeypatch.delenv("LOKAL_KEEP_ALIVE")
     assert Settings(keep_alive="-1").keep_alive_s == math.inf
     with pytest.raises(ValueError):
         Settings(keep_alive="later")

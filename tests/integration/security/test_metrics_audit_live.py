@@ -63,8 +63,21 @@ def test_metrics_counters_and_histograms_move_after_a_streamed_chat(secured: Sec
     assert 0 <= value(after, "lokal_kv_cache_usage_ratio", model=MODEL) <= 1
     assert ("lokal_num_requests_running", frozenset({("model", MODEL)})) in after
     assert ("lokal_num_requests_waiting", frozenset({("model", MODEL)})) in after
-    assert value(after, "lokal_prefix_cache_host_bytes", model=MODEL) >= 0
-    assert ("lokal_prefix_cache_host_entries", frozenset({("model", MODEL)})) in after
+    # The prefix cache's host tier: a conversation that takes a slot holding an earlier one has that
+    # slot's cells copied to host memory first. With two slots, once two more conversations have
+    # followed the chat above, at least one earlier conversation is held there.
+    for system in ("You are a careful librarian. Answer in one short sentence.",
+                   "Speak like a cheerful pirate. Answer in one short sentence."):
+        body = {"model": MODEL, "max_tokens": 2, "temperature": 0,
+                "messages": [{"role": "system", "content": system}, {"role": "user", "content": "Name a ship."}]}
+        r = httpx.post(f"{secured.url}/v1/chat/completions", json=body, headers=headers, timeout=120)
+        assert r.status_code == 200
+    held = scrape(secured, headers)
+    entries = value(held, "lokal_prefix_cache_host_entries", model=MODEL)
+    assert entries >= 1
+    # each entry keeps at least 16 tokens' KV cells: 30 layers x 3 KV heads x (64 + 64) x 2 bytes
+    # (f16) = 23,040 bytes a token; all of them within --prefix-cache-ram's default 512 MiB
+    assert entries * 16 * 23_040 <= value(held, "lokal_prefix_cache_host_bytes", model=MODEL) <= 512 * 2**20
 
 
 def audit_until(server: SecuredServer, request_id: str, timeout: float = 10.0) -> list[dict[str, object]]:

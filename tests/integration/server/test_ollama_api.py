@@ -332,9 +332,13 @@ def test_create_from_a_model_with_system_and_parameters(own_client: ollama.Clien
     system = {"role": "system", "content": "You are a pirate. Always answer with the word Arr."}
     base = own_client.chat(model=MODEL, messages=[system, question], options={"temperature": 0, "num_predict": 6})
     assert r.message.content == base.message.content and r.prompt_eval_count == base.prompt_eval_count
+    # an unknown FROM is a missing model, 404 as for show/copy/delete (Ollama tries to pull it from
+    # its registry and answers that failure with a 500; lokal pulls only catalog and hf.co names)
     with pytest.raises(ollama.ResponseError) as e:
         own_client.create(model="broken", from_="nope:1b")
-    assert e.value.status_code in (400, 404)
+    assert e.value.status_code == 404
+    assert e.value.error.startswith('FROM nope:1b: model "nope:1b" is not in the store nor in the catalog')
+    assert "broken" not in [m.model.split(":")[0] for m in own_client.list().models]
     # clients before 0.5 sent the Modelfile's text
     url = str(own_client._client.base_url)
     old = httpx.post(url + "/api/create", timeout=60, json={

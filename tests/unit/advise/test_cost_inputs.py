@@ -97,22 +97,57 @@ def test_an_unknown_target_names_those_there_are(tmp_path: Path) -> None:
 
 
 # ---- power ----------------------------------------------------------------------------------
-def test_power_without_counters_is_a_stated_assumption(tmp_path: Path) -> None:
+def test_power_without_counters_is_a_stated_assumption(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("lokal.advise.cost._nvml_watts", lambda: None)  # whatever GPU this machine has
     power = measure_power(0.01, powercap=tmp_path / "none")
-    assert power.method in ("assumed", "nvml")
-    if power.method == "assumed":
-        assert power.watts == 65 and "assumed" in power.detail and "--watts" in power.detail
+    assert power.method == "assumed"
+    assert power.watts == 65 and "assumed" in power.detail and "--watts" in power.detail
 
 
-def test_power_from_rapl_counters(tmp_path: Path) -> None:
+class FakeClock:
+    """time for measure_power: sleeping advances the clock by `seconds` and the counters by `moves`."""
+
+    def __init__(self, moves: dict[Path, int]) -> None:
+        self.now = 1000.0
+        self.moves = moves
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        for path, microjoules in self.moves.items():
+            path.write_text(str(int(path.read_text()) + microjoules))
+
+
+def test_power_from_rapl_counters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     zone = tmp_path / "intel-rapl:0"
     zone.mkdir()
     (zone / "energy_uj").write_text("1000000")
     (zone / "max_energy_range_uj").write_text("262143328850")
     (tmp_path / "intel-rapl:0:0").mkdir()  # a sub-zone (the cores): part of the package, not added again
     (tmp_path / "intel-rapl:0:0" / "energy_uj").write_text("5")
-    power = measure_power(0.05, powercap=tmp_path)  # the counter does not move: 0 W, but measured
-    assert power.method.startswith("rapl") and power.watts >= 0
+    # over 0.5 s the package uses 25 J (25,000,000 uJ) and its cores 20 J of those
+    clock = FakeClock({zone / "energy_uj": 25_000_000, tmp_path / "intel-rapl:0:0" / "energy_uj": 20_000_000})
+    monkeypatch.setattr("lokal.advise.cost.time", clock)
+    monkeypatch.setattr("lokal.advise.cost._nvml_watts", lambda: None)
+    power = measure_power(0.5, powercap=tmp_path)
+    assert power.method == "rapl"
+    assert power.watts == 50.0  # 25 J / 0.5 s; the sub-zone's 20 J not counted again
+    assert power.detail == "CPU packages 50.0 W (RAPL over 0.5 s, whatever is running now)"
+
+
+def test_power_across_a_rapl_counter_wrap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    zone = tmp_path / "intel-rapl:0"
+    zone.mkdir()
+    (zone / "energy_uj").write_text("999000000")
+    (zone / "max_energy_range_uj").write_text("1000000000")
+    # +10 J wraps at 1000 J: the counter reads 9 J after the sleep
+    clock = FakeClock({zone / "energy_uj": 10_000_000 - 1_000_000_000})
+    monkeypatch.setattr("lokal.advise.cost.time", clock)
+    monkeypatch.setattr("lokal.advise.cost._nvml_watts", lambda: None)
+    power = measure_power(2.0, powercap=tmp_path)
+    assert (power.method, power.watts) == ("rapl", 5.0)  # 10 J / 2 s
 
 
 # ---- prices ---------------------------------------------------------------------------------
