@@ -136,7 +136,7 @@ def main() -> None:
     pull_model(store, args.model)
     path = store.gguf_path(args.model)
     probe = LlamaModel(path, ContextShape(slot_ctx=512, n_slots=1, n_batch=512, n_threads=args.threads))
-    from lokal.engine.chat_template import ChatTemplate
+    from lokal.templates.chat_template import ChatTemplate
 
     tpl = ChatTemplate.for_model(probe.chat_template(), probe.architecture, probe.bos_text, probe.eos_text)
     prompt_tokens = probe.tokenize(tpl.render([{"role": "user", "content": PROMPT}]), False, True)

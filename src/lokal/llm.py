@@ -1,4 +1,4 @@
-"""Offline batch inference on the same engine as the server, without HTTP:
+"""Offline batch inference through the same runtime as the server, without HTTP:
 
     from lokal import LLM
     results = LLM("smollm2:135m").generate(["Hi!", "What is 2+2?"], SamplingParams(max_tokens=32))
@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from typing import Any
@@ -13,9 +14,10 @@ from typing import Any
 from lokal.config import Settings
 from lokal.engine.engine import Engine
 from lokal.engine.sampling import SamplingParams
-from lokal.engine.scheduler import QueueFull
 from lokal.engine.sequence import FinishReason, Timings, Usage
-from lokal.runtime.loaded_model import LoadedModel
+from lokal.runtime.events import Caller, Finished, finished
+from lokal.runtime.keep_alive import FOREVER
+from lokal.runtime.request import GenerateRequest
 from lokal.runtime.runtime import Runtime
 from lokal.store.pull import pull_model
 
@@ -31,16 +33,15 @@ class Generation:
 
 
 class LLM:
-    """A model loaded in this process; `generate` batches all prompts through one engine.
-
-    The engine is stepped on the caller's thread (no engine thread is started)."""
+    """A model loaded in this process; ``generate`` sends all prompts to its engine at once, so
+    they are decoded together (continuous batching), and returns when all are done."""
 
     def __init__(self, model: str = "smollm2:135m", settings: Settings | None = None, **overrides: Any) -> None:
         self.settings = settings or Settings(**overrides)
-        runtime = Runtime(self.settings)
-        pull_model(runtime.store, model)
-        self._loaded: LoadedModel = runtime.load_sync(model, start_thread=False)
-        self.engine: Engine = self._loaded.engine
+        self.runtime = Runtime(self.settings)
+        pull_model(self.runtime.store, model)
+        self.model = model
+        self.engine: Engine = asyncio.run(self.runtime.model(model, keep_alive=FOREVER)).engine
 
     def generate(
         self,
@@ -49,40 +50,38 @@ class LLM:
         chat: bool = True,
     ) -> list[Generation]:
         """Results in the order of prompts. A prompt is a user message (chat=True), a list of
-        chat messages, or raw completion text (chat=False)."""
-        params = params or self._loaded.sampling()
-        seqs = []
-        for p in prompts:
-            if isinstance(p, list):
-                tokens = self._loaded.chat_prompt(p)
-            elif chat:
-                tokens = self._loaded.chat_prompt([{"role": "user", "content": p}])
-            else:
-                tokens = self._loaded.text_prompt(p)
-            seqs.append(self.engine.new_sequence(tokens, params))
-        texts: dict[int, list[str]] = {s.id: [] for s in seqs}
-        results: dict[int, Generation] = {}
-        pending = list(seqs)
-        while pending or self.engine.has_work():
-            # Feed the queue no faster than it drains, so max_queue never refuses our own prompts.
-            while pending:
-                try:
-                    self.engine.enqueue(pending[0])
-                except QueueFull:
-                    break
-                pending.pop(0)
-            for seq, delta in self.engine.step():
-                texts[seq.id].append(delta.text)
-                if delta.finish_reason is not None:
-                    if delta.finish_reason is FinishReason.ERROR:
-                        raise RuntimeError(delta.error or "generation failed")
-                    assert delta.usage is not None and delta.timings is not None
-                    results[seq.id] = Generation("".join(texts[seq.id]), delta.finish_reason, delta.usage,
-                                                 delta.timings)
-        return [results[s.id] for s in seqs]
+        chat messages, or raw completion text (chat=False). ``params`` replace the model's
+        defaults (its Modelfile parameters) entirely; None keeps them."""
+        requests = [self._request(p, params, chat) for p in prompts]
+        return asyncio.run(self._generate_all(requests))
+
+    def _request(self, prompt: str | list[dict[str, Any]], params: SamplingParams | None, chat: bool
+                 ) -> GenerateRequest:
+        options = params.model_dump(exclude={"grammar"}) if params is not None else {}
+        shape: dict[str, Any]
+        if isinstance(prompt, list):
+            shape = {"messages": prompt}
+        elif chat:
+            shape = {"messages": [{"role": "user", "content": prompt}]}
+        else:
+            shape = {"prompt": prompt}
+        return GenerateRequest(model=self.model, **shape, options=options,
+                               grammar=params.grammar if params is not None else None,
+                               keep_alive=FOREVER, caller=Caller("python"))
+
+    async def _generate_all(self, requests: list[GenerateRequest]) -> list[Generation]:
+        # No more in flight than the engine queues, so max_queue never refuses our own prompts.
+        room = asyncio.Semaphore(max(1, self.settings.max_queue))
+
+        async def one(req: GenerateRequest) -> Generation:
+            async with room:
+                done: Finished = await finished(await self.runtime.generate(req))
+            return Generation(done.text, done.reason, done.usage, done.timings)
+
+        return list(await asyncio.gather(*(one(r) for r in requests)))
 
     def close(self) -> None:
-        self._loaded.close()
+        asyncio.run(self.runtime.close())
 
     def __enter__(self) -> LLM:
         return self

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lokal.runtime.sizing import KV_TYPE_BYTES, kv_bytes_per_token
 from lokal.store.gguf_facts import ArraySummary, GgufFacts
 
 if TYPE_CHECKING:
@@ -75,6 +74,28 @@ CATALOG_SHAPES: dict[str, dict[str, Any]] = {
                            "embedding_length": 896, "context_length": 32768, "n_vocab": 151936,
                            "weights_bytes": 485_400_000, "quantization": "Q4_K_M", "parameter_count": 494_032_768},
 }
+
+
+F16_BYTES = 2
+# Bytes per cached K/V element for the KV cache types llama.cpp offers (q8_0: 34-byte blocks of
+# 32 values, q4_0: 18-byte blocks of 32).
+KV_TYPE_BYTES: dict[str, float] = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+
+
+def kv_bytes_per_token(facts: GgufFacts, kv_type: str = "f16") -> int | None:
+    """K and V for every layer: layers x kv_heads x (key_length + value_length) x bytes per element
+    of ``kv_type`` (f16 by default, as lokal runs). Head sizes default to embedding_length /
+    head_count unless the GGUF states them (Gemma)."""
+    if not (facts.block_count and facts.head_count and facts.embedding_length):
+        return None
+    default = facts.embedding_length // facts.head_count
+    arch = facts.architecture or ""
+    k = facts.metadata.get(f"{arch}.attention.key_length", default)
+    v = facts.metadata.get(f"{arch}.attention.value_length", default)
+    if not isinstance(k, int) or not isinstance(v, int):
+        return None
+    kv_heads = facts.head_count_kv or facts.head_count
+    return int(facts.block_count * kv_heads * (k + v) * KV_TYPE_BYTES[kv_type])
 
 
 class EstimateError(ValueError):

@@ -1,4 +1,5 @@
-"""`lokal run`: stream an answer to the terminal, or chat interactively, without a server."""
+"""`lokal run`: stream an answer to the terminal, or chat interactively, without a server: a
+client of the runtime in this process."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from lokal.engine.chat_template import TemplateError
-from lokal.engine.engine import PromptTooLong
 from lokal.engine.grammar import SchemaError, json_object_grammar, schema_grammar
-from lokal.engine.sampling import SamplingParams
 from lokal.engine.sequence import FinishReason
-from lokal.runtime.loaded_model import LoadedModel
+from lokal.runtime.errors import LokalError
+from lokal.runtime.events import Caller, Delta, Failed, Finished
+from lokal.runtime.keep_alive import FOREVER
+from lokal.runtime.request import GenerateRequest
+from lokal.runtime.runtime import Runtime
 
 BYE = {"/bye", "/exit", "/quit"}
 HELP = "Type a message. /bye leaves, /clear forgets the conversation, Ctrl-C stops an answer."
@@ -44,34 +46,55 @@ def output_grammar(fmt: str | None, schema_file: Path | None) -> str | None:
         raise ValueError(f"--schema {schema_file}: {exc}") from exc
 
 
-async def _stream_answer(model: LoadedModel, prompt: list[int], params: SamplingParams, console: Console) -> str:
-    parts: list[str] = []
-    async for delta in model.submit(prompt, params):
-        if delta.text:
-            parts.append(delta.text)
-            console.out(delta.text, end="", highlight=False)
-        if delta.finish_reason is FinishReason.ERROR:
-            raise RuntimeError(delta.error or "generation failed")
-        if delta.finish_reason is FinishReason.LENGTH and params.grammar is not None:
-            # stderr, so that stdout stays the answer alone (what a script pipes into a JSON parser)
-            print("\nwarning: the answer reached the token limit before the JSON was complete "
-                  "(raise --max-tokens)", file=sys.stderr)
-    return "".join(parts)
+class ChatSession:
+    """``lokal run``'s client of the runtime: one model kept loaded, the user's options and output
+    grammar, each answer one ``GenerateRequest`` streamed to the terminal."""
+
+    def __init__(self, runtime: Runtime, model: str, options: dict[str, Any], grammar: str | None) -> None:
+        self.runtime = runtime
+        self.model = model
+        self.options = options
+        self.grammar = grammar
+
+    def load(self) -> None:
+        asyncio.run(self.runtime.model(self.model, keep_alive=FOREVER))
+
+    def close(self) -> None:
+        asyncio.run(self.runtime.close())
+
+    async def _stream(self, messages: list[dict[str, Any]], console: Console) -> str:
+        stream = await self.runtime.generate(GenerateRequest(
+            model=self.model, messages=messages, options=self.options, grammar=self.grammar, keep_alive=FOREVER,
+            caller=Caller("cli"),
+        ))
+        parts: list[str] = []
+        try:
+            async for event in stream:
+                if isinstance(event, Delta):
+                    parts.append(event.text)
+                    console.out(event.text, end="", highlight=False)
+                elif isinstance(event, Failed):
+                    raise event.error
+                elif isinstance(event, Finished) and event.reason is FinishReason.LENGTH and self.grammar:
+                    # stderr, so that stdout stays the answer alone (what a script pipes into a JSON parser)
+                    print("\nwarning: the answer reached the token limit before the JSON was complete "
+                          "(raise --max-tokens)", file=sys.stderr)
+        finally:
+            await stream.aclose()
+        return "".join(parts)
+
+    def answer(self, messages: list[dict[str, Any]], console: Console) -> str | None:
+        """Stream one answer; Ctrl-C stops it and returns None (the program goes on)."""
+        try:
+            text = asyncio.run(self._stream(messages, console))
+        except KeyboardInterrupt:
+            console.print("\n[dim]stopped[/dim]")
+            return None
+        console.out("")
+        return text
 
 
-def answer(model: LoadedModel, messages: list[dict[str, Any]], params: SamplingParams, console: Console) -> str | None:
-    """Stream one answer; Ctrl-C stops it and returns None (the program goes on)."""
-    try:
-        prompt = model.chat_prompt(messages)
-        text = asyncio.run(_stream_answer(model, prompt, params, console))
-    except KeyboardInterrupt:
-        console.print("\n[dim]stopped[/dim]")
-        return None
-    console.out("")
-    return text
-
-
-def interactive(model: LoadedModel, params: SamplingParams, console: Console, system: str | None) -> None:
+def interactive(session: ChatSession, console: Console, system: str | None) -> None:
     """A chat that keeps its history until /bye, Ctrl-D or Ctrl-C at the prompt."""
     console.print(f"[dim]{HELP}[/dim]")
     base: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
@@ -96,8 +119,8 @@ def interactive(model: LoadedModel, params: SamplingParams, console: Console, sy
             continue
         history.append({"role": "user", "content": line})
         try:
-            reply = answer(model, history, params, console)
-        except (PromptTooLong, TemplateError, ValueError) as exc:
+            reply = session.answer(history, console)
+        except LokalError as exc:
             console.print(f"[bold red]error:[/bold red] {escape(str(exc))} (/clear starts over)", highlight=False)
             reply = None
         if reply is None:

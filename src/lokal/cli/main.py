@@ -37,14 +37,14 @@ class UserError(Exception):
 def _user_errors() -> tuple[type[BaseException], ...]:
     from pydantic import ValidationError
 
-    from lokal.engine.chat_template import TemplateError
-    from lokal.engine.engine import PromptTooLong
     from lokal.engine.llama_model import ModelLoadError
+    from lokal.runtime.errors import LokalError
     from lokal.store.errors import StoreError
     from lokal.store.modelfile import ModelfileError
+    from lokal.templates.chat_template import TemplateError
 
     return (
-        UserError, StoreError, ModelfileError, ModelLoadError, TemplateError, PromptTooLong, ValidationError, OSError
+        UserError, LokalError, StoreError, ModelfileError, ModelLoadError, TemplateError, ValidationError, OSError
     )
 
 
@@ -391,30 +391,32 @@ def run(
     ] = None,
 ) -> None:
     """Chat with a model in the terminal (no server needed; pulls the model if missing)."""
-    from lokal.cli.chat import answer, interactive, output_grammar
+    from lokal.cli.chat import ChatSession, interactive, output_grammar
+    from lokal.options import OptionError, from_openai
     from lokal.runtime.runtime import Runtime
 
     try:
         grammar = output_grammar(format, schema)
-    except ValueError as exc:
-        raise UserError(str(exc)) from exc
+        options = from_openai({"temperature": temperature, "max_tokens": max_tokens, "seed": seed})
+    except (ValueError, OptionError) as exc:
+        raise UserError(str(exc).replace("max_tokens:", "--max-tokens:")) from exc
     settings = _settings(ctx_size=ctx_size, threads=threads, parallel=1, prefix_cache=True)
     _ensure_pulled(settings, model)
-    loaded = Runtime(settings).load_sync(model)
+    session = ChatSession(Runtime(settings), model, options, grammar)
     try:
-        params = loaded.sampling(temperature=temperature, max_tokens=max_tokens, seed=seed, grammar=grammar)
+        session.load()
         if prompt is None and not sys.stdin.isatty():
             prompt = sys.stdin.read()
         if prompt is not None:
             messages = ([{"role": "system", "content": system}] if system else []) + [
                 {"role": "user", "content": prompt}
             ]
-            if answer(loaded, messages, params, console) is None:
+            if session.answer(messages, console) is None:
                 raise typer.Exit(130)
         else:
-            interactive(loaded, params, console, system)
+            interactive(session, console, system)
     finally:
-        loaded.close()
+        session.close()
 
 
 @app.command()
@@ -445,8 +447,8 @@ def serve(
 ) -> None:
     """Serve the OpenAI-compatible API (and /docs) on one port."""
 
+    from lokal.app import create_app
     from lokal.runtime.runtime import Runtime
-    from lokal.server.app import create_app
 
     settings = _settings(
         host=host, port=port, parallel=parallel, ctx_size=ctx_size, threads=threads, max_queue=max_queue,
@@ -463,7 +465,7 @@ def serve(
     _warn_if_open(settings)
     # SIGTERM/SIGINT: stop accepting, let running requests finish for up to LOKAL_SHUTDOWN_GRACE;
     # a second signal exits at once
-    from lokal.server.security.lifecycle import serve as serve_until_signalled
+    from lokal.server.lifecycle import serve as serve_until_signalled
 
     serve_until_signalled(app_, settings)
 

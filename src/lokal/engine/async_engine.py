@@ -3,41 +3,65 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import weakref
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 
 from lokal.engine.engine import Engine, EngineStats
 from lokal.engine.sampling import SamplingParams
 from lokal.engine.sequence import Delta, FinishReason, Sequence
 
+log = logging.getLogger(__name__)
+
 _Inbox = tuple[asyncio.AbstractEventLoop, "asyncio.Queue[Delta]"]
+JOIN_TIMEOUT_S = 30.0  # how long close() waits for the thread before leaving the freeing to it
 
 
 class EngineStopped(RuntimeError):
     """The engine was shut down while a request was waiting for it."""
 
 
+@dataclass(frozen=True)
+class Submission:
+    """A queued request: its stream of deltas (the last carries finish_reason) and how many
+    requests were waiting ahead of it."""
+
+    deltas: AsyncGenerator[Delta, None]
+    position: int
+
+
 class AsyncEngine:
     """The engine thread: steps while there is work, sleeps when there is none.
 
     ctypes releases the GIL inside llama_decode, so the event loop keeps serving HTTP while
-    the thread computes. Each step's deltas reach asyncio in one call_soon_threadsafe per loop."""
+    the thread computes. Each step's deltas reach asyncio in one call_soon_threadsafe per loop.
+
+    llama.cpp's state is freed exactly once, and never while the thread may still use it: by
+    ``close`` once the thread has stopped, or by the thread itself as it leaves when ``close``
+    gave up waiting (a step that outlasts the join, such as a long prefill on a slow machine)."""
 
     def __init__(self, engine: Engine, name: str = "engine") -> None:
         self.engine = engine
         self._wake = threading.Event()
         self._stopping = False
+        self._free_lock = threading.Lock()
+        self._free_on_exit = False  # close() timed out: the thread frees the model as it leaves
+        self._exited = False
+        self._freed = False
         self._inboxes: dict[int, _Inbox] = {}
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
-        """Queue one request and return its stream of deltas; the last carries finish_reason.
+    def submit(self, prompt: list[int], params: SamplingParams) -> Submission:
+        """Queue one request.
 
         Raises PromptTooLong, QueueFull or ValueError at once, before any delta. Closing the
-        stream early (a client that disconnects) aborts the sequence, which frees its slot and
-        KV cells at the next step. Call from the event loop that will consume the stream."""
+        stream early (a client that disconnects), or dropping it unread, aborts the sequence,
+        which frees its slot and KV cells at the next step. Call from the event loop that will
+        consume the stream."""
         if self._stopping:
             raise EngineStopped("the engine is shutting down")
         loop = asyncio.get_running_loop()
@@ -45,14 +69,17 @@ class AsyncEngine:
         seq = self.engine.new_sequence(prompt, params)
         self._inboxes[seq.id] = (loop, queue)  # before enqueue: its first delta may come at once
         try:
-            self.engine.enqueue(seq)
+            position = self.engine.enqueue(seq)
         except BaseException:
             self._inboxes.pop(seq.id, None)
             raise
         self._wake.set()
-        return self._stream(seq, queue)
+        stream = self._stream(seq, queue)
+        # A stream never iterated has no frame to run its finally: abort it when it is collected.
+        weakref.finalize(stream, self._abandon, seq.id)
+        return Submission(stream, position)
 
-    async def _stream(self, seq: Sequence, queue: asyncio.Queue[Delta]) -> AsyncIterator[Delta]:
+    async def _stream(self, seq: Sequence, queue: asyncio.Queue[Delta]) -> AsyncGenerator[Delta, None]:
         finished = False
         try:
             while True:
@@ -67,18 +94,34 @@ class AsyncEngine:
                 self.engine.abort(seq.id)
                 self._wake.set()
 
+    def _abandon(self, seq_id: int) -> None:
+        if self._inboxes.pop(seq_id, None) is not None:
+            self.engine.abort(seq_id)
+            self._wake.set()
+
     def stats(self) -> EngineStats:
         return self.engine.stats()
 
+    @property
+    def running(self) -> bool:
+        """Whether the engine thread is still alive."""
+        return self._thread.is_alive()
+
     def _run(self) -> None:
         engine = self.engine
-        while not self._stopping:
-            if not engine.has_work():
-                self._wake.wait(0.5)
-                self._wake.clear()
-                continue
-            self._deliver(engine.step())
-        self._fail_all()
+        try:
+            while not self._stopping:
+                if not engine.has_work():
+                    self._wake.wait(0.5)
+                    self._wake.clear()
+                    continue
+                self._deliver(engine.step())
+            self._fail_all()
+        finally:
+            with self._free_lock:
+                self._exited = True
+                if self._free_on_exit:
+                    self._free()
 
     def _deliver(self, outputs: list[tuple[Sequence, Delta]]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Delta], Delta]]]
@@ -101,12 +144,25 @@ class AsyncEngine:
             except RuntimeError:
                 pass
 
-    def close(self) -> None:
-        """Stop the thread and free llama.cpp's memory."""
+    def _free(self) -> None:
+        if not self._freed:
+            self._freed = True
+            self.engine.model.close()
+
+    def close(self, join_timeout_s: float = JOIN_TIMEOUT_S) -> bool:
+        """Stop the thread and free llama.cpp's memory. True if freed now; False if the thread is
+        still in a step after ``join_timeout_s`` and will free it when that step ends."""
         self._stopping = True
         self._wake.set()
-        self._thread.join(timeout=30)
-        self.engine.model.close()
+        self._thread.join(timeout=join_timeout_s)
+        with self._free_lock:
+            if not self._exited:
+                log.warning("engine thread %s still busy after %g s: it frees the model when its step ends",
+                            self._thread.name, join_timeout_s)
+                self._free_on_exit = True
+                return False
+            self._free()
+            return True
 
 
 def _put_all(items: list[tuple[asyncio.Queue[Delta], Delta]]) -> None:

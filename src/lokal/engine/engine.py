@@ -106,12 +106,15 @@ class Engine:
             self.model.check_grammar(params.grammar)  # GrammarError (a ValueError) if llama.cpp refuses it
         return Sequence(prompt=prompt, params=params, max_context=n_ctx)
 
-    def enqueue(self, seq: Sequence) -> None:
-        """Hand a sequence to the engine thread (QueueFull when too many already wait)."""
+    def enqueue(self, seq: Sequence) -> int:
+        """Hand a sequence to the engine thread (QueueFull when too many already wait). Returns
+        how many sequences were waiting ahead of it."""
         with self._lock:
+            ahead = len(self._inbox) + len(self.scheduler.waiting)
             if self.scheduler.queued_beyond_slots(len(self._inbox) + 1) > self.scheduler.max_queue:
-                raise QueueFull(len(self._inbox) + len(self.scheduler.waiting))
+                raise QueueFull(ahead)
             self._inbox.append(seq)
+            return ahead
 
     def abort(self, seq_id: int) -> None:
         """Stop a sequence; its slot and KV cells are freed at the start of the next step."""
@@ -128,6 +131,7 @@ class Engine:
         self._drain_inbox(out)
         for admission in self.scheduler.admit():
             self._start(admission)
+            out.append((admission.seq, Delta(started=True, usage=admission.seq.usage())))
         plan = self.scheduler.schedule()
         if not plan:
             return out

@@ -251,6 +251,10 @@ class LlamaModel:
     def new_sampler(self, params: SamplingParams, recent: list[int]) -> SamplerChain:
         return SamplerChain(self, params, recent)
 
+    @property
+    def closed(self) -> bool:
+        return self._ctx is None
+
     def close(self) -> None:
         if self._ctx:
             C.llama_batch_free(self._batch)

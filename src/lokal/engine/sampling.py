@@ -1,11 +1,17 @@
-"""Per-request sampling parameters, validated at the API edge and turned into a llama.cpp chain."""
+"""Per-request sampling parameters, turned into a llama.cpp chain. Names, types and ranges come
+from ``lokal.options`` (the one vocabulary of generation options); the defaults are OpenAI's."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-MAX_STOP_STRINGS = 16
-MAX_STOP_LENGTH = 256
+from lokal.options import BY_NAME, OptionError, check
+
+
+def _bounds(name: str) -> dict[str, Any]:
+    return dict(BY_NAME[name].bounds())
 
 
 class SamplingParams(BaseModel):
@@ -13,53 +19,30 @@ class SamplingParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_tokens: int | None = Field(default=None, ge=1, description="None: until the context fills")
-    temperature: float = Field(default=0.8, ge=0.0, le=100.0)
-    top_k: int = Field(default=40, ge=0, le=1_000_000)
-    top_p: float = Field(default=0.95, ge=0.0, le=1.0)
-    min_p: float = Field(default=0.05, ge=0.0, le=1.0)
-    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
-    repeat_penalty: float = Field(default=1.0, ge=0.0, le=100.0)
-    repeat_last_n: int = Field(default=64, ge=-1, le=1_000_000)
-    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    max_tokens: int | None = Field(default=None, description="None: until the context fills", **_bounds("max_tokens"))
+    temperature: float = Field(default=0.8, **_bounds("temperature"))
+    top_k: int = Field(default=40, **_bounds("top_k"))
+    top_p: float = Field(default=0.95, **_bounds("top_p"))
+    min_p: float = Field(default=0.05, **_bounds("min_p"))
+    seed: int | None = Field(default=None, **_bounds("seed"))
+    repeat_penalty: float = Field(default=1.0, **_bounds("repeat_penalty"))
+    repeat_last_n: int = Field(default=64, **_bounds("repeat_last_n"))
+    presence_penalty: float = Field(default=0.0, **_bounds("presence_penalty"))
+    frequency_penalty: float = Field(default=0.0, **_bounds("frequency_penalty"))
     logit_bias: dict[int, float] = Field(default_factory=dict)
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     grammar: str | None = Field(default=None, description="GBNF (root rule 'root') the output must match")
 
-    @field_validator("stop", mode="before")
+    @field_validator("stop", "logit_bias", mode="before")
     @classmethod
-    def _stop_list(cls, value: object) -> object:
+    def _vocabulary(cls, value: object, info: Any) -> object:
         if value is None:
-            return ()
-        if isinstance(value, str):
-            value = (value,)
-        return value
-
-    @field_validator("stop")
-    @classmethod
-    def _stop_bounds(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if len(value) > MAX_STOP_STRINGS:
-            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings are allowed")
-        for s in value:
-            if not s:
-                raise ValueError("stop strings must not be empty")
-            if len(s) > MAX_STOP_LENGTH:
-                raise ValueError(f"stop strings must be at most {MAX_STOP_LENGTH} characters")
-        return value
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _bias_bounds(cls, value: dict[int, float]) -> dict[int, float]:
-        if len(value) > 1024:
-            raise ValueError("logit_bias may hold at most 1024 entries")
-        for token, bias in value.items():
-            if token < 0:
-                raise ValueError(f"logit_bias token id {token} is negative")
-            if not -100.0 <= bias <= 100.0:
-                raise ValueError(f"logit_bias value {bias} is outside [-100, 100]")
-        return value
+            return () if info.field_name == "stop" else {}
+        try:
+            return check(BY_NAME[info.field_name], value)
+        except OptionError as exc:
+            raise ValueError(exc.reason) from None
 
     @property
     def greedy(self) -> bool:

@@ -55,6 +55,7 @@ class Delta:
     usage: Usage | None = None
     timings: Timings | None = None
     error: str | None = None
+    started: bool = False  # the sequence has just taken a slot (no text, no token)
 
 
 DeltaSink = Callable[[Delta], None]

@@ -2,35 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lokal.engine.async_engine import AsyncEngine
-from lokal.engine.chat_template import ChatTemplate
 from lokal.engine.embedder import Embedder, EmbedResult
 from lokal.engine.engine import Engine
 from lokal.engine.llama_model import ContextShape, LlamaModel
 from lokal.engine.sampling import SamplingParams
-from lokal.engine.sequence import Delta
+from lokal.options import SAMPLING_NAMES, from_ollama
+from lokal.store.create import prepare_template
 from lokal.store.manifest import Manifest
-
-# Sampling fields a manifest's parameters (Modelfile PARAMETER) may set as defaults.
-_PARAM_ALIASES = {
-    "num_predict": "max_tokens",
-    "repeat_last_n": "repeat_last_n",
-    "repeat_penalty": "repeat_penalty",
-    "temperature": "temperature",
-    "top_k": "top_k",
-    "top_p": "top_p",
-    "min_p": "min_p",
-    "seed": "seed",
-    "presence_penalty": "presence_penalty",
-    "frequency_penalty": "frequency_penalty",
-    "stop": "stop",
-    "max_tokens": "max_tokens",
-}
+from lokal.templates.chat_template import ChatTemplate
 
 
 @dataclass
@@ -45,6 +30,7 @@ class LoadedModel:
     template: ChatTemplate
     defaults: dict[str, Any] = field(default_factory=dict)
     embedder: Embedder | None = None  # its llama.cpp context is made on the first embed
+    memory_bytes: int | None = None  # lokal's estimate, made once (Runtime.memory_bytes)
 
     @classmethod
     def load(cls, name: str, manifest: Manifest, path: Path, shape: ContextShape,
@@ -57,33 +43,54 @@ class LoadedModel:
         engine = Engine(model, max_queue=max_queue, prefix_cache=prefix_cache,
                         host_prefix_bytes=prefix_cache_ram_mib * 2**20)
         runner = AsyncEngine(engine, name=f"engine:{name}") if start_thread else None
-        defaults = {
-            _PARAM_ALIASES[k]: v for k, v in (manifest.parameters or {}).items() if k in _PARAM_ALIASES
-        }
-        if isinstance(defaults.get("max_tokens"), int) and defaults["max_tokens"] <= 0:
-            del defaults["max_tokens"]  # Modelfile num_predict -1/-2/0: no limit, as in Ollama's runner
+        # Modelfile parameters, as canonical options (num_predict -1: no limit, as in Ollama's runner)
+        defaults = {k: v for k, v in from_ollama(manifest.parameters or {}, prefix="parameters.").items()
+                    if v is not None}
         return cls(name, manifest, model, engine, runner, template, defaults, Embedder(model))
+
+    @property
+    def embedding_length(self) -> int:
+        return self.embedder.n_embd if self.embedder is not None else 0
 
     @property
     def context_length(self) -> int:
         return self.model.shape.slot_ctx
 
-    def sampling(self, **request: Any) -> SamplingParams:
-        """Request values over the model's defaults over lokal's; None means 'not given'."""
-        merged = dict(self.defaults)
-        merged.update({k: v for k, v in request.items() if v is not None})
-        if merged.get("max_tokens") is not None and merged["max_tokens"] < 0:
-            merged["max_tokens"] = None  # Ollama's num_predict -1: no limit
-        return SamplingParams(**merged)
+    def options(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Canonical options: the request's over the model's defaults; None means 'not given'."""
+        return {**self.defaults, **{k: v for k, v in request.items() if v is not None}}
 
-    def chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
-        """Render messages through the chat template and tokenize (special tokens parsed)."""
+    def sampling(self, options: dict[str, Any] | None = None, grammar: str | None = None) -> SamplingParams:
+        """The sampler's settings for canonical options (the model's defaults under them, lokal's
+        under those). Raises pydantic's ValidationError for a value out of range."""
+        merged = self.options(options or {})
+        fields = {k: v for k, v in merged.items() if k in SAMPLING_NAMES}
+        return SamplingParams(**fields, grammar=grammar)
+
+    def with_system(self, messages: list[dict[str, Any]], turns: bool = True) -> list[dict[str, Any]]:
+        """The model's system prompt first unless the chat has one, then (``turns``) its Modelfile
+        MESSAGE turns, before the chat."""
         if self.manifest.system and not any(m.get("role") == "system" for m in messages):
             messages = [{"role": "system", "content": self.manifest.system}, *messages]
-        if self.manifest.messages:  # Modelfile MESSAGE turns: after the system message, before the chat
+        if turns and self.manifest.messages:
             lead = 1 if messages and messages[0].get("role") == "system" else 0
             messages = [*messages[:lead], *self.manifest.messages, *messages[lead:]]
-        text = self.template.render(messages, add_generation_prompt=True, tools=tools)
+        return messages
+
+    def chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                    template: str | None = None) -> list[int]:
+        """Render messages through the chat template (or a request's own, Jinja or Go) and
+        tokenize. Raises TemplateError, or ModelfileError for a template that cannot be used."""
+        if template is None:
+            text = self.template.render(self.with_system(messages), add_generation_prompt=True, tools=tools)
+        else:
+            own = ChatTemplate(prepare_template(template), self.model.bos_text, self.model.eos_text)
+            text = own.render(self.with_system(messages, turns=False), add_generation_prompt=True)
+        return self.formatted_prompt(text)
+
+    def formatted_prompt(self, text: str) -> list[int]:
+        """Tokenize text already in the model's format: special tokens parsed, BOS added if the
+        model wants one and the text does not start with it."""
         add_bos = self.model.add_bos and not (self.model.bos_text and text.startswith(self.model.bos_text))
         return self.model.tokenize(text, add_special=add_bos, parse_special=True)
 
@@ -91,11 +98,9 @@ class LoadedModel:
         """Tokenize a raw completion prompt (BOS added if the model wants one)."""
         return self.model.tokenize(text, add_special=True, parse_special=False)
 
-    def submit(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
-        """Queue a request (errors raise here, at once) and return its delta stream."""
-        if self.runner is None:
-            raise RuntimeError("this model is stepped by its owner; it has no engine thread")
-        return self.runner.submit(prompt, params)
+    def plain_tokens(self, text: str) -> list[int]:
+        """Tokens of generated text (no BOS, no special-token parsing)."""
+        return self.model.tokenize(text, add_special=False, parse_special=False) if text else []
 
     def embed(self, texts: Sequence[str | Sequence[int]], truncate: bool = True,
               normalize: bool = True) -> EmbedResult:

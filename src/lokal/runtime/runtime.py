@@ -7,25 +7,51 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections import OrderedDict
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import psutil
 
 from lokal.config import Settings
-from lokal.engine.llama_model import ContextShape
+from lokal.engine.async_engine import EngineStopped, Submission
+from lokal.engine.embedder import EmbedResult, InputTooLong
+from lokal.engine.engine import EngineStats, PromptTooLong
+from lokal.engine.llama_model import ContextShape, ModelLoadError
+from lokal.engine.sampling import SamplingParams
+from lokal.engine.scheduler import QueueFull
+from lokal.runtime import errors
+from lokal.runtime.events import Event, GenerationRecord, Queued, Subscriber
 from lokal.runtime.keep_alive import FOREVER
 from lokal.runtime.loaded_model import LoadedModel
-from lokal.runtime.sizing import auto_parallel, kv_bytes_per_token
+from lokal.runtime.pipeline import events, prepare
+from lokal.runtime.request import GenerateRequest
+from lokal.runtime.sizing import auto_parallel, model_memory_bytes
+from lokal.store import errors as store_errors
 from lokal.store.gguf_facts import GgufFacts
+from lokal.store.manifest import Manifest
 from lokal.store.model_store import ModelStore
 from lokal.store.names import parse_model_name
 
 log = logging.getLogger(__name__)
 
+RETRY_AFTER_S = 1
 REAP_INTERVAL_S = 0.25  # how often idle models are checked against their keep_alive
 _FOREVER_SPAN = timedelta(days=365 * 290)  # what "never expires" reads as (Ollama: now + max duration)
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """A loaded model as the monitor, /metrics, /api/ps and /health show it."""
+
+    name: str
+    memory_bytes: int  # lokal's estimate: weights, KV cache of every slot, compute, overhead
+    context_length: int  # per slot
+    expires_at: datetime
+    engine: EngineStats
+    loaded: LoadedModel
 
 
 @dataclass
@@ -81,6 +107,139 @@ class Runtime:
         self._residency: dict[str, Residency] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._holds: dict[str, int] = {}
+        self._subscribers: list[Subscriber] = []
+        self._embedding_turn: asyncio.Lock | None = None
+
+    # ---- the service ---------------------------------------------------------------------------
+    def subscribe(self, subscriber: Subscriber) -> None:
+        """Call ``subscriber(record, event)`` for every event of every generation (on the event
+        loop; it must not block, and its errors are logged, never raised into the request)."""
+        self._subscribers.append(subscriber)
+
+    def _publish(self, record: GenerationRecord, event: Event) -> None:
+        for subscriber in self._subscribers:
+            try:
+                subscriber(record, event)
+            except Exception:  # observing a request must never break serving it
+                log.exception("generation subscriber %r failed", subscriber)
+
+    async def generate(self, req: GenerateRequest) -> AsyncGenerator[Event, None]:
+        """Start one generation and return its events (``Queued`` first, ``Finished`` or ``Failed``
+        last). Everything that can be refused is refused here, before any event, as a LokalError:
+        an unknown model, a bad option, template or prompt, a prompt too long, a full queue.
+        Closing the stream (or dropping it) cancels the generation and frees its slot."""
+        arrived = time.perf_counter()
+        loaded = await self.model(req.model, req.keep_alive)
+        load_s = time.perf_counter() - arrived
+        hold = self.hold(loaded.name)
+        try:
+            prepared = prepare(loaded, req, self.settings)
+            submission = self._submit(loaded, prepared.prompt, prepared.params)
+        except BaseException:
+            await hold.release()
+            raise
+        record = GenerationRecord(model=loaded.name, caller=req.caller, arrived=arrived,
+                                  prompt_tokens=len(prepared.prompt))
+        queued = Queued(position=submission.position, load_s=load_s)
+        stream = _first(queued, events(loaded, req, prepared.prompt, submission.deltas, record,
+                                       self.settings.request_timeout, self._publish, hold.release))
+        self._publish(record, queued)
+        # A stream dropped before it is read has no frame to run its finally: release the hold then.
+        weakref.finalize(stream, hold.drop)
+        return stream
+
+    @staticmethod
+    def _submit(loaded: LoadedModel, prompt: list[int], params: SamplingParams) -> Submission:
+        if loaded.runner is None:
+            raise RuntimeError("this model is stepped by its owner; it has no engine thread")
+        try:
+            return loaded.runner.submit(prompt, params)
+        except PromptTooLong as exc:
+            raise errors.ContextLengthExceeded(str(exc), param="messages") from exc
+        except QueueFull as exc:
+            raise errors.ServerBusy(str(exc), retry_after_s=RETRY_AFTER_S) from exc
+        except EngineStopped as exc:
+            raise errors.ServerBusy(str(exc), retry_after_s=RETRY_AFTER_S) from exc
+        except ValueError as exc:  # a token id outside the vocabulary, a grammar llama.cpp refuses
+            raise errors.InvalidRequest(str(exc)) from exc
+
+    async def embed(self, model: str, inputs: Sequence[str | Sequence[int]], *, truncate: bool = True,
+                    normalize: bool = True, keep_alive: float | None = None, dimensions: int | None = None,
+                    param: str = "input") -> tuple[EmbedResult, int, float]:
+        """Pooled embeddings of texts or token lists: (result, the model's dimensions, seconds spent
+        loading it). ``dimensions``: the size the caller needs (InvalidRequest if the model's
+        differs). An empty list only loads the model (Ollama's way to preload one). One
+        embedding runs at a time; the others wait on the event loop, not in a worker thread."""
+        started = time.perf_counter()
+        loaded = await self.model(model, keep_alive)
+        load_s = time.perf_counter() - started
+        if dimensions is not None and dimensions != loaded.embedding_length:
+            raise errors.InvalidRequest(f"model `{model}` produces {loaded.embedding_length}-dimensional embeddings; "
+                                        f"dimensions={dimensions} is not supported", param="dimensions")
+        hold = self.hold(loaded.name)
+        try:
+            if self._embedding_turn is None:
+                self._embedding_turn = asyncio.Lock()
+            async with self._embedding_turn:
+                result = await asyncio.to_thread(loaded.embed, inputs, truncate, normalize)
+        except InputTooLong as exc:
+            raise errors.ContextLengthExceeded(str(exc), param=param) from exc
+        except ValueError as exc:
+            raise errors.InvalidRequest(str(exc), param=param) from exc
+        except RuntimeError as exc:
+            raise errors.GenerationFailed(f"embedding failed: {exc}") from exc
+        finally:
+            await hold.release()
+        return result, loaded.embedding_length, load_s
+
+    async def tokenize(self, model: str, text: str, *, special: bool = True, keep_alive: float | None = None
+                       ) -> list[int]:
+        """Token ids of text with the model's tokenizer (``special``: BOS added if the model
+        wants one, special-token text parsed)."""
+        loaded = await self.model(model, keep_alive)
+        if special:
+            return loaded.formatted_prompt(text)
+        return loaded.plain_tokens(text)
+
+    async def detokenize(self, model: str, tokens: list[int], keep_alive: float | None = None) -> str:
+        """Text of token ids (InvalidRequest for an id outside the vocabulary)."""
+        loaded = await self.model(model, keep_alive)
+        bad = next((t for t in tokens if not loaded.model.valid_token(t)), None)
+        if bad is not None:
+            raise errors.InvalidRequest(f"token id {bad} is outside the vocabulary", param="tokens")
+        return b"".join(loaded.model.piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def status(self) -> list[ModelStatus]:
+        """Every loaded model with its memory figure, engine state and keep_alive expiry."""
+        return [
+            ModelStatus(m.name, self.memory_bytes(m), m.context_length, self.expires_at(m), m.engine.stats(), m)
+            for m in self.loaded()
+        ]
+
+    async def model(self, name: str, keep_alive: float | None = None) -> LoadedModel:
+        """``get``, with the store's and llama.cpp's failures as LokalErrors."""
+        try:
+            return await self.get(name, keep_alive)
+        except store_errors.InvalidModelName as exc:
+            raise errors.InvalidModelName(str(exc), param="model") from exc
+        except store_errors.ModelNotFound as exc:
+            raise errors.ModelNotFound(name, str(exc)) from exc
+        except (store_errors.StoreError, ModelLoadError) as exc:
+            raise errors.ModelLoadFailed(f"could not load model `{name}`: {exc}") from exc
+
+    @staticmethod
+    def canonical_name(name: str) -> str:
+        """The name a model is known by once loaded (``smollm2:135m`` for ``SmolLM2:135M``)."""
+        return str(parse_model_name(name))
+
+    def check_name(self, name: str) -> str:
+        """The stored model's canonical name, or InvalidModelName / ModelNotFound."""
+        try:
+            return self.store.get(name).name
+        except store_errors.InvalidModelName as exc:
+            raise errors.InvalidModelName(str(exc), param="model") from exc
+        except store_errors.ModelNotFound as exc:
+            raise errors.ModelNotFound(name, str(exc)) from exc
 
     def shape(self, facts: GgufFacts) -> ContextShape:
         """The KV layout for a model: ``--parallel`` slots, or as many as memory allows (0)."""
@@ -145,12 +304,20 @@ class Runtime:
             return datetime.now(UTC) + _FOREVER_SPAN
         return residency.expires_at(busy=self._in_use(loaded.name, loaded))
 
-    @staticmethod
-    def memory_bytes(loaded: LoadedModel) -> int:
-        """Weights plus the KV cache of every slot (f16 estimate from the GGUF facts)."""
-        shape = loaded.model.shape
-        per_token = kv_bytes_per_token(loaded.manifest.facts) or 0
-        return loaded.manifest.size + per_token * shape.slot_ctx * shape.n_slots
+    def memory_bytes(self, loaded: LoadedModel) -> int:
+        """lokal's one memory figure for a loaded model (the same estimate ``lokal advise``
+        makes for its shape: weights, KV cache of every slot, compute, overhead)."""
+        if loaded.memory_bytes is None:  # reads the GGUF's header once per load
+            loaded.memory_bytes = model_memory_bytes(loaded.manifest, loaded.model.shape, self.store.home)
+        return loaded.memory_bytes
+
+    def planned_memory_bytes(self, manifest: Manifest) -> int:
+        """The memory figure of a stored model as this runtime would load it (its slots and
+        context): the loaded model's own figure when it is loaded, so every page shows one number."""
+        loaded = self._loaded.get(manifest.name)
+        if loaded is not None:
+            return self.memory_bytes(loaded)
+        return model_memory_bytes(manifest, self.shape(manifest.facts), self.store.home)
 
     def hold(self, name: str) -> ModelHold:
         """Claim a loaded model for one request (call right after get, with no await between)."""
@@ -230,3 +397,13 @@ class Runtime:
                 await self._reaper
         for key in list(self._loaded):
             await self.unload(key)
+
+
+async def _first(event: Event, rest: AsyncGenerator[Event, None]) -> AsyncGenerator[Event, None]:
+    """``event``, then ``rest``; closing it closes ``rest``."""
+    try:
+        yield event
+        async for e in rest:
+            yield e
+    finally:
+        await rest.aclose()

@@ -3,7 +3,6 @@ for OpenAI's ``POST /v1/embeddings`` and Ollama's ``POST /api/embed`` and ``POST
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import math
 import struct
@@ -14,10 +13,9 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from lokal.engine.embedder import InputTooLong, l2_normalize
-from lokal.runtime.runtime import Runtime
+from lokal.engine.embedder import l2_normalize
 from lokal.server.errors import APIError
-from lokal.server.generation import load_model
+from lokal.server.generation import get_runtime
 from lokal.server.ollama.generate import keep_alive_seconds
 
 router = APIRouter()
@@ -41,39 +39,14 @@ class Embeddings:
 async def compute_embeddings(request: Request, model: str, inputs: list[EmbedInput], *, truncate: bool = True,
                              normalize: bool = True, keep_alive: float | None = None,
                              exact_dimensions: int | None = None, param: str = "input") -> Embeddings:
-    """Resolve the model (loading it if needed) and embed the inputs off the event loop. An empty
-    list still loads the model (Ollama's way to preload one) and yields no vectors."""
-    runtime: Runtime = request.app.state.runtime
+    """Embed the inputs through the runtime. An empty list still loads the model (Ollama's way to
+    preload one) and yields no vectors."""
+    runtime = get_runtime(request)
     started = time.monotonic()
-    loaded = await load_model(runtime, model, keep_alive)
-    hold = runtime.hold(loaded.name)  # not unloaded (keep_alive, room for another) until released
-    load_s = time.monotonic() - started
-    try:
-        dimensions = loaded.embedder.n_embd if loaded.embedder is not None else 0
-        if exact_dimensions is not None and exact_dimensions != dimensions:
-            raise APIError(400, f"model `{model}` produces {dimensions}-dimensional embeddings; "
-                           f"dimensions={exact_dimensions} is not supported", param="dimensions")
-        async with _embedding_turn(request):
-            result = await asyncio.to_thread(loaded.embed, inputs, truncate, normalize)
-    except InputTooLong as exc:
-        raise APIError(400, str(exc), param=param, code="context_length_exceeded") from exc
-    except ValueError as exc:
-        raise APIError(400, str(exc), param=param) from exc
-    except RuntimeError as exc:
-        raise APIError(500, f"embedding failed: {exc}", type="server_error") from exc
-    finally:
-        await hold.release()
+    result, dimensions, load_s = await runtime.embed(model, inputs, truncate=truncate, normalize=normalize,
+                                                     keep_alive=keep_alive, dimensions=exact_dimensions,
+                                                     param=param)
     return Embeddings(result.vectors, result.prompt_tokens, dimensions, load_s, time.monotonic() - started)
-
-
-def _embedding_turn(request: Request) -> asyncio.Lock:
-    """One embedding at a time per server: the others wait here, on the event loop, rather than
-    each holding a worker thread (which model loads and unloads need too) while it waits."""
-    state = request.app.state
-    lock: asyncio.Lock | None = getattr(state, "embedding_lock", None)
-    if lock is None:
-        lock = state.embedding_lock = asyncio.Lock()
-    return lock
 
 
 class _Request(BaseModel):

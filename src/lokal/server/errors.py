@@ -9,6 +9,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from lokal.runtime import errors
+
+OLLAMA_BUSY = "server busy, please try again.  maximum pending requests exceeded"  # Ollama's words
+
 
 class APIError(Exception):
     """An error a client caused or must handle, with its HTTP status."""
@@ -40,6 +44,26 @@ class APIError(Exception):
 
     def body_for(self, request: Request) -> dict[str, object]:
         return self.ollama_body() if is_ollama_path(request.url.path) else self.openai_body()
+
+
+def ollama_not_found(name: str) -> str:
+    return f'model "{name}" not found, try pulling it first'
+
+
+def api_error(exc: errors.LokalError) -> APIError:
+    """The one mapping from the runtime's errors to HTTP statuses and each API's wording."""
+    if isinstance(exc, errors.InvalidRequest):
+        return APIError(400, exc.message, param=exc.param, code=exc.code)
+    if isinstance(exc, errors.ModelNotFound):
+        return APIError(404, exc.message, param="model", code=exc.code, ollama_message=ollama_not_found(exc.name))
+    if isinstance(exc, errors.ServerBusy):
+        return APIError(503, exc.message, type="server_error", code=exc.code,
+                        headers={"Retry-After": str(exc.retry_after_s)}, ollama_message=OLLAMA_BUSY)
+    if isinstance(exc, errors.RequestTimedOut):
+        return APIError(504, exc.message, type="timeout", code=exc.code)
+    if isinstance(exc, errors.ClientDisconnected):
+        return APIError(499, exc.message, type="client_disconnected")
+    return APIError(500, exc.message, type="server_error", code=exc.code)
 
 
 def is_ollama_path(path: str) -> bool:
@@ -75,6 +99,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
         return JSONResponse(exc.body_for(request), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(errors.LokalError)
+    async def _lokal_error(request: Request, exc: errors.LokalError) -> JSONResponse:
+        err = api_error(exc)
+        return JSONResponse(err.body_for(request), status_code=err.status, headers=err.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

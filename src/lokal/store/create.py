@@ -9,7 +9,6 @@ from pathlib import Path
 from lokal.store.catalog import find_catalog_entry
 from lokal.store.errors import InvalidModelName, ModelNotFound
 from lokal.store.gguf_facts import GgufFacts, read_gguf_facts
-from lokal.store.go_template import SUPPORTED, GoTemplateError, go_to_jinja, looks_like_go_template
 from lokal.store.manifest import Manifest, utc_now
 from lokal.store.model_store import ModelStore
 from lokal.store.modelfile import MESSAGE_ROLES, Modelfile, ModelfileError, parse_parameter
@@ -17,6 +16,7 @@ from lokal.store.names import parse_model_name
 from lokal.store.progress import ProgressCallback, PullProgress, ignore_progress
 from lokal.store.pull import pull_model
 from lokal.store.sources.hf import is_hf_name
+from lokal.templates.go_template import SUPPORTED, GoTemplateError, go_to_jinja, looks_like_go_template
 
 _DIGEST = re.compile(r"sha256[:-]([0-9a-f]{64})")
 _SAMPLE_CONVERSATION = [
@@ -94,7 +94,7 @@ def prepare_template(template: str) -> str:
     """``template`` as the Jinja chat template lokal stores: an Ollama Go template is translated,
     and the result must render a sample conversation. Raises :class:`ModelfileError`."""
     # The chat template code is plain Jinja in a sandbox; the store only uses it to validate.
-    from lokal.engine.chat_template import ChatTemplate, TemplateError
+    from lokal.templates.chat_template import ChatTemplate, TemplateError
 
     jinja = template
     if looks_like_go_template(template):

@@ -8,36 +8,20 @@ instructions and every value are bounded, and each error names the line it is ab
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from lokal.options import BY_OLLAMA, MAX_STOP_STRINGS, OptionError, check_ollama
 
 if TYPE_CHECKING:
     from lokal.store.manifest import Manifest
 
 MAX_MODELFILE_CHARS = 1024 * 1024
 MAX_INSTRUCTIONS = 4096
-MAX_STOP_STRINGS = 64
 MESSAGE_ROLES = ("system", "user", "assistant")
 
-# Ollama's options (api.Options) by type; lokal's sampler honours some, the others are kept so
-# that Modelfiles written for Ollama still create.
-_INT_PARAMETERS = {
-    "num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "num_keep", "seed", "num_predict",
-    "top_k", "repeat_last_n", "mirostat",
-}
-_FLOAT_PARAMETERS = {
-    "temperature", "top_p", "min_p", "typical_p", "repeat_penalty", "presence_penalty",
-    "frequency_penalty", "mirostat_tau", "mirostat_eta", "tfs_z",
-}
-_BOOL_PARAMETERS = {"use_mmap", "use_mlock", "numa", "penalize_newline", "low_vram", "f16_kv", "vocab_only"}
-_LIST_PARAMETERS = {"stop"}
-PARAMETER_NAMES = frozenset(_INT_PARAMETERS | _FLOAT_PARAMETERS | _BOOL_PARAMETERS | _LIST_PARAMETERS)
-
 _INSTRUCTIONS = ("from", "parameter", "system", "template", "message", "license", "adapter")
-_TRUE = {"1", "t", "true"}
-_FALSE = {"0", "f", "false"}
 _WORD = re.compile(r"\S+")
 
 
@@ -58,38 +42,21 @@ class ModelfileError(ValueError):
 
 
 def parse_parameter(name: str, value: Any) -> Any:
-    """``value`` (text, or already typed from JSON) as the type Ollama gives option ``name``.
+    """``value`` (text, or already typed from JSON) as the type Ollama gives option ``name``,
+    within the range lokal states for it (``lokal.options``), so that a model never stores a value
+    every request would then be refused for.
 
-    Raises :class:`ModelfileError` for an unknown name or a value of the wrong type. ``stop``
-    values come back as a list of strings.
+    Raises :class:`ModelfileError` for an unknown name or a bad value. ``stop`` values come back
+    as a list of strings.
     """
     key = name.lower()
-    if key not in PARAMETER_NAMES:
+    option = BY_OLLAMA.get(key)
+    if option is None:
         raise ModelfileError(f'unknown parameter "{name[:64]}"')
-    if key in _LIST_PARAMETERS:
-        values = value if isinstance(value, list) else [value]
-        if not all(isinstance(v, str) and v for v in values):
-            raise ModelfileError(f"parameter {key} takes non-empty strings")
-        return list(values)
-    text = str(value).strip() if not isinstance(value, bool) else ("true" if value else "false")
     try:
-        if key in _BOOL_PARAMETERS:
-            if text.lower() in _TRUE:
-                return True
-            if text.lower() in _FALSE:
-                return False
-            raise ValueError
-        if key in _INT_PARAMETERS:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(float(text)) if isinstance(value, float) else int(text)
-        number = float(text)
-        if not math.isfinite(number):
-            raise ValueError
-        return number
-    except ValueError:
-        kind = "true or false" if key in _BOOL_PARAMETERS else "an integer" if key in _INT_PARAMETERS else "a number"
-        raise ModelfileError(f'parameter {key} must be {kind}, not "{text[:64]}"') from None
+        return check_ollama(option, value, key)[0]
+    except OptionError as e:
+        raise ModelfileError(f"parameter {key} {e.reason}") from None
 
 
 def parse_modelfile(text: str) -> Modelfile:

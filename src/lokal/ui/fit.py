@@ -1,17 +1,15 @@
 """The models page's fits / tight / won't-fit badge for this machine: the same judgement as
-``lokal advise`` and ``lokal pull`` (``lokal.advise.memory.fit_for``)."""
+``lokal advise`` and ``lokal pull`` (``lokal.advise.memory.classify``) on the runtime's memory
+figure for the model (the same number the monitor, /api/ps and /metrics show)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from lokal.advise.memory import fit_for
-from lokal.store.manifest import Manifest
+from lokal.advise.memory import classify
 
 
-def fit_badge(manifest: Manifest, ctx_size: int, available_bytes: int, home: Path | None = None) -> dict[str, Any]:
-    """``{"fit": "fits"|"tight"|"wont_fit", "needed_bytes", "available_bytes"}`` for one slot of
-    ``ctx_size`` tokens. With ``home`` (the store) the weights are read from the GGUF's tensors."""
-    fit = fit_for(manifest, ctx_size, available_bytes, home=home)
-    return {"fit": fit.fit, "needed_bytes": fit.needed_bytes, "available_bytes": available_bytes}
+def fit_badge(needed_bytes: int, available_bytes: int) -> dict[str, Any]:
+    """``{"fit": "fits"|"tight"|"wont_fit", "needed_bytes", "available_bytes"}``."""
+    return {"fit": classify(needed_bytes, available_bytes), "needed_bytes": needed_bytes,
+            "available_bytes": available_bytes}

@@ -73,11 +73,11 @@ def throughput_history(records: list[dict[str, Any]], now: float, seconds: int =
 def snapshot(runtime: Runtime, log: RequestLog) -> dict[str, Any]:
     """Everything the monitor page shows, at this moment."""
     models = []
-    for loaded in runtime.loaded():
-        s = loaded.engine.stats()
+    for m in runtime.status():
+        s = m.engine
         models.append({
-            "name": loaded.name,
-            "memory_bytes": runtime.memory_bytes(loaded),
+            "name": m.name,
+            "memory_bytes": m.memory_bytes,
             "running": s.running,
             "waiting": s.waiting,
             "slots": s.slots,
@@ -89,7 +89,7 @@ def snapshot(runtime: Runtime, log: RequestLog) -> dict[str, Any]:
             "generated_tokens": s.generated_tokens,
             "prompt_tokens": s.prompt_tokens,
             "recent_ttft_s": list(s.recent_ttft_s),
-            "expires_at": runtime.expires_at(loaded).isoformat(),
+            "expires_at": m.expires_at.isoformat(),
         })
     now = time.time()
     recent = log.recent(limit=100)

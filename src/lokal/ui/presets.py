@@ -6,10 +6,10 @@ import json
 import time
 from typing import Any
 
+from lokal.options import BY_NAME, UI_KEYS, OptionError, check
 from lokal.ui.database import UiDatabase
 
-# Keys are the UI's parameter names (OpenAI request fields plus ``num_ctx``).
-PARAMETERS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "max_tokens", "seed", "num_ctx")
+PARAMETERS = UI_KEYS  # the UI's parameter names: lokal.options' canonical names
 
 BUILTIN_PRESETS: dict[str, dict[str, Any]] = {
     "precise": {"temperature": 0.2, "top_p": 0.9, "top_k": 20, "min_p": 0.05, "repeat_penalty": 1.1},
@@ -43,6 +43,10 @@ class PresetStore:
         unknown = sorted(set(params) - set(PARAMETERS))
         if unknown:
             raise PresetError(f"unknown parameters: {', '.join(unknown)}")
+        try:
+            params = {k: check(BY_NAME[k], v) for k, v in params.items()}
+        except OptionError as exc:
+            raise PresetError(str(exc)) from None
         with self.db.transaction() as conn:
             conn.execute(
                 "INSERT INTO presets (name, params, created_at) VALUES (?, ?, ?)"

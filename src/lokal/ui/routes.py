@@ -236,6 +236,7 @@ async def models(request: Request) -> dict[str, Any]:
     settings: Settings = request.app.state.settings
     manifests = await asyncio.to_thread(runtime.store.list)
     available = psutil.virtual_memory().available
+    needed = await asyncio.to_thread(lambda: {m.name: runtime.planned_memory_bytes(m) for m in manifests})
     out = []
     for m in sorted(manifests, key=lambda m: m.name):
         f = m.facts
@@ -247,7 +248,7 @@ async def models(request: Request) -> dict[str, Any]:
             "parameter_count": f.parameter_count,
             "context_length": f.context_length,
             "loaded": runtime.is_loaded(m.name),
-            **fit_badge(m, settings.ctx_size, available),
+            **fit_badge(needed[m.name], available),
         })
     return {"models": out, "default_model": settings.default_model, "ctx_size": settings.ctx_size}
 

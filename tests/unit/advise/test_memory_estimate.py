@@ -117,6 +117,7 @@ def test_fit_for_judges_a_manifest_as_the_web_ui_does(tiny_gguf) -> None:  # typ
                         source=f"file:{path}")
     fit = fit_for(manifest, 256, 10**9)
     assert fit.fit == "fits" and fit.needed_bytes == fit.estimate.total
-    badge = fit_badge(manifest, 256, 10**9)
+    badge = fit_badge(fit.needed_bytes, 10**9)
     assert badge == {"fit": "fits", "needed_bytes": fit.needed_bytes, "available_bytes": 10**9}
+    assert fit_badge(fit.needed_bytes, fit.needed_bytes - 1)["fit"] == "wont_fit"
     assert fit_for(manifest, 256, fit.needed_bytes - 1).fit == "wont_fit"

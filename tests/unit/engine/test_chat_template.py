@@ -2,7 +2,7 @@
 
 import pytest
 
-from lokal.engine.chat_template import CHATML_TEMPLATE, ChatTemplate, TemplateError
+from lokal.templates.chat_template import CHATML_TEMPLATE, ChatTemplate, TemplateError
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lokal.engine.chat_template import MAX_RENDER_S, ChatTemplate, TemplateError
 from lokal.store.gguf_facts import read_gguf_facts
+from lokal.templates.chat_template import MAX_RENDER_S, ChatTemplate, TemplateError
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

@@ -11,13 +11,12 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from lokal import __version__
+from lokal.app import create_app
 from lokal.config import Settings
 from lokal.engine.sampling import SamplingParams
-from lokal.server.app import create_app
-from lokal.server.errors import APIError
-from lokal.server.generation import within_limits
+from lokal.runtime.errors import ContextLengthExceeded
+from lokal.runtime.pipeline import within_limits
 from lokal.server.security.keys import KeyStore
-from lokal.server.security.tracking import RequestLimits
 
 CHAT = {"model": "nope:latest", "messages": [{"role": "user", "content": "secret prompt"}]}
 
@@ -163,14 +162,13 @@ def test_audit_log_has_the_prompt_when_enabled(tmp_path: Path, make_client: Call
 
 
 def test_per_request_limits_cap_max_tokens_and_refuse_long_prompts() -> None:
-    limits = RequestLimits(max_tokens=100, max_prompt_tokens=10)
+    limits = Settings(max_tokens_limit=100, max_prompt_tokens=10)
     assert within_limits(limits, [1] * 5, SamplingParams()).max_tokens == 100
     assert within_limits(limits, [1] * 5, SamplingParams(max_tokens=50)).max_tokens == 50
     assert within_limits(limits, [1] * 5, SamplingParams(max_tokens=10**9)).max_tokens == 100
-    with pytest.raises(APIError, match="prompt is 11 tokens") as exc:
+    with pytest.raises(ContextLengthExceeded, match="prompt is 11 tokens"):
         within_limits(limits, [1] * 11, SamplingParams())
-    assert exc.value.status == 400
-    assert within_limits(RequestLimits(), [1] * 10_000, SamplingParams()).max_tokens is None
+    assert within_limits(Settings(), [1] * 10_000, SamplingParams()).max_tokens is None
 
 
 def test_request_ids_are_echoed_or_made_and_reach_the_audit_log(tmp_path: Path,

@@ -201,7 +201,7 @@ def test_a_jinja_template_is_stored_as_is(store: ModelStore, base: Manifest) -> 
 
 
 def test_a_go_template_is_stored_translated_to_jinja(store: ModelStore, base: Manifest) -> None:
-    from lokal.engine.chat_template import ChatTemplate
+    from lokal.templates.chat_template import ChatTemplate
 
     made = create_model(store, "t", Modelfile(from_="base", template="{{ .System }}|{{ .Prompt }}|{{ .Response }}"))
     assert made.template is not None and "{%" in made.template

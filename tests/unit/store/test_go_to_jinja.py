@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lokal.engine.chat_template import ChatTemplate
-from lokal.store.go_template import GoTemplateError, go_to_jinja, looks_like_go_template
+from lokal.templates.chat_template import ChatTemplate
+from lokal.templates.go_template import GoTemplateError, go_to_jinja, looks_like_go_template
 
 CONVERSATION = [
     {"role": "system", "content": "Be brief."},

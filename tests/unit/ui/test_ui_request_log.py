@@ -1,70 +1,40 @@
-"""The monitor's request log: TTFT and tokens/s read off OpenAI SSE and Ollama NDJSON responses."""
+"""The monitor's request log: one record per generation, from the runtime's events."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-from typing import Any
-
-from starlette.types import Message, Receive, Scope, Send
-
+from lokal.engine.sequence import FinishReason, Timings, Usage
+from lokal.runtime.errors import RequestTimedOut
+from lokal.runtime.events import Caller, Delta, Failed, Finished, FirstToken, GenerationRecord, Queued
 from lokal.ui.monitor import throughput_history
-from lokal.ui.request_log import RequestLog, RequestLogMiddleware, RequestRecord
+from lokal.ui.request_log import RequestLog
 
 
-def run(app_chunks: list[bytes], path: str, body: dict[str, Any], delay: float = 0.01) -> RequestLog:
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await receive()
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        for chunk in app_chunks:
-            await asyncio.sleep(delay)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
-
-    log = RequestLog(capacity=3)
-    middleware = RequestLogMiddleware(app, log)
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    scope = {"type": "http", "method": "POST", "path": path}
-    asyncio.run(middleware(scope, receive, send))
-    assert b"".join(m.get("body", b"") for m in sent) == b"".join(app_chunks)  # passed through unchanged
-    return log
+def finished(record: GenerationRecord) -> Finished:
+    usage = Usage(record.prompt_tokens, record.completion_tokens)
+    return Finished(FinishReason.STOP, usage, Timings(0.0, record.ttft_s, 1.0, None), "x", "x")
 
 
-def sse(obj: dict[str, Any]) -> bytes:
-    return f"data: {json.dumps(obj)}\n\n".encode()
+def test_a_generation_is_recorded_once_when_it_ends_with_the_records_figures() -> None:
+    log = RequestLog()
+    record = GenerationRecord(model="m:1", caller=Caller("/v1/chat/completions"), prompt_tokens=7)
+    for event in (Queued(0, 0.0), FirstToken(0.2), Delta("Hel", (1,)), Delta("lo", (2,))):
+        log.observe(record, event)
+    assert log.recent() == []  # nothing until it ends
+    record.ttft_s, record.completion_tokens, record.duration_s, record.outcome = 0.2, 5, 1.2, "stop"
+    log.observe(record, finished(record))
+    [row] = log.recent()
+    assert (row["path"], row["model"], row["status"]) == ("/v1/chat/completions", "m:1", "stop")
+    assert (row["ttft_s"], row["prompt_tokens"], row["completion_tokens"], row["duration_s"]) == (0.2, 7, 5, 1.2)
+    assert row["tokens_per_second"] == 4 / 1.0  # tokens after the first over the time after it
 
 
-def test_openai_stream_counts_tokens_and_times_the_first_one() -> None:
-    chunks = [sse({"choices": [{"delta": {"role": "assistant", "content": ""}}]})]
-    chunks += [sse({"choices": [{"delta": {"content": w}}]}) for w in ["Hel", "lo", " there"]]
-    chunks += [sse({"choices": [], "usage": {"completion_tokens": 4}}), b"data: [DONE]\n\n"]
-    [record] = run(chunks, "/v1/chat/completions", {"model": "m:1"}).recent()
-    assert record["model"] == "m:1" and record["status"] == 200 and record["completion_tokens"] == 4
-    assert 0.015 < record["ttft_s"] < record["duration_s"]  # the empty role chunk is not a token
-    assert record["tokens_per_second"] > 0
-
-
-def test_ollama_ndjson_uses_eval_count_and_eval_duration_split_across_chunks() -> None:
-    lines = [json.dumps({"message": {"content": "Hi"}, "done": False}),
-             json.dumps({"done": True, "eval_count": 10, "eval_duration": 500_000_000})]
-    blob = ("\n".join(lines) + "\n").encode()
-    [record] = run([blob[:7], blob[7:30], blob[30:]], "/api/chat", {"model": "m:2"}).recent()
-    assert record["completion_tokens"] == 10 and record["tokens_per_second"] == 20.0
-
-
-def test_other_paths_are_not_recorded_and_the_log_is_bounded() -> None:
-    assert run([b"{}"], "/api/tags", {}).recent() == []
+def test_a_failed_generation_is_recorded_with_its_outcome_and_the_log_is_bounded() -> None:
     log = RequestLog(capacity=2)
     for i in range(3):
-        log.add(RequestRecord("/v1/completions", f"m{i}", 200, float(i), 1.0, 0.1, 5, 5.0))
+        record = GenerationRecord(model=f"m{i}", caller=Caller("cli"), outcome="timeout", duration_s=2.0)
+        log.observe(record, Failed(RequestTimedOut("request timed out")))
     assert [r["model"] for r in log.recent()] == ["m1", "m2"] and log.total == 3
+    assert {r["status"] for r in log.recent()} == {"timeout"}
 
 
 def test_throughput_history_spreads_tokens_over_the_generation_time() -> None:

@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 
 from lokal.runtime.runtime import Runtime
 from lokal.server.errors import APIError
-from lokal.server.ollama.generate import get_runtime
+from lokal.server.generation import get_runtime
 from lokal.server.ollama.ndjson import ndjson_response
 from lokal.server.ollama.progress import as_status_lines, last_status, run_in_thread_with_progress
 from lokal.server.ollama.schemas import CreateRequest

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Response
 from lokal import __version__
 from lokal.runtime.runtime import Runtime
 from lokal.server.errors import APIError
-from lokal.server.ollama.generate import get_runtime
+from lokal.server.generation import get_runtime
 from lokal.server.ollama.schemas import (
     CopyRequest,
     DeleteRequest,
@@ -84,11 +84,12 @@ async def tags(runtime: Runtime = Depends(get_runtime)) -> TagsResponse:
 @router.get("/ps", response_model=PsResponse)
 async def ps(runtime: Runtime = Depends(get_runtime)) -> PsResponse:
     running = []
-    for loaded in runtime.loaded():
+    for status in runtime.status():
+        loaded = status.loaded
         m = loaded.manifest
         running.append(RunningModel(
-            name=loaded.name, model=loaded.name, size=runtime.memory_bytes(loaded), digest=short_digest(m.digest),
-            details=details(m), expires_at=rfc3339(runtime.expires_at(loaded)), size_vram=0,
+            name=loaded.name, model=loaded.name, size=status.memory_bytes, digest=short_digest(m.digest),
+            details=details(m), expires_at=rfc3339(status.expires_at), size_vram=0,
             context_length=loaded.context_length,
         ))
     return PsResponse(models=running)

@@ -5,50 +5,38 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from lokal.engine.sequence import Delta, FinishReason, Usage
+from lokal.engine.sequence import Usage
+from lokal.options import OptionError, from_openai
+from lokal.runtime.errors import InvalidRequest
+from lokal.runtime.events import Delta, Event, Failed, Finished
+from lokal.runtime.request import GenerateRequest, ToolUse
 from lokal.runtime.runtime import Runtime
-from lokal.server.errors import APIError
-from lokal.server.generation import (
-    build_prompt,
-    checked_sampling,
-    collect,
-    load_model,
-    openai_finish_reason,
-    submit,
+from lokal.runtime.tools import (
+    argument_fragments,
+    call_message,
+    chosen_tools,
+    parse_tools,
+    response_format_grammar,
 )
+from lokal.server.errors import APIError, api_error
+from lokal.server.generation import caller, collect, get_runtime, openai_finish_reason, option_error
 from lokal.server.openai.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     ModelCard,
     ModelList,
     PromptTokensDetails,
+    SamplingFields,
     UsageBody,
-)
-from lokal.server.tools import (
-    CallSniffer,
-    argument_fragments,
-    call_grammar,
-    call_message,
-    chosen_tools,
-    conversation,
-    has_native_tools,
-    parse_calls,
-    parse_tools,
-    response_format_grammar,
-    stop_after_call,
 )
 
 router = APIRouter(prefix="/v1", tags=["openai"])
-
-
-def get_runtime(request: Request) -> Runtime:
-    return request.app.state.runtime  # type: ignore[no-any-return]
 
 
 def usage_body(usage: Usage) -> dict[str, Any]:
@@ -110,6 +98,13 @@ def _unsupported(req: ChatCompletionRequest) -> None:
         raise APIError(400, "logprobs are not supported yet", param="logprobs")
 
 
+def _options(req: SamplingFields) -> dict[str, Any]:
+    try:
+        return from_openai(req.sampling_fields())
+    except OptionError as exc:
+        raise option_error(exc) from None
+
+
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
     req: ChatCompletionRequest, request: Request, runtime: Runtime = Depends(get_runtime)
@@ -119,49 +114,39 @@ async def chat_completions(
     tools = parse_tools(req.tools) if req.tools else []
     offered, forced = chosen_tools(tools, req.tool_choice) if tools else ([], False)
     grammar = response_format_grammar(req.response_format)
-    if forced:
-        if grammar is not None:
-            raise APIError(400, "response_format cannot be combined with a required or named tool_choice",
-                           param="response_format")
-        grammar = call_grammar(offered)
-    loaded = await load_model(runtime, req.model)
-    fields = req.sampling_kwargs()
-    fields["max_tokens"] = req.max_completion_tokens or req.max_tokens
-    params = checked_sampling(loaded, **fields, grammar=grammar)
-    native = has_native_tools(loaded.template.source)
-    if not forced:
-        params = stop_after_call(params, offered, native)
-    rendered = tools if req.tool_choice != "none" else []
-    convo = conversation(messages, rendered, native)
-    prompt = build_prompt(lambda: loaded.chat_prompt(convo, [t.spec() for t in rendered] if native and rendered
-                                                     else None))
-    stream = submit(loaded, prompt, params)
+    if forced and grammar is not None:
+        raise InvalidRequest("response_format cannot be combined with a required or named tool_choice",
+                             param="response_format")
+    shown = tools if req.tool_choice != "none" else []
+    stream = await runtime.generate(GenerateRequest(
+        model=req.model, messages=messages,
+        options=_options(req),
+        grammar=grammar, tools=ToolUse(tuple(shown), tuple(offered), forced), caller=caller(request),
+    ))
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-    head = {"id": rid, "created": created, "model": loaded.name, "system_fingerprint": "lokal"}
-    sniffer = CallSniffer(offered, forced) if offered else None
+    head = {"id": rid, "created": created, "model": runtime.canonical_name(req.model), "system_fingerprint": "lokal"}
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return _sse_response(_chat_chunks(stream, head, include_usage, sniffer))
+        return _sse_response(_chat_chunks(stream, head, include_usage))
     done = await collect(stream, request)
-    message: dict[str, Any] = {"role": "assistant", "content": done.text}
-    finish = openai_finish_reason(done.finish_reason)
-    if sniffer is not None and done.finish_reason is not FinishReason.LENGTH:
-        content, calls = parse_calls(done.text, offered)
-        if calls:
-            message = {"role": "assistant", "content": content or None,
-                       "tool_calls": [c.openai() for c in calls]}
-            finish = "tool_calls"
+    message: dict[str, Any] = {"role": "assistant", "content": done.content}
+    if done.tool_calls:
+        message = {"role": "assistant", "content": done.content or None,
+                   "tool_calls": [c.openai() for c in done.tool_calls]}
     return {
         **head,
         "object": "chat.completion",
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": openai_finish_reason(done)}],
         "usage": usage_body(done.usage),
     }
 
 
-async def _chat_chunks(
-    stream: AsyncIterator[Delta], head: dict[str, Any], include_usage: bool, sniffer: CallSniffer | None = None
-) -> AsyncIterator[bytes]:
+def _error_chunk(event: Failed) -> bytes:
+    return sse(api_error(event.error).openai_body())
+
+
+async def _chat_chunks(stream: AsyncGenerator[Event, None], head: dict[str, Any], include_usage: bool
+                       ) -> AsyncIterator[bytes]:
     base = {**head, "object": "chat.completion.chunk"}
 
     def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
@@ -169,33 +154,27 @@ async def _chat_chunks(
         return sse({**base, "choices": [choice], **({"usage": None} if include_usage else {})})
 
     yield chunk({"role": "assistant", "content": ""}, None)
-    async for d in stream:
-        if d.finish_reason is FinishReason.ERROR:
-            yield sse(APIError(500, f"generation failed: {d.error}", type="server_error").openai_body())
-            break
-        text = sniffer.feed(d.text) if sniffer is not None and d.text else d.text
-        if text:
-            yield chunk({"content": text}, None)
-        if d.finish_reason is not None:
-            finish = openai_finish_reason(d.finish_reason)
-            if sniffer is not None:
-                # A call cut off by max_tokens is no call: its text goes out as content.
-                rest, calls = sniffer.finish(parse=d.finish_reason is not FinishReason.LENGTH)
-                if rest:
-                    yield chunk({"content": rest}, None)
-                for i, call in enumerate(calls):
+    try:
+        async for event in stream:
+            if isinstance(event, Failed):
+                yield _error_chunk(event)
+                break
+            if isinstance(event, Delta):
+                yield chunk({"content": event.text}, None)
+            elif isinstance(event, Finished):
+                for i, call in enumerate(event.tool_calls):
                     # OpenAI's shape: id, type and name first with empty arguments, then fragments.
                     first = call.openai(i)
                     first["function"]["arguments"] = ""
                     yield chunk({"tool_calls": [first]}, None)
                     for piece in argument_fragments(call.arguments_json()):
                         yield chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}, None)
-                if calls:
-                    finish = "tool_calls"
-            yield chunk({}, finish)
-            if include_usage and d.usage is not None:
-                yield sse({**base, "choices": [], "usage": usage_body(d.usage)})
-    yield sse("[DONE]")
+                yield chunk({}, openai_finish_reason(event))
+                if include_usage:
+                    yield sse({**base, "choices": [], "usage": usage_body(event.usage)})
+        yield sse("[DONE]")
+    finally:
+        await stream.aclose()
 
 
 def _completion_prompt(req: CompletionRequest) -> str | list[int]:
@@ -220,16 +199,12 @@ async def completions(
     if req.logprobs:
         raise APIError(400, "logprobs are not supported yet", param="logprobs")
     raw = _completion_prompt(req)
-    loaded = await load_model(runtime, req.model)
-    params = checked_sampling(loaded, **req.sampling_kwargs())
-    if isinstance(raw, str):
-        prompt = build_prompt(lambda: loaded.text_prompt(raw))
-        echo = raw if req.echo else ""
-    else:
-        prompt, echo = raw, ""
-    stream = submit(loaded, prompt, params)
+    stream = await runtime.generate(GenerateRequest(
+        model=req.model, prompt=raw, options=_options(req), caller=caller(request),
+    ))
+    echo = raw if req.echo and isinstance(raw, str) else ""
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-    head = {"id": rid, "object": "text_completion", "created": created, "model": loaded.name,
+    head = {"id": rid, "object": "text_completion", "created": created, "model": runtime.canonical_name(req.model),
             "system_fingerprint": "lokal"}
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -238,15 +213,14 @@ async def completions(
     return {
         **head,
         "choices": [
-            {"index": 0, "text": echo + done.text, "logprobs": None,
-             "finish_reason": openai_finish_reason(done.finish_reason)}
+            {"index": 0, "text": echo + done.text, "logprobs": None, "finish_reason": openai_finish_reason(done)}
         ],
         "usage": usage_body(done.usage),
     }
 
 
 async def _completion_chunks(
-    stream: AsyncIterator[Delta], head: dict[str, Any], echo: str, include_usage: bool
+    stream: AsyncGenerator[Event, None], head: dict[str, Any], echo: str, include_usage: bool
 ) -> AsyncIterator[bytes]:
     def chunk(text: str, finish: str | None) -> bytes:
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
@@ -254,15 +228,20 @@ async def _completion_chunks(
 
     if echo:
         yield chunk(echo, None)
-    async for d in stream:
-        if d.finish_reason is FinishReason.ERROR:
-            yield sse(APIError(500, f"generation failed: {d.error}", type="server_error").openai_body())
-            break
-        if d.text or d.finish_reason is not None:
-            yield chunk(d.text, openai_finish_reason(d.finish_reason))
-        if d.finish_reason is not None and include_usage and d.usage is not None:
-            yield sse({**head, "choices": [], "usage": usage_body(d.usage)})
-    yield sse("[DONE]")
+    try:
+        async for event in stream:
+            if isinstance(event, Failed):
+                yield _error_chunk(event)
+                break
+            if isinstance(event, Delta):
+                yield chunk(event.text, None)
+            elif isinstance(event, Finished):
+                yield chunk("", openai_finish_reason(event))
+                if include_usage:
+                    yield sse({**head, "choices": [], "usage": usage_body(event.usage)})
+        yield sse("[DONE]")
+    finally:
+        await stream.aclose()
 
 
 def _sse_response(body: AsyncIterator[bytes]) -> StreamingResponse:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
+
+from lokal.options import BY_OPENAI
 
 
 class _Request(BaseModel):
@@ -48,51 +50,31 @@ class SamplingFields(_Request):
     model: str = Field(min_length=1, max_length=512)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=0)
-    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    repeat_penalty: float | None = Field(default=None, ge=0.0, le=10.0)
-    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    # Sampling fields: types here, ranges and limits in lokal.options (checked by the adapter).
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repeat_penalty: float | None = None
+    repeat_last_n: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    seed: int | None = None
     stop: str | list[str] | None = None
     logit_bias: dict[str, float] | None = None
     ignore_eos: bool | None = None  # vLLM / llama.cpp extension, used by benchmarks
     n: int = Field(default=1, ge=1, le=1)
     user: str | None = None
 
-    @field_validator("logit_bias")
-    @classmethod
-    def _token_keys(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        if value:
-            for key in value:
-                if not key.lstrip("-").isdigit():
-                    raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
-        return value
-
-    def sampling_kwargs(self) -> dict[str, Any]:
-        bias = {int(k): v for k, v in (self.logit_bias or {}).items()} or None
-        return {
-            "max_tokens": self.max_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": self.top_k,
-            "min_p": self.min_p,
-            "repeat_penalty": self.repeat_penalty,
-            "presence_penalty": self.presence_penalty,
-            "frequency_penalty": self.frequency_penalty,
-            "seed": self.seed,
-            "stop": self.stop,
-            "logit_bias": bias,
-            "ignore_eos": self.ignore_eos,
-        }
+    def sampling_fields(self) -> dict[str, Any]:
+        """The request's fields that are generation options (lokal.options' OpenAI names)."""
+        return {k: getattr(self, k) for k in BY_OPENAI if k in type(self).model_fields}
 
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = None
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
@@ -101,7 +83,7 @@ class ChatCompletionRequest(SamplingFields):
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[int]
-    max_tokens: int | None = Field(default=16, ge=1)
+    max_tokens: int | None = 16
     echo: bool = False
     suffix: str | None = None
     logprobs: int | None = None

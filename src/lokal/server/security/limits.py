@@ -1,6 +1,6 @@
 """Limits on what one client may ask: requests and tokens per minute (per API key, or per client
 address when auth is off), request body size, and CORS. Limits on a single generation
-(max_tokens, prompt length, timeout) are enforced where generation starts: ``server/generation.py``.
+(max_tokens, prompt length, timeout) are the runtime's (``lokal.runtime.pipeline``).
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lokal.runtime.events import Event, Failed, Finished, GenerationRecord
 from lokal.server.errors import APIError
 from lokal.server.security.auth import is_open, send_error
 from lokal.server.security.keys import KeyStore
-from lokal.server.security.tracking import RequestFacts, current_request
+from lokal.server.security.tracking import current_request, identity
 
 WINDOW_S = 60.0
 UNLIMITED_PATHS = frozenset({"/metrics"})
@@ -83,13 +84,10 @@ class RateLimiter:
             usage.tokens.append((self._clock(), tokens))
             usage.token_sum += tokens
 
-    def charge_facts(self, facts: RequestFacts) -> None:
-        """Sink for TrackingMiddleware: charge a finished request's tokens to its identity."""
-        self.charge(identity(facts), facts.prompt_tokens + facts.completion_tokens)
-
-
-def identity(facts: RequestFacts) -> str:
-    return f"key:{facts.key_name}" if facts.key_name else f"addr:{facts.client.rsplit(':', 1)[0]}"
+    def charge_generation(self, record: GenerationRecord, event: Event) -> None:
+        """Runtime subscriber: charge a finished generation's tokens to its caller's identity."""
+        if isinstance(event, Finished | Failed) and record.caller.identity:
+            self.charge(record.caller.identity, record.prompt_tokens + record.completion_tokens)
 
 
 class RateLimitMiddleware:

@@ -3,8 +3,9 @@ and the audit log when it ends.
 
 ``TrackingMiddleware`` is the outermost of lokal's own middlewares: it makes one
 ``RequestFacts`` per HTTP request and puts it in a context variable; auth fills in the key
-name, the generation hook (``server/generation.py``) the model, tokens and token times. When
-the response is over, every sink (metrics, audit) gets the finished facts.
+name, and ``attach_generation`` (a subscriber of the runtime's events, called in the request's
+context) the model, tokens and TTFT of the generations it ran. When the response is over, every
+sink (HTTP metrics, audit) gets the finished facts.
 """
 
 from __future__ import annotations
@@ -22,18 +23,11 @@ from fastapi import FastAPI
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lokal.runtime.events import Event, Failed, Finished, GenerationRecord
+
 log = logging.getLogger("lokal.server")
 
 PROMPT_PEEK_BYTES = 1 << 20  # prompt text for the audit log comes from the first MiB of a body
-
-
-@dataclass
-class RequestLimits:
-    """Per-request bounds that the generation hook enforces (0 = no bound)."""
-
-    max_tokens: int = 0
-    max_prompt_tokens: int = 0
-    timeout_s: float = 0.0
 
 
 @dataclass
@@ -53,10 +47,7 @@ class RequestFacts:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     ttft_s: float | None = None
-    inter_token_s: list[float] = field(default_factory=list)
-    generation_s: float | None = None  # submit to last token
     prompt_text: str | None = None
-    limits: RequestLimits = field(default_factory=RequestLimits)
     latency_s: float = 0.0
 
 
@@ -65,16 +56,32 @@ current_request: ContextVar[RequestFacts | None] = ContextVar("lokal_request", d
 Sink = Callable[[RequestFacts], object]
 
 
+def identity(facts: RequestFacts) -> str:
+    """Who a request counts against for rate limits: its API key, else its client address."""
+    return f"key:{facts.key_name}" if facts.key_name else f"addr:{facts.client.rsplit(':', 1)[0]}"
+
+
+def attach_generation(record: GenerationRecord, event: Event) -> None:
+    """Runtime subscriber: a generation that ends adds its model, tokens and TTFT to the facts of
+    the HTTP request that ran it (none outside an HTTP request: the CLI, the LLM class)."""
+    facts = current_request.get()
+    if facts is None or not isinstance(event, Finished | Failed):
+        return
+    facts.model = record.model
+    facts.prompt_tokens += record.prompt_tokens
+    facts.completion_tokens += record.completion_tokens
+    if facts.ttft_s is None:
+        facts.ttft_s = record.ttft_s
+
+
 class TrackingMiddleware:
     """Make the facts of each HTTP request and pass them to the sinks when it ends."""
 
-    def __init__(self, app: ASGIApp, sinks: list[Sink], limits: RequestLimits, api: FastAPI,
-                 capture_prompts: bool = False) -> None:
+    def __init__(self, app: ASGIApp, sinks: list[Sink], api: FastAPI, capture_prompts: bool = False) -> None:
         self.app = app
         self.api = api
         self._templates: list[tuple[re.Pattern[str], str]] | None = None
         self.sinks = sinks
-        self.limits = limits
         self.capture_prompts = capture_prompts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -84,7 +91,7 @@ class TrackingMiddleware:
         client = scope.get("client")
         facts = RequestFacts(
             method=scope["method"], path=scope["path"], client=f"{client[0]}:{client[1]}" if client else "",
-            started_at=time.time(), limits=self.limits,
+            started_at=time.time(),
         )
         facts.request_id = _header(scope, b"x-request-id")[:128] or uuid.uuid4().hex
         token = current_request.set(facts)

@@ -1,4 +1,5 @@
-"""The FastAPI application: one port for every API surface."""
+"""The composition root: one FastAPI app that wires the runtime to every API surface, the web UI,
+metrics, security and the serving lifecycle. Nothing else imports both ``server`` and ``ui``."""
 
 from __future__ import annotations
 
@@ -14,10 +15,13 @@ from lokal.runtime.runtime import Runtime
 from lokal.server import security
 from lokal.server.embeddings import router as embeddings_router
 from lokal.server.errors import install_error_handlers
+from lokal.server.lifecycle import router as lifecycle_router
+from lokal.server.metrics import Metrics
+from lokal.server.metrics import router as metrics_router
 from lokal.server.ollama.routes import router as ollama_router
 from lokal.server.openai.routes import router as openai_router
 from lokal.ui import routes as ui
-from lokal.ui.request_log import RequestLog, RequestLogMiddleware
+from lokal.ui.request_log import RequestLog
 
 
 def create_app(
@@ -44,13 +48,16 @@ def create_app(
     app.state.runtime = runtime
     app.state.settings = settings
     install_error_handlers(app)
-    app.include_router(openai_router)
-    app.include_router(ollama_router)
-    app.include_router(embeddings_router)
-    app.include_router(ui.router)
-    app.state.request_log = RequestLog()  # recent generation requests, for the UI's monitor
-    app.add_middleware(RequestLogMiddleware, log=app.state.request_log)
-    security.install(app, settings, runtime)  # keys, limits, /metrics, audit log, /ready; outermost
+    for router in (openai_router, ollama_router, embeddings_router, lifecycle_router, metrics_router, ui.router):
+        app.include_router(router)
+
+    metrics = Metrics(runtime)
+    request_log = RequestLog()  # recent generations, for the UI's monitor
+    runtime.subscribe(metrics.observe_generation)
+    runtime.subscribe(request_log.observe)
+    app.state.metrics = metrics
+    app.state.request_log = request_log
+    security.install(app, settings, runtime, sinks=[metrics.observe])  # keys, limits, audit log; outermost
 
     @app.get("/", response_class=PlainTextResponse, tags=["ollama"])
     async def root(request: Request) -> Response:
@@ -64,14 +71,5 @@ def create_app(
     @app.head("/", response_class=PlainTextResponse, tags=["ollama"])
     async def root_head() -> str:
         return "Ollama is running"
-
-    @app.get("/health", tags=["lokal"])
-    async def health() -> dict[str, object]:
-        """Liveness: the server answers. Lists the loaded models and their engine load."""
-        models = []
-        for m in runtime.loaded():
-            s = m.engine.stats()
-            models.append({"name": m.name, "running": s.running, "waiting": s.waiting})
-        return {"status": "ok", "version": __version__, "loaded": models}
 
     return app

@@ -1,6 +1,7 @@
-"""Readiness: ``GET /ready`` is 200 when the default model is loaded or can be loaded from the
-store, 503 otherwise (``/health`` only says the process answers). Graceful shutdown itself is
-uvicorn's, with lokal's signal rules (``GracefulServer``), run by ``lokal serve``."""
+"""Serving lifecycle: liveness (``GET /health``: the process answers, with the loaded models),
+readiness (``GET /ready``: 200 when the default model is loaded or can be loaded from the store,
+503 otherwise or while draining), and ``serve``: uvicorn with lokal's signal rules and graceful
+shutdown (``GracefulServer``), run by ``lokal serve``."""
 
 from __future__ import annotations
 
@@ -17,11 +18,20 @@ import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from lokal import __version__
 from lokal.config import Settings
 from lokal.runtime.runtime import Runtime
 
 log = logging.getLogger("lokal.server")
 router = APIRouter(tags=["lokal"])
+
+
+@router.get("/health")
+async def health(request: Request) -> dict[str, object]:
+    """Liveness: the server answers. Lists the loaded models and their engine load."""
+    runtime: Runtime = request.app.state.runtime
+    models = [{"name": m.name, "running": m.engine.running, "waiting": m.engine.waiting} for m in runtime.status()]
+    return {"status": "ok", "version": __version__, "loaded": models}
 
 
 @router.get("/ready")

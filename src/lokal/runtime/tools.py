@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lokal.engine.grammar import SchemaError, check_schema, json_object_grammar, schema_grammar
-from lokal.engine.sampling import MAX_STOP_STRINGS, SamplingParams
-from lokal.server.errors import APIError
+from lokal.engine.sampling import SamplingParams
+from lokal.options import MAX_STOP_STRINGS
+from lokal.runtime.errors import InvalidRequest
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -70,29 +71,29 @@ class ToolCall:
 # ---- the request side ------------------------------------------------------------------------
 
 def parse_tools(raw: list[dict[str, Any]], param: str = "tools") -> list[Tool]:
-    """Checked tool definitions (OpenAI's shape, which Ollama shares); APIError 400 otherwise."""
+    """Checked tool definitions (OpenAI's shape, which Ollama shares); InvalidRequest otherwise."""
     if len(raw) > MAX_TOOLS:
-        raise APIError(400, f"at most {MAX_TOOLS} tools are allowed", param=param)
+        raise InvalidRequest(f"at most {MAX_TOOLS} tools are allowed", param=param)
     tools: list[Tool] = []
     for i, item in enumerate(raw):
         where = f"{param}[{i}]"
         fn = item.get("function") if isinstance(item, dict) else None
         if not isinstance(item, dict) or item.get("type", "function") != "function" or not isinstance(fn, dict):
-            raise APIError(400, f'{where}: expected {{"type": "function", "function": {{...}}}}', param=param)
+            raise InvalidRequest(f'{where}: expected {{"type": "function", "function": {{...}}}}', param=param)
         name = fn.get("name")
         if not isinstance(name, str) or not _NAME.match(name):
-            raise APIError(400, f"{where}.function.name must be 1-64 letters, digits, _ . or -", param=param)
+            raise InvalidRequest(f"{where}.function.name must be 1-64 letters, digits, _ . or -", param=param)
         if any(t.name == name for t in tools):
-            raise APIError(400, f"{where}: function {name!r} is defined twice", param=param)
+            raise InvalidRequest(f"{where}: function {name!r} is defined twice", param=param)
         params = fn.get("parameters")
         if params is None:
             params = {"type": "object", "properties": {}}
         if not isinstance(params, dict):
-            raise APIError(400, f"{where}.function.parameters must be a JSON schema object", param=param)
+            raise InvalidRequest(f"{where}.function.parameters must be a JSON schema object", param=param)
         try:
             check_schema(params)
         except SchemaError as exc:
-            raise schema_api_error(exc, f"{param}.{i}.function.parameters", prefix=f"{where} ({name}): ") from exc
+            raise schema_error(exc, f"{param}.{i}.function.parameters", prefix=f"{where} ({name}): ") from exc
         tools.append(Tool(name, str(fn.get("description") or ""), params))
     return tools
 
@@ -111,7 +112,7 @@ def call_grammar(tools: list[Tool], param: str = "tools") -> str:
     try:
         return schema_grammar(call_schema(tools))
     except SchemaError as exc:
-        raise schema_api_error(exc, param) from exc
+        raise schema_error(exc, param) from exc
 
 
 def chosen_tools(tools: list[Tool], choice: str | dict[str, Any] | None) -> tuple[list[Tool], bool]:
@@ -123,21 +124,21 @@ def chosen_tools(tools: list[Tool], choice: str | dict[str, Any] | None) -> tupl
         return [], False
     if choice == "required":
         if not tools:
-            raise APIError(400, 'tool_choice "required" needs at least one tool', param="tool_choice")
+            raise InvalidRequest('tool_choice "required" needs at least one tool', param="tool_choice")
         return tools, True
     if isinstance(choice, dict):
         name = (choice.get("function") or {}).get("name") if choice.get("type") == "function" else None
         match = [t for t in tools if t.name == name]
         if not match:
-            raise APIError(400, f"tool_choice names function {name!r}, which is not in tools", param="tool_choice")
+            raise InvalidRequest(f"tool_choice names function {name!r}, which is not in tools", param="tool_choice")
         return match, True
-    raise APIError(400, f"tool_choice {choice!r} is not one of none, auto, required or a named function",
+    raise InvalidRequest(f"tool_choice {choice!r} is not one of none, auto, required or a named function",
                    param="tool_choice")
 
 
-def schema_api_error(exc: SchemaError, param: str, prefix: str = "") -> APIError:
+def schema_error(exc: SchemaError, param: str, prefix: str = "") -> InvalidRequest:
     code = "unsupported_schema_feature" if exc.feature else "invalid_schema"
-    return APIError(400, prefix + str(exc), param=param, code=code)
+    return InvalidRequest(prefix + str(exc), param=param, code=code)
 
 
 def format_grammar(value: Any, param: str) -> str | None:
@@ -150,8 +151,8 @@ def format_grammar(value: Any, param: str) -> str | None:
         if isinstance(value, dict):
             return schema_grammar(value)
     except SchemaError as exc:
-        raise schema_api_error(exc, param) from exc
-    raise APIError(400, f'{param} must be "json" or a JSON schema object', param=param)
+        raise schema_error(exc, param) from exc
+    raise InvalidRequest(f'{param} must be "json" or a JSON schema object', param=param)
 
 
 def response_format_grammar(fmt: dict[str, Any] | None) -> str | None:
@@ -164,10 +165,10 @@ def response_format_grammar(fmt: dict[str, Any] | None) -> str | None:
     if kind == "json_schema":
         spec = (fmt or {}).get("json_schema")
         if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
-            raise APIError(400, "response_format.json_schema.schema must be a JSON schema object",
+            raise InvalidRequest("response_format.json_schema.schema must be a JSON schema object",
                            param="response_format", code="invalid_schema")
         return format_grammar(spec["schema"], "response_format")
-    raise APIError(400, f"response_format type {kind!r} is not one of text, json_object, json_schema",
+    raise InvalidRequest(f"response_format type {kind!r} is not one of text, json_object, json_schema",
                    param="response_format")
 
 
@@ -225,15 +226,15 @@ def call_message(call: dict[str, Any], where: str) -> dict[str, Any]:
     """An incoming tool call (OpenAI: arguments as a JSON string; Ollama: an object) for templates."""
     fn = call.get("function") if isinstance(call, dict) else None
     if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-        raise APIError(400, f"{where}: a tool call needs function.name", param="messages")
+        raise InvalidRequest(f"{where}: a tool call needs function.name", param="messages")
     args = fn.get("arguments", {})
     if isinstance(args, str):
         try:
             args = json.loads(args) if args.strip() else {}
         except json.JSONDecodeError as exc:
-            raise APIError(400, f"{where}.function.arguments is not valid JSON: {exc}", param="messages") from exc
+            raise InvalidRequest(f"{where}.function.arguments is not valid JSON: {exc}", param="messages") from exc
     if not isinstance(args, dict):
-        raise APIError(400, f"{where}.function.arguments must be a JSON object", param="messages")
+        raise InvalidRequest(f"{where}.function.arguments must be a JSON object", param="messages")
     return {"id": call.get("id") or "", "type": "function", "function": {"name": fn["name"], "arguments": args}}
 
 

@@ -1,8 +1,10 @@
 """Prometheus metrics at ``GET /metrics``.
 
-Request counters and latency histograms are observed when a request ends (a TrackingMiddleware
-sink); token times come from the generation hook. Engine state (running/waiting sequences, KV
-cells, loaded models and their memory) is read at scrape time by a collector, so it is never
+HTTP request counters and latency histograms are observed when a request ends (a
+TrackingMiddleware sink); generation figures (TTFT, inter-token gaps, tokens) when a generation
+ends (a subscriber of the runtime's events, the same figures the web UI's monitor shows).
+Engine state (running/waiting sequences, KV cells, loaded models and their memory) is read at
+scrape time by a collector, so it is never
 stale and costs nothing between scrapes. Each app has its own registry.
 """
 
@@ -25,6 +27,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from lokal import __version__
+from lokal.runtime.events import Event, Failed, Finished, GenerationRecord
 from lokal.runtime.runtime import Runtime
 from lokal.server.security.tracking import RequestFacts
 
@@ -46,7 +49,7 @@ class EngineCollector(Collector):
             return GaugeMetricFamily(name, doc, labels=["model"])
 
         loaded = gauge("lokal_model_loaded", "1 for each model in memory")
-        memory = gauge("lokal_model_memory_bytes", "estimated memory of a loaded model: weights plus KV cache")
+        memory = gauge("lokal_model_memory_bytes", "estimated memory of a loaded model: weights, KV cache, compute")
         running = gauge("lokal_num_requests_running", "sequences being prefilled or decoded")
         waiting = gauge("lokal_num_requests_waiting", "sequences queued for a slot")
         slots = gauge("lokal_slots", "sequences a model can decode together")
@@ -56,11 +59,11 @@ class EngineCollector(Collector):
         tps = gauge("lokal_generation_tokens_per_second", "generated tokens per second over the engine's window")
         host_n = gauge("lokal_prefix_cache_host_entries", "prefixes evicted from slots and kept in host memory")
         host_b = gauge("lokal_prefix_cache_host_bytes", "host memory held by those prefixes")
-        for m in self.runtime.loaded():
-            s = m.engine.stats()
+        for m in self.runtime.status():
+            s = m.engine
             name = [m.name]
             loaded.add_metric(name, 1)
-            memory.add_metric(name, self.runtime.memory_bytes(m))
+            memory.add_metric(name, m.memory_bytes)
             running.add_metric(name, s.running)
             waiting.add_metric(name, s.waiting)
             slots.add_metric(name, s.slots)
@@ -91,31 +94,35 @@ class Metrics:
                              ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.prompt_tokens = Counter("lokal_prompt_tokens", "prompt tokens read", ["model"], registry=r)
         self.generation_tokens = Counter("lokal_generation_tokens", "tokens generated", ["model"], registry=r)
-        self.generations = Counter("lokal_generation_requests", "generation requests finished by model and status",
-                                   ["model", "status"], registry=r)
+        self.generations = Counter("lokal_generation_requests",
+                                   "generations by model and how they ended (stop, length, cancelled, timeout, error)",
+                                   ["model", "outcome"], registry=r)
         r.register(EngineCollector(runtime))
         ProcessCollector(registry=r)  # process_resident_memory_bytes, CPU seconds, open fds
         Info("lokal", "lokal's version", registry=r).info({"version": __version__})
 
     def observe(self, facts: RequestFacts) -> None:
-        """Sink for TrackingMiddleware."""
+        """Sink for TrackingMiddleware: one HTTP request."""
         if facts.path.startswith(SKIPPED_PATHS):
             return
         self.requests.labels(facts.route, facts.method, str(facts.status)).inc()
         self.request_latency.labels(facts.route).observe(facts.latency_s)
-        if facts.model is None:
+
+    def observe_generation(self, record: GenerationRecord, event: Event) -> None:
+        """Runtime subscriber: one generation, when it ends."""
+        if not isinstance(event, Finished | Failed):
             return
-        model = facts.model
-        self.generations.labels(model, str(facts.status)).inc()
-        self.prompt_tokens.labels(model).inc(facts.prompt_tokens)
-        self.generation_tokens.labels(model).inc(facts.completion_tokens)
-        if facts.ttft_s is not None:
-            self.ttft.labels(model).observe(facts.ttft_s)
+        model = record.model
+        self.generations.labels(model, record.outcome).inc()
+        self.prompt_tokens.labels(model).inc(record.prompt_tokens)
+        self.generation_tokens.labels(model).inc(record.completion_tokens)
+        if record.ttft_s is not None:
+            self.ttft.labels(model).observe(record.ttft_s)
         itl = self.itl.labels(model)
-        for gap in facts.inter_token_s:
+        for gap in record.inter_token_s:
             itl.observe(gap)
-        if facts.generation_s is not None:
-            self.e2e.labels(model).observe(facts.generation_s)
+        if record.duration_s is not None:
+            self.e2e.labels(model).observe(record.duration_s)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,0 +1,227 @@
+"""From a ``GenerateRequest`` to events, for one loaded model: the prompt (template, tools,
+BOS, Ollama's context), the sampler's settings (one option vocabulary, the model's defaults,
+num_ctx, the server's limits), then the engine's deltas turned into typed events, with the
+request's timeout and tool-call parsing. Every API, the CLI and the ``LLM`` class go through it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from lokal.config import Settings
+from lokal.engine.sampling import SamplingParams
+from lokal.engine.sequence import Delta as EngineDelta
+from lokal.engine.sequence import FinishReason, Timings, Usage
+from lokal.options import BY_NAME, OptionError, check
+from lokal.runtime.errors import ContextLengthExceeded, GenerationFailed, InvalidRequest, RequestTimedOut
+from lokal.runtime.events import Delta, Event, Failed, Finished, FirstToken, GenerationRecord, Started
+from lokal.runtime.loaded_model import LoadedModel
+from lokal.runtime.request import GenerateRequest
+from lokal.runtime.tools import (
+    CallSniffer,
+    ToolCall,
+    call_grammar,
+    conversation,
+    has_native_tools,
+    parse_calls,
+    stop_after_call,
+)
+from lokal.templates.chat_template import TemplateError
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What the engine gets for a request."""
+
+    prompt: list[int]
+    params: SamplingParams
+
+
+def prepare(loaded: LoadedModel, req: GenerateRequest, settings: Settings) -> Prepared:
+    """The request's prompt and sampler settings. Raises InvalidRequest (ContextLengthExceeded)."""
+    tools = req.tools
+    grammar = req.grammar
+    if tools.forced:
+        if grammar is not None:
+            raise InvalidRequest("an output format cannot be combined with a required tool call",
+                                 param="response_format")
+        grammar = call_grammar(list(tools.callable))
+    prompt = _prompt(loaded, req)
+    options = loaded.options(req.options)
+    try:
+        params = loaded.sampling(req.options, grammar)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        raise InvalidRequest(f"invalid sampling parameter {where}: {first.get('msg')}", param=where) from exc
+    if tools.callable and not tools.forced:
+        params = stop_after_call(params, list(tools.callable), has_native_tools(loaded.template.source))
+    params = _fit_to_context(params, len(prompt), options.get("num_ctx"), loaded.context_length)
+    return Prepared(prompt, within_limits(settings, prompt, params))
+
+
+def _prompt(loaded: LoadedModel, req: GenerateRequest) -> list[int]:
+    try:
+        if req.messages is not None:
+            tokens = _chat_prompt(loaded, req)
+        elif isinstance(req.prompt, str):
+            tokens = loaded.formatted_prompt(req.prompt) if req.raw else loaded.text_prompt(req.prompt)
+        elif req.prompt is not None:
+            tokens = list(req.prompt)
+        else:
+            raise InvalidRequest("a request needs messages or a prompt", param="messages")
+    except TemplateError as exc:
+        raise InvalidRequest(str(exc), param="messages", code="template_error") from exc
+    except ValueError as exc:  # a Go template lokal cannot translate, text the tokenizer refuses
+        raise InvalidRequest(str(exc), param="template" if req.template else "messages") from exc
+    if req.context:
+        # The context already starts with BOS: do not put a second one in the middle.
+        if loaded.model.add_bos and tokens and tokens[0] == req.context[0]:
+            tokens = tokens[1:]
+        tokens = list(req.context) + tokens
+    return tokens
+
+
+def _chat_prompt(loaded: LoadedModel, req: GenerateRequest) -> list[int]:
+    assert req.messages is not None
+    shown = list(req.tools.shown)
+    native = has_native_tools(loaded.template.source)
+    convo = conversation(req.messages, shown, native)
+    specs = [t.spec() for t in shown] if native and shown else None
+    return loaded.chat_prompt(convo, specs, template=req.template)
+
+
+def _fit_to_context(params: SamplingParams, n_prompt: int, num_ctx: object, slot_ctx: int) -> SamplingParams:
+    """num_ctx (Ollama's) below the slot's context: refuse a prompt that does not fit in it, and
+    stop generation where it ends. A larger one is clamped to the slot (clients often send 8192
+    or more by habit; Ollama would reload the model, lokal's slots have a fixed size)."""
+    try:
+        n_ctx = check(BY_NAME["num_ctx"], num_ctx, "options.num_ctx")
+    except OptionError as exc:
+        raise InvalidRequest(str(exc), param="options.num_ctx") from None
+    if n_ctx is None or n_ctx >= slot_ctx:
+        return params  # the engine enforces the slot itself
+    if n_prompt >= n_ctx:
+        raise ContextLengthExceeded(f"prompt is {n_prompt} tokens but num_ctx is {n_ctx} tokens "
+                                    "(and at least one must be left to generate)", param="options.num_ctx")
+    room = n_ctx - n_prompt
+    if params.max_tokens is None or params.max_tokens > room:
+        return params.model_copy(update={"max_tokens": room})
+    return params
+
+
+def within_limits(settings: Settings, prompt: list[int], params: SamplingParams) -> SamplingParams:
+    """The server's per-request bounds: a prompt over LOKAL_MAX_PROMPT_TOKENS is refused; max_tokens
+    is capped at LOKAL_MAX_TOKENS_LIMIT, as llama.cpp's server caps n_predict, so that clients
+    sending their default (OpenAI completions: 16) still work; a capped answer ends with "length"."""
+    limit = settings.max_prompt_tokens
+    if limit and len(prompt) > limit:
+        raise ContextLengthExceeded(f"prompt is {len(prompt)} tokens, over this server's limit of {limit}",
+                                    param="messages")
+    cap = settings.max_tokens_limit
+    if cap and (params.max_tokens is None or params.max_tokens > cap):
+        return params.model_copy(update={"max_tokens": cap})
+    return params
+
+
+async def events(
+    loaded: LoadedModel, req: GenerateRequest, prompt: list[int], deltas: AsyncGenerator[EngineDelta, None],
+    record: GenerationRecord, timeout_s: float, publish: Callable[[GenerationRecord, Event], None],
+    finish: Callable[[], Awaitable[None]],
+) -> AsyncGenerator[Event, None]:
+    """The engine's deltas as events, each also handed to ``publish``. ``finish`` runs once at the
+    end, however the stream ends (the model's hold is released there)."""
+    tools = req.tools
+    sniffer = CallSniffer(list(tools.callable), tools.forced) if tools.callable else None
+    parts: list[str] = []
+    last: Event | None = None
+
+    def emit(event: Event) -> Event:
+        nonlocal last
+        last = event
+        if isinstance(event, Finished | Failed):
+            record.duration_s = time.perf_counter() - record.arrived
+        publish(record, event)
+        return event
+
+    try:
+        async for d in _deadline(deltas, timeout_s):
+            now = time.perf_counter()
+            if d.started:
+                yield emit(Started(cached_tokens=d.usage.cached_tokens if d.usage else 0))
+                continue
+            if d.finish_reason is FinishReason.ERROR:
+                record.outcome = "error"
+                yield emit(Failed(GenerationFailed(f"generation failed: {d.error}")))
+                return
+            if d.token_ids:
+                record.completion_tokens += len(d.token_ids)
+                if record.last_token is None:
+                    record.ttft_s = now - record.arrived
+                    yield emit(FirstToken(record.ttft_s))
+                else:
+                    record.inter_token_s.append(now - record.last_token)
+                record.last_token = now
+            parts.append(d.text)
+            text = sniffer.feed(d.text) if sniffer is not None and d.text else d.text
+            if text:
+                yield emit(Delta(text, d.token_ids))
+            if d.finish_reason is not None:
+                assert d.usage is not None and d.timings is not None
+                whole = "".join(parts)
+                parse = d.finish_reason is not FinishReason.LENGTH  # a call cut off by max_tokens is no call
+                calls: tuple[ToolCall, ...] = ()
+                if sniffer is not None:
+                    rest, found = sniffer.finish(parse=parse)
+                    if rest:
+                        yield emit(Delta(rest))
+                    calls = tuple(found)
+                content = whole
+                if calls:
+                    content, _ = parse_calls(whole, list(tools.callable))
+                context = tuple(prompt + loaded.plain_tokens(whole)) if req.return_context else None
+                record.prompt_tokens = d.usage.prompt_tokens
+                record.completion_tokens = d.usage.completion_tokens
+                record.outcome = d.finish_reason.value
+                yield emit(Finished(d.finish_reason, d.usage, d.timings, whole, content, calls, context))
+                return
+    except RequestTimedOut as exc:
+        record.outcome = "timeout"
+        yield emit(Failed(exc))
+    finally:
+        await deltas.aclose()
+        if not isinstance(last, Finished | Failed):  # the caller stopped reading
+            record.duration_s = time.perf_counter() - record.arrived
+            record.prompt_tokens = record.prompt_tokens or len(prompt)
+            record.outcome = FinishReason.CANCELLED.value
+            publish(record, Finished(FinishReason.CANCELLED, Usage(len(prompt), record.completion_tokens),
+                                     _partial_timings(record), "".join(parts), "".join(parts)))
+        elif record.prompt_tokens == 0:
+            record.prompt_tokens = len(prompt)
+        await finish()
+
+
+def _partial_timings(record: GenerationRecord) -> Timings:
+    return Timings(queued_s=0.0, ttft_s=record.ttft_s, total_s=record.duration_s or 0.0,
+                   decode_tps=record.decode_tokens_per_second)
+
+
+async def _deadline(deltas: AsyncIterator[EngineDelta], timeout_s: float) -> AsyncIterator[EngineDelta]:
+    """The deltas, or RequestTimedOut once ``timeout_s`` (0: none) has passed since the first read."""
+    if not timeout_s:
+        async for d in deltas:
+            yield d
+        return
+    deadline = time.perf_counter() + timeout_s
+    while True:
+        try:
+            d = await asyncio.wait_for(anext(deltas), max(0.0, deadline - time.perf_counter()))
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise RequestTimedOut(f"request timed out after {timeout_s:g} s (LOKAL_REQUEST_TIMEOUT)") from None
+        yield d
