@@ -51,7 +51,7 @@ class ModelStatus:
     context_length: int  # per slot
     expires_at: datetime
     engine: EngineStats
-    loaded: LoadedModel
+    manifest: Manifest
 
 
 @dataclass
@@ -212,7 +212,8 @@ class Runtime:
     def status(self) -> list[ModelStatus]:
         """Every loaded model with its memory figure, engine state and keep_alive expiry."""
         return [
-            ModelStatus(m.name, self.memory_bytes(m), m.context_length, self.expires_at(m), m.engine.stats(), m)
+            ModelStatus(m.name, self.memory_bytes(m), m.context_length, self.expires_at(m), m.engine.stats(),
+                        m.manifest)
             for m in self.loaded()
         ]
 

@@ -85,12 +85,11 @@ async def tags(runtime: Runtime = Depends(get_runtime)) -> TagsResponse:
 async def ps(runtime: Runtime = Depends(get_runtime)) -> PsResponse:
     running = []
     for status in runtime.status():
-        loaded = status.loaded
-        m = loaded.manifest
+        m = status.manifest
         running.append(RunningModel(
-            name=loaded.name, model=loaded.name, size=status.memory_bytes, digest=short_digest(m.digest),
+            name=status.name, model=status.name, size=status.memory_bytes, digest=short_digest(m.digest),
             details=details(m), expires_at=rfc3339(status.expires_at), size_vram=0,
-            context_length=loaded.context_length,
+            context_length=status.context_length,
         ))
     return PsResponse(models=running)
 
