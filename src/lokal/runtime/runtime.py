@@ -1,5 +1,9 @@
-"""The runtime: resolves model names through the store and keeps loaded engines, each for its
-keep_alive after its last request."""
+"""The runtime: the one service every API, the CLI and the ``LLM`` class go through.
+
+``generate`` (a ``GenerateRequest`` in, typed events out), ``embed``, ``tokenize``,
+``detokenize`` and ``status``; subscribers get every generation's events. Underneath, it
+resolves model names through the store and keeps loaded engines, each for its keep_alive after
+its last request. See docs/architecture.md."""
 
 from __future__ import annotations
 

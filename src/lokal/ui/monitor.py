@@ -12,9 +12,11 @@ from lokal.ui.request_log import RequestLog
 
 
 def machine() -> dict[str, Any]:
-    """CPU (percent since the previous call), RAM, and GPUs when nvidia-ml-py is installed."""
+    """CPU (percent since the previous call), RAM (the machine's, and lokal's own resident set,
+    measured, beside the models' estimates), and GPUs when nvidia-ml-py is installed."""
     ram = psutil.virtual_memory()
     return {
+        "process_rss": psutil.Process().memory_info().rss,
         "cpu_percent": psutil.cpu_percent(interval=None),
         "cpu_count": psutil.cpu_count() or 1,
         "ram_total": ram.total,

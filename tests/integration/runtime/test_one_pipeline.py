@@ -108,3 +108,4 @@ def test_the_monitor_and_metrics_agree_on_ttft_and_tokens_and_on_memory(live: Li
     [ps] = [m for m in httpx.get(f"{live.url}/api/ps", timeout=30).json()["models"] if m["name"] == MODEL]
     [page] = [m for m in httpx.get(f"{live.url}/ui/api/models", timeout=30).json()["models"] if m["name"] == MODEL]
     assert memory == monitored["memory_bytes"] == ps["size"] == page["needed_bytes"] > 50_000_000
+    assert snap["machine"]["process_rss"] > 50_000_000  # measured, beside the estimate

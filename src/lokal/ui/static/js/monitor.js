@@ -48,7 +48,7 @@ export class MonitorPage {
     $("#mon-cpu").textContent = `${m.cpu_percent.toFixed(0)}%`;
     $("#mon-cpu-count").textContent = `${m.cpu_count} cores`;
     $("#mon-ram").textContent = formatBytes(m.ram_used);
-    $("#mon-ram-total").textContent = `of ${formatBytes(m.ram_total)}`;
+    $("#mon-ram-total").textContent = `of ${formatBytes(m.ram_total)} · lokal ${formatBytes(m.process_rss)} measured`;
     if (m.gpus.length) {
       $("#mon-gpu-card").hidden = false;
       $("#mon-gpu").textContent = m.gpus.map((g) => `${g.util_percent}%`).join(" · ");
