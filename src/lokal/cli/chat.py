@@ -12,26 +12,27 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from lokal.engine.grammar import SchemaError, json_object_grammar, schema_grammar
 from lokal.engine.sequence import FinishReason
 from lokal.runtime.errors import LokalError
 from lokal.runtime.events import Caller, Delta, Failed, Finished
 from lokal.runtime.keep_alive import FOREVER
-from lokal.runtime.request import GenerateRequest
+from lokal.runtime.pipeline import output_grammar
+from lokal.runtime.request import GenerateRequest, JsonOutput
 from lokal.runtime.runtime import Runtime
 
 BYE = {"/bye", "/exit", "/quit"}
 HELP = "Type a message. /bye leaves, /clear forgets the conversation, Ctrl-C stops an answer."
 
 
-def output_grammar(fmt: str | None, schema_file: Path | None) -> str | None:
-    """The grammar for ``--format json`` or ``--schema FILE``; ValueError with one readable line."""
+def json_output(fmt: str | None, schema_file: Path | None) -> JsonOutput | None:
+    """The output constraint of ``--format json`` or ``--schema FILE``, checked now (before the
+    model loads); ValueError with one readable line."""
     if fmt is not None and schema_file is not None:
         raise ValueError("give --format json or --schema FILE, not both")
     if fmt is not None:
         if fmt != "json":
             raise ValueError(f'--format {fmt!r}: only "json" is supported (use --schema FILE for a schema)')
-        return json_object_grammar()
+        return JsonOutput(None, "--format json")
     if schema_file is None:
         return None
     try:
@@ -40,21 +41,25 @@ def output_grammar(fmt: str | None, schema_file: Path | None) -> str | None:
         raise ValueError(f"--schema {schema_file}: {exc.strerror or exc}") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"--schema {schema_file}: not valid JSON ({exc})") from exc
+    if not isinstance(schema, dict):
+        raise ValueError(f"--schema {schema_file}: a JSON schema is an object")
+    output = JsonOutput(schema, f"--schema {schema_file}")
     try:
-        return schema_grammar(schema)
-    except SchemaError as exc:
+        output_grammar(output)
+    except LokalError as exc:
         raise ValueError(f"--schema {schema_file}: {exc}") from exc
+    return output
 
 
 class ChatSession:
     """``lokal run``'s client of the runtime: one model kept loaded, the user's options and output
-    grammar, each answer one ``GenerateRequest`` streamed to the terminal."""
+    format, each answer one ``GenerateRequest`` streamed to the terminal."""
 
-    def __init__(self, runtime: Runtime, model: str, options: dict[str, Any], grammar: str | None) -> None:
+    def __init__(self, runtime: Runtime, model: str, options: dict[str, Any], output: JsonOutput | None) -> None:
         self.runtime = runtime
         self.model = model
         self.options = options
-        self.grammar = grammar
+        self.output = output
 
     def load(self) -> None:
         asyncio.run(self.runtime.model(self.model, keep_alive=FOREVER))
@@ -64,7 +69,7 @@ class ChatSession:
 
     async def _stream(self, messages: list[dict[str, Any]], console: Console) -> str:
         stream = await self.runtime.generate(GenerateRequest(
-            model=self.model, messages=messages, options=self.options, grammar=self.grammar, keep_alive=FOREVER,
+            model=self.model, messages=messages, options=self.options, output=self.output, keep_alive=FOREVER,
             caller=Caller("cli"),
         ))
         parts: list[str] = []
@@ -75,7 +80,7 @@ class ChatSession:
                     console.out(event.text, end="", highlight=False)
                 elif isinstance(event, Failed):
                     raise event.error
-                elif isinstance(event, Finished) and event.reason is FinishReason.LENGTH and self.grammar:
+                elif isinstance(event, Finished) and event.reason is FinishReason.LENGTH and self.output:
                     # stderr, so that stdout stays the answer alone (what a script pipes into a JSON parser)
                     print("\nwarning: the answer reached the token limit before the JSON was complete "
                           "(raise --max-tokens)", file=sys.stderr)

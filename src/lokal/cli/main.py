@@ -391,18 +391,18 @@ def run(
     ] = None,
 ) -> None:
     """Chat with a model in the terminal (no server needed; pulls the model if missing)."""
-    from lokal.cli.chat import ChatSession, interactive, output_grammar
+    from lokal.cli.chat import ChatSession, interactive, json_output
     from lokal.options import OptionError, from_openai
     from lokal.runtime.runtime import Runtime
 
     try:
-        grammar = output_grammar(format, schema)
+        output = json_output(format, schema)
         options = from_openai({"temperature": temperature, "max_tokens": max_tokens, "seed": seed})
     except (ValueError, OptionError) as exc:
         raise UserError(str(exc).replace("max_tokens:", "--max-tokens:")) from exc
     settings = _settings(ctx_size=ctx_size, threads=threads, parallel=1, prefix_cache=True)
     _ensure_pulled(settings, model)
-    session = ChatSession(Runtime(settings), model, options, grammar)
+    session = ChatSession(Runtime(settings), model, options, output)
     try:
         session.load()
         if prompt is None and not sys.stdin.isatty():

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from lokal.config import Settings
+from lokal.engine.grammar import SchemaError, json_object_grammar, schema_grammar
 from lokal.engine.sampling import SamplingParams
 from lokal.engine.sequence import Delta as EngineDelta
 from lokal.engine.sequence import FinishReason, Timings, Usage
@@ -20,7 +21,7 @@ from lokal.options import BY_NAME, OptionError, check
 from lokal.runtime.errors import ContextLengthExceeded, GenerationFailed, InvalidRequest, RequestTimedOut
 from lokal.runtime.events import Delta, Event, Failed, Finished, FirstToken, GenerationRecord, Started
 from lokal.runtime.loaded_model import LoadedModel
-from lokal.runtime.request import GenerateRequest
+from lokal.runtime.request import GenerateRequest, JsonOutput
 from lokal.runtime.tools import (
     CallSniffer,
     ToolCall,
@@ -28,6 +29,7 @@ from lokal.runtime.tools import (
     conversation,
     has_native_tools,
     parse_calls,
+    schema_error,
     stop_after_call,
 )
 from lokal.templates.chat_template import TemplateError
@@ -44,11 +46,11 @@ class Prepared:
 def prepare(loaded: LoadedModel, req: GenerateRequest, settings: Settings) -> Prepared:
     """The request's prompt and sampler settings. Raises InvalidRequest (ContextLengthExceeded)."""
     tools = req.tools
-    grammar = req.grammar
+    grammar = req.grammar if req.output is None else output_grammar(req.output)
     if tools.forced:
         if grammar is not None:
-            raise InvalidRequest("an output format cannot be combined with a required tool call",
-                                 param="response_format")
+            param = req.output.param if req.output is not None else "grammar"
+            raise InvalidRequest(f"{param} cannot be combined with a required or named tool call", param=param)
         grammar = call_grammar(list(tools.callable))
     prompt = _prompt(loaded, req)
     options = loaded.options(req.options)
@@ -62,6 +64,15 @@ def prepare(loaded: LoadedModel, req: GenerateRequest, settings: Settings) -> Pr
         params = stop_after_call(params, list(tools.callable), has_native_tools(loaded.template.source))
     params = _fit_to_context(params, len(prompt), options.get("num_ctx"), loaded.context_length)
     return Prepared(prompt, within_limits(settings, prompt, params))
+
+
+def output_grammar(output: JsonOutput) -> str:
+    """The grammar that makes an answer one JSON object, or one valid against the schema
+    (checked first: an unsupported or invalid schema is an InvalidRequest naming the field)."""
+    try:
+        return json_object_grammar() if output.schema is None else schema_grammar(output.schema)
+    except SchemaError as exc:
+        raise schema_error(exc, output.param) from exc
 
 
 def _prompt(loaded: LoadedModel, req: GenerateRequest) -> list[int]:

@@ -21,14 +21,26 @@ class ToolUse:
 
 
 @dataclass(frozen=True)
+class JsonOutput:
+    """The answer must be one JSON value: any object (``schema`` None) or one that validates
+    against ``schema``. ``param`` names the request field it came from, for errors."""
+
+    schema: dict[str, Any] | None = None
+    param: str = "format"
+
+
+@dataclass(frozen=True)
 class GenerateRequest:
     """One generation. Give ``messages`` (a chat, rendered through the model's template, or
     ``template`` when set) or ``prompt``: text read as it is (``raw``: already in the model's
     format, special tokens parsed) or token ids.
 
     ``options`` are canonical (``lokal.options``; None or absent: the model's default, then
-    lokal's). ``context``: tokens of an earlier exchange to put before the prompt (Ollama's).
-    ``keep_alive``: seconds the model stays loaded after this request (None: the server's)."""
+    lokal's). Output constraints: ``output`` (JSON, or JSON of a schema), ``tools``, or a raw
+    GBNF ``grammar`` (the ``LLM`` class's). ``context``: tokens of an earlier exchange to put
+    before the prompt (Ollama's). ``timeout_s``: None for the server's LOKAL_REQUEST_TIMEOUT, 0
+    for none. ``keep_alive``: seconds the model stays loaded after this request (None: the
+    server's)."""
 
     model: str
     messages: list[dict[str, Any]] | None = None
@@ -37,8 +49,10 @@ class GenerateRequest:
     template: str | None = None
     context: list[int] | None = None
     options: dict[str, Any] = field(default_factory=dict)
-    grammar: str | None = None
+    output: JsonOutput | None = None
     tools: ToolUse = ToolUse()
+    grammar: str | None = None
     return_context: bool = False
+    timeout_s: float | None = None
     keep_alive: float | None = None
     caller: Caller = Caller()

@@ -15,7 +15,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from lokal.engine.grammar import SchemaError, check_schema, json_object_grammar, schema_grammar
+from lokal.engine.grammar import SchemaError, check_schema, schema_grammar
 from lokal.engine.sampling import SamplingParams
 from lokal.options import MAX_STOP_STRINGS
 from lokal.runtime.errors import InvalidRequest
@@ -139,37 +139,6 @@ def chosen_tools(tools: list[Tool], choice: str | dict[str, Any] | None) -> tupl
 def schema_error(exc: SchemaError, param: str, prefix: str = "") -> InvalidRequest:
     code = "unsupported_schema_feature" if exc.feature else "invalid_schema"
     return InvalidRequest(prefix + str(exc), param=param, code=code)
-
-
-def format_grammar(value: Any, param: str) -> str | None:
-    """Grammar for Ollama's ``format`` ("json" or a schema) and OpenAI's ``response_format``."""
-    if value in (None, ""):
-        return None
-    try:
-        if value == "json":
-            return json_object_grammar()
-        if isinstance(value, dict):
-            return schema_grammar(value)
-    except SchemaError as exc:
-        raise schema_error(exc, param) from exc
-    raise InvalidRequest(f'{param} must be "json" or a JSON schema object', param=param)
-
-
-def response_format_grammar(fmt: dict[str, Any] | None) -> str | None:
-    """OpenAI's response_format: text, json_object or json_schema ({"json_schema": {"schema": ...}})."""
-    kind = (fmt or {}).get("type", "text")
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return json_object_grammar()
-    if kind == "json_schema":
-        spec = (fmt or {}).get("json_schema")
-        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
-            raise InvalidRequest("response_format.json_schema.schema must be a JSON schema object",
-                           param="response_format", code="invalid_schema")
-        return format_grammar(spec["schema"], "response_format")
-    raise InvalidRequest(f"response_format type {kind!r} is not one of text, json_object, json_schema",
-                   param="response_format")
 
 
 def stop_after_call(params: SamplingParams, tools: list[Tool], native: bool) -> SamplingParams:

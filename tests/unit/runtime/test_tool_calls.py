@@ -7,6 +7,8 @@ import json
 import pytest
 
 from lokal.runtime.errors import InvalidRequest
+from lokal.runtime.pipeline import output_grammar
+from lokal.runtime.request import JsonOutput
 from lokal.runtime.tools import (
     CallSniffer,
     Tool,
@@ -17,8 +19,9 @@ from lokal.runtime.tools import (
     has_native_tools,
     parse_calls,
     parse_tools,
-    response_format_grammar,
 )
+from lokal.server.ollama.generate import json_format
+from lokal.server.openai.routes import response_format
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
@@ -57,15 +60,24 @@ def test_call_grammar_covers_every_function() -> None:
     assert "get_weather" in grammar and "add" in grammar
 
 
-def test_response_format_kinds() -> None:
-    assert response_format_grammar(None) is None
-    assert response_format_grammar({"type": "text"}) is None
-    assert "root ::=" in (response_format_grammar({"type": "json_object"}) or "")
+def test_response_format_and_format_become_one_output_constraint() -> None:
+    assert response_format(None) is None and response_format({"type": "text"}) is None
+    assert json_format(None) is None and json_format("") is None
+    any_object = response_format({"type": "json_object"})
+    assert any_object is not None and any_object.schema is None
+    assert json_format("json") == JsonOutput(None, "format")
+    assert "root ::=" in output_grammar(any_object)
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    assert response_format({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}) == \
+        JsonOutput(schema, "response_format")
     with pytest.raises(InvalidRequest) as info:
-        response_format_grammar({"type": "json_schema", "json_schema": {"name": "x", "schema": {"not": {}}}})
-    assert "'not'" in info.value.message
-    with pytest.raises(InvalidRequest):
-        response_format_grammar({"type": "yaml"})
+        output_grammar(JsonOutput({"not": {}}, "response_format"))
+    assert "'not'" in info.value.message and info.value.param == "response_format"
+    for bad in ({"type": "yaml"}, {"type": "json_schema", "json_schema": {"name": "x"}}):
+        with pytest.raises(InvalidRequest):
+            response_format(bad)
+    with pytest.raises(InvalidRequest, match="format must be"):
+        json_format(["json"])
 
 
 @pytest.mark.parametrize(

@@ -15,9 +15,9 @@ from lokal.runtime.errors import InvalidRequest
 from lokal.runtime.events import Delta, Event, Failed, Finished, Queued
 from lokal.runtime.keep_alive import parse_keep_alive
 from lokal.runtime.request import GenerateRequest as Generation
-from lokal.runtime.request import ToolUse
+from lokal.runtime.request import JsonOutput, ToolUse
 from lokal.runtime.runtime import Runtime
-from lokal.runtime.tools import call_message, format_grammar, parse_tools
+from lokal.runtime.tools import call_message, parse_tools
 from lokal.server.errors import api_error
 from lokal.server.generation import caller, collect, get_runtime, option_error
 from lokal.server.ollama.ndjson import ndjson_response
@@ -44,6 +44,17 @@ def _options(options: dict[str, Any] | None) -> dict[str, Any]:
         return from_ollama(options or {})
     except OptionError as exc:
         raise option_error(exc) from None
+
+
+def json_format(value: Any) -> JsonOutput | None:
+    """Ollama's ``format``: "json" or a JSON schema object."""
+    if value in (None, ""):
+        return None
+    if value == "json":
+        return JsonOutput(None, "format")
+    if isinstance(value, dict):
+        return JsonOutput(value, "format")
+    raise InvalidRequest('format must be "json" or a JSON schema object', param="format")
 
 
 def _refuse_common(model: str, think: bool | str | None, logprobs: bool | None) -> None:
@@ -82,7 +93,7 @@ async def generate(
         raise InvalidRequest(f'"{req.model}" does not support insert (suffix, fill-in-the-middle)', param="suffix")
     _no_images(req.model, req.images)
     _refuse_common(req.model, req.think, req.logprobs)
-    grammar = format_grammar(req.format, "format")
+    output = json_format(req.format)
     keep_alive = keep_alive_seconds(req.keep_alive)
     if not req.prompt:
         return await _load_or_unload(runtime, req.model, keep_alive, {"response": ""})
@@ -92,7 +103,7 @@ async def generate(
         system = [{"role": "system", "content": req.system}] if req.system else []
         shape = {"messages": [*system, {"role": "user", "content": req.prompt}], "template": req.template}
     stream = await runtime.generate(Generation(
-        model=req.model, **shape, context=req.context, options=_options(req.options), grammar=grammar,
+        model=req.model, **shape, context=req.context, options=_options(req.options), output=output,
         return_context=not req.raw, keep_alive=keep_alive, caller=caller(request),
     ))
     return await _respond(req.model, stream, started, request, req.stream, lambda text: {"response": text})
@@ -106,14 +117,14 @@ async def chat(
 ) -> dict[str, Any] | StreamingResponse:
     started = time.perf_counter()
     _refuse_common(req.model, req.think, req.logprobs)
-    grammar = format_grammar(req.format, "format")
+    output = json_format(req.format)
     tools = tuple(parse_tools(req.tools)) if req.tools else ()
     messages = _chat_messages(req.model, req.messages or [])
     keep_alive = keep_alive_seconds(req.keep_alive)
     if not messages:
         return await _load_or_unload(runtime, req.model, keep_alive, {"message": {"role": "assistant", "content": ""}})
     stream = await runtime.generate(Generation(
-        model=req.model, messages=messages, options=_options(req.options), grammar=grammar,
+        model=req.model, messages=messages, options=_options(req.options), output=output,
         tools=ToolUse(tools, tools), keep_alive=keep_alive, caller=caller(request),
     ))
 

@@ -15,14 +15,13 @@ from lokal.engine.sequence import Usage
 from lokal.options import OptionError, from_openai
 from lokal.runtime.errors import InvalidRequest
 from lokal.runtime.events import Delta, Event, Failed, Finished
-from lokal.runtime.request import GenerateRequest, ToolUse
+from lokal.runtime.request import GenerateRequest, JsonOutput, ToolUse
 from lokal.runtime.runtime import Runtime
 from lokal.runtime.tools import (
     argument_fragments,
     call_message,
     chosen_tools,
     parse_tools,
-    response_format_grammar,
 )
 from lokal.server.errors import APIError, api_error
 from lokal.server.generation import caller, collect, get_runtime, openai_finish_reason, option_error
@@ -98,6 +97,23 @@ def _unsupported(req: ChatCompletionRequest) -> None:
         raise APIError(400, "logprobs are not supported yet", param="logprobs")
 
 
+def response_format(fmt: dict[str, Any] | None) -> JsonOutput | None:
+    """OpenAI's response_format: text, json_object or json_schema ({"json_schema": {"schema": ...}})."""
+    kind = (fmt or {}).get("type", "text")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return JsonOutput(None, "response_format")
+    if kind == "json_schema":
+        spec = (fmt or {}).get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+            raise InvalidRequest("response_format.json_schema.schema must be a JSON schema object",
+                                 param="response_format", code="invalid_schema")
+        return JsonOutput(spec["schema"], "response_format")
+    raise InvalidRequest(f"response_format type {kind!r} is not one of text, json_object, json_schema",
+                         param="response_format")
+
+
 def _options(req: SamplingFields) -> dict[str, Any]:
     try:
         return from_openai(req.sampling_fields())
@@ -113,15 +129,12 @@ async def chat_completions(
     messages = _messages(req)
     tools = parse_tools(req.tools) if req.tools else []
     offered, forced = chosen_tools(tools, req.tool_choice) if tools else ([], False)
-    grammar = response_format_grammar(req.response_format)
-    if forced and grammar is not None:
-        raise InvalidRequest("response_format cannot be combined with a required or named tool_choice",
-                             param="response_format")
+    output = response_format(req.response_format)
     shown = tools if req.tool_choice != "none" else []
     stream = await runtime.generate(GenerateRequest(
         model=req.model, messages=messages,
         options=_options(req),
-        grammar=grammar, tools=ToolUse(tuple(shown), tuple(offered), forced), caller=caller(request),
+        output=output, tools=ToolUse(tuple(shown), tuple(offered), forced), caller=caller(request),
     ))
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": rid, "created": created, "model": runtime.canonical_name(req.model), "system_fingerprint": "lokal"}
