@@ -13,6 +13,7 @@ from lokal.engine.engine import Engine
 from lokal.engine.llama_model import ContextShape, LlamaModel
 from lokal.engine.sampling import SamplingParams
 from lokal.options import SAMPLING_NAMES, from_ollama
+from lokal.runtime.errors import ContextLengthExceeded
 from lokal.store.create import prepare_template
 from lokal.store.manifest import Manifest
 from lokal.templates.chat_template import ChatTemplate
@@ -31,6 +32,7 @@ class LoadedModel:
     defaults: dict[str, Any] = field(default_factory=dict)
     embedder: Embedder | None = None  # its llama.cpp context is made on the first embed
     memory_bytes: int | None = None  # lokal's estimate, made once (Runtime.memory_bytes)
+    _max_token_bytes: int = 0  # the longest token's text, in bytes (read once from the vocabulary)
 
     @classmethod
     def load(cls, name: str, manifest: Manifest, path: Path, shape: ContextShape,
@@ -78,7 +80,7 @@ class LoadedModel:
         return messages
 
     def chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
-                    template: str | None = None) -> list[int]:
+                    template: str | None = None, max_tokens: int | None = None) -> list[int]:
         """Render messages through the chat template (or a request's own, Jinja or Go) and
         tokenize. Raises TemplateError, or ModelfileError for a template that cannot be used."""
         if template is None:
@@ -86,17 +88,32 @@ class LoadedModel:
         else:
             own = ChatTemplate(prepare_template(template), self.model.bos_text, self.model.eos_text)
             text = own.render(self.with_system(messages, turns=False), add_generation_prompt=True)
-        return self.formatted_prompt(text)
+        return self.formatted_prompt(text, max_tokens)
 
-    def formatted_prompt(self, text: str) -> list[int]:
+    def formatted_prompt(self, text: str, max_tokens: int | None = None) -> list[int]:
         """Tokenize text already in the model's format: special tokens parsed, BOS added if the
         model wants one and the text does not start with it."""
+        self.check_length(text, max_tokens)
         add_bos = self.model.add_bos and not (self.model.bos_text and text.startswith(self.model.bos_text))
         return self.model.tokenize(text, add_special=add_bos, parse_special=True)
 
-    def text_prompt(self, text: str) -> list[int]:
+    def text_prompt(self, text: str, max_tokens: int | None = None) -> list[int]:
         """Tokenize a raw completion prompt (BOS added if the model wants one)."""
+        self.check_length(text, max_tokens)
         return self.model.tokenize(text, add_special=True, parse_special=False)
+
+    def check_length(self, text: str, max_tokens: int | None) -> None:
+        """Refuse text that must be more than ``max_tokens`` tokens, before tokenizing it: no token
+        is longer than the vocabulary's longest, so a megabyte prompt costs no tokenizer time."""
+        if max_tokens is None:
+            return
+        if not self._max_token_bytes:
+            self._max_token_bytes = max(1, max(len(self.model.piece(t)) for t in range(self.model.n_vocab)))
+        n_bytes = len(text.encode("utf-8", "replace")) if len(text) * 4 > max_tokens * self._max_token_bytes else 0
+        at_least = -(-n_bytes // self._max_token_bytes)
+        if at_least > max_tokens:
+            raise ContextLengthExceeded(f"prompt is at least {at_least} tokens ({n_bytes} bytes), more than the "
+                                        f"{max_tokens} this request may use", param="messages")
 
     def plain_tokens(self, text: str) -> list[int]:
         """Tokens of generated text (no BOS, no special-token parsing)."""

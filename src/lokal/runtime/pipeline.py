@@ -52,8 +52,8 @@ def prepare(loaded: LoadedModel, req: GenerateRequest, settings: Settings) -> Pr
             param = req.output.param if req.output is not None else "grammar"
             raise InvalidRequest(f"{param} cannot be combined with a required or named tool call", param=param)
         grammar = call_grammar(list(tools.callable))
-    prompt = _prompt(loaded, req)
     options = loaded.options(req.options)
+    prompt = _prompt(loaded, req, _max_prompt_tokens(loaded, options.get("num_ctx"), settings))
     try:
         params = loaded.sampling(req.options, grammar)
     except ValidationError as exc:
@@ -75,16 +75,30 @@ def output_grammar(output: JsonOutput) -> str:
         raise schema_error(exc, output.param) from exc
 
 
-def _prompt(loaded: LoadedModel, req: GenerateRequest) -> list[int]:
+def _max_prompt_tokens(loaded: LoadedModel, num_ctx: object, settings: Settings) -> int:
+    """The most prompt tokens a request could be allowed (the exact checks come after
+    tokenizing): one fewer than the slot or a smaller num_ctx, and LOKAL_MAX_PROMPT_TOKENS."""
+    limit = loaded.context_length - 1
+    if isinstance(num_ctx, int) and not isinstance(num_ctx, bool) and 1 <= num_ctx <= limit:
+        limit = num_ctx - 1
+    if settings.max_prompt_tokens:
+        limit = min(limit, settings.max_prompt_tokens)
+    return max(limit, 0)
+
+
+def _prompt(loaded: LoadedModel, req: GenerateRequest, max_tokens: int) -> list[int]:
     try:
         if req.messages is not None:
-            tokens = _chat_prompt(loaded, req)
+            tokens = _chat_prompt(loaded, req, max_tokens)
         elif isinstance(req.prompt, str):
-            tokens = loaded.formatted_prompt(req.prompt) if req.raw else loaded.text_prompt(req.prompt)
+            tokens = (loaded.formatted_prompt(req.prompt, max_tokens) if req.raw
+                      else loaded.text_prompt(req.prompt, max_tokens))
         elif req.prompt is not None:
             tokens = list(req.prompt)
         else:
             raise InvalidRequest("a request needs messages or a prompt", param="messages")
+    except InvalidRequest:
+        raise
     except TemplateError as exc:
         raise InvalidRequest(str(exc), param="messages", code="template_error") from exc
     except ValueError as exc:  # a Go template lokal cannot translate, text the tokenizer refuses
@@ -97,13 +111,13 @@ def _prompt(loaded: LoadedModel, req: GenerateRequest) -> list[int]:
     return tokens
 
 
-def _chat_prompt(loaded: LoadedModel, req: GenerateRequest) -> list[int]:
+def _chat_prompt(loaded: LoadedModel, req: GenerateRequest, max_tokens: int) -> list[int]:
     assert req.messages is not None
     shown = list(req.tools.shown)
     native = has_native_tools(loaded.template.source)
     convo = conversation(req.messages, shown, native)
     specs = [t.spec() for t in shown] if native and shown else None
-    return loaded.chat_prompt(convo, specs, template=req.template)
+    return loaded.chat_prompt(convo, specs, template=req.template, max_tokens=max_tokens)
 
 
 def _fit_to_context(params: SamplingParams, n_prompt: int, num_ctx: object, slot_ctx: int) -> SamplingParams:

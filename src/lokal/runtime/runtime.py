@@ -137,7 +137,9 @@ class Runtime:
         load_s = time.perf_counter() - arrived
         hold = self.hold(loaded.name)
         try:
-            prepared = prepare(loaded, req, self.settings)
+            # Templates are rendered and prompts tokenized off the event loop: a slow one stalls
+            # only its own request.
+            prepared = await asyncio.to_thread(prepare, loaded, req, self.settings)
             submission = self._submit(loaded, prepared.prompt, prepared.params)
         except BaseException:
             await hold.release()

@@ -109,3 +109,15 @@ async def test_a_dropped_stream_frees_its_slot_and_its_hold(runtime: Runtime) ->
         await asyncio.sleep(0.02)
     assert runtime.status()[0].engine.running == 0
     assert await runtime.unload(MODEL)  # no hold left behind
+
+
+async def test_a_megabyte_prompt_is_refused_by_its_length_without_tokenizing_it(runtime: Runtime) -> None:
+    import time
+
+    await runtime.model(MODEL)
+    started = time.perf_counter()
+    with pytest.raises(ContextLengthExceeded, match="at least"):
+        await runtime.generate(GenerateRequest(model=MODEL, prompt="word " * 1_000_000))
+    with pytest.raises(ContextLengthExceeded, match="at least"):
+        await runtime.generate(chat("word " * 1_000_000))
+    assert time.perf_counter() - started < 1.0  # tokenizing 5 MB alone takes seconds
