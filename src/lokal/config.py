@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     rate_rpm: int = Field(default=0, ge=0, description="requests per minute per API key (or client address); 0 = off")
     rate_tpm: int = Field(default=0, ge=0, description="prompt+generated tokens per minute per key; 0 = off")
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="largest request body; 413 beyond")
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="largest request line plus headers, in bytes; 431 beyond"
+    )
     max_tokens_limit: int = Field(default=0, ge=0, description="largest max_tokens/num_predict per request; 0 = off")
     max_prompt_tokens: int = Field(default=0, ge=0, description="largest prompt in tokens per request; 0 = off")
     request_timeout: float = Field(default=0, ge=0, description="seconds a generation may run; 0 = no limit")

@@ -1,15 +1,36 @@
-"""Chat history: conversations and their messages, kept in the UI's SQLite file."""
+"""Chat history: conversations and their messages, kept in the UI's SQLite file.
+
+What is stored is bounded (``MAX_*`` below, ``MAX_JSON_DEPTH``/``MAX_JSON_BYTES`` for params and
+stats; a ``StoredValueError`` beyond), and what is read back is checked again: a row that an
+older lokal (or a hand) wrote badly is shown with empty params or stats, never breaks the list,
+and can still be deleted."""
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lokal.ui.database import UiDatabase
+from lokal.ui.database import (
+    UiDatabase,
+    clean_json,
+    clean_text,
+    load_json_object,
+    stored_number,
+    stored_text,
+)
+
+log = logging.getLogger("lokal.ui")
+
+MAX_TITLE_CHARS = 256
+MAX_MODEL_CHARS = 256
+MAX_SYSTEM_PROMPT_CHARS = 100_000
+MAX_CONTENT_CHARS = 1_000_000  # one message: more than any model's context holds
+MAX_QUERY_CHARS = 1_000
 
 
 class ConversationNotFound(KeyError):
@@ -49,8 +70,12 @@ class ConversationStore:
 
     def create(self, title: str = "New chat", model: str = "", system_prompt: str = "",
                params: dict[str, Any] | None = None) -> Conversation:
+        """A new, empty conversation (``StoredValueError`` when a field is out of bounds)."""
+        title = clean_text(title, "title", MAX_TITLE_CHARS).strip() or "New chat"
+        model = clean_text(model, "model", MAX_MODEL_CHARS)
+        system_prompt = clean_text(system_prompt, "system_prompt", MAX_SYSTEM_PROMPT_CHARS)
         now = time.time()
-        conv = Conversation(uuid.uuid4().hex, title.strip() or "New chat", model, system_prompt, params or {}, now, now)
+        conv = Conversation(uuid.uuid4().hex, title, model, system_prompt, clean_json(params or {}, "params"), now, now)
         with self.db.transaction() as conn:
             conn.execute(
                 "INSERT INTO conversations (id, title, model, system_prompt, params, created_at, updated_at)"
@@ -60,7 +85,10 @@ class ConversationStore:
         return conv
 
     def list(self, query: str = "") -> list[Conversation]:
-        """Newest first, without messages; ``query`` matches titles and message text (case-insensitive)."""
+        """Newest first, without messages; ``query`` matches titles and message text (case-insensitive).
+        A row that cannot be read at all is left out (and logged); one with unreadable params is
+        listed with empty params."""
+        query = clean_text(query, "query", MAX_QUERY_CHARS)
         with self.db.reading() as conn:
             if query:
                 like = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
@@ -72,7 +100,13 @@ class ConversationStore:
                 ).fetchall()
             else:
                 rows = conn.execute("SELECT * FROM conversations ORDER BY updated_at DESC").fetchall()
-        return [_conversation(r) for r in rows]
+        found = []
+        for row in rows:
+            try:
+                found.append(_conversation(row))
+            except Exception as exc:  # a row no reading can save: the others are still listed
+                log.warning("conversation %r cannot be read (%s); left out of the list", row["id"], exc)
+        return found
 
     def get(self, conversation_id: str) -> Conversation:
         with self.db.reading() as conn:
@@ -88,16 +122,16 @@ class ConversationStore:
 
     def update(self, conversation_id: str, *, title: str | None = None, model: str | None = None,
                system_prompt: str | None = None, params: dict[str, Any] | None = None) -> Conversation:
-        """Change the given fields (rename with ``title``)."""
+        """Change the given fields (rename with ``title``); ``StoredValueError`` when one is out of bounds."""
         changes: dict[str, Any] = {}
         if title is not None:
-            changes["title"] = title.strip() or "Untitled"
+            changes["title"] = clean_text(title, "title", MAX_TITLE_CHARS).strip() or "Untitled"
         if model is not None:
-            changes["model"] = model
+            changes["model"] = clean_text(model, "model", MAX_MODEL_CHARS)
         if system_prompt is not None:
-            changes["system_prompt"] = system_prompt
+            changes["system_prompt"] = clean_text(system_prompt, "system_prompt", MAX_SYSTEM_PROMPT_CHARS)
         if params is not None:
-            changes["params"] = json.dumps(params)
+            changes["params"] = json.dumps(clean_json(params, "params"))
         with self.db.transaction() as conn:
             _require(conn, conversation_id)
             if changes:
@@ -113,7 +147,12 @@ class ConversationStore:
 
     def append(self, conversation_id: str, role: str, content: str, model: str = "",
                stats: dict[str, Any] | None = None) -> Message:
-        """Add a message at the end (position taken inside the transaction: concurrent appends never collide)."""
+        """Add a message at the end (position taken inside the transaction: concurrent appends never
+        collide); ``StoredValueError`` when a field is out of bounds."""
+        role = clean_text(role, "role", MAX_MODEL_CHARS)
+        content = clean_text(content, "content", MAX_CONTENT_CHARS)
+        model = clean_text(model, "model", MAX_MODEL_CHARS)
+        stats = clean_json(stats or {}, "stats")
         now = time.time()
         with self.db.transaction() as conn:
             _require(conn, conversation_id)
@@ -123,10 +162,10 @@ class ConversationStore:
             cur = conn.execute(
                 "INSERT INTO messages (conversation_id, position, role, content, model, stats, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (conversation_id, position, role, content, model, json.dumps(stats or {}), now),
+                (conversation_id, position, role, content, model, json.dumps(stats), now),
             )
             conn.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conversation_id))
-            return Message(int(cur.lastrowid or 0), role, content, model, stats or {}, now)
+            return Message(int(cur.lastrowid or 0), role, content, model, stats, now)
 
     def truncate(self, conversation_id: str, keep: int) -> Conversation:
         """Keep the first ``keep`` messages (regenerate and edit-and-resend cut the tail this way)."""
@@ -159,9 +198,16 @@ def _require(conn: sqlite3.Connection, conversation_id: str) -> None:
 
 
 def _conversation(row: sqlite3.Row) -> Conversation:
-    return Conversation(row["id"], row["title"], row["model"], row["system_prompt"], json.loads(row["params"]),
-                        row["created_at"], row["updated_at"])
+    """A row as a Conversation, whatever is stored in it (only a missing id makes it unreadable)."""
+    if not isinstance(row["id"], str):
+        raise ValueError(f"its id is {type(row['id']).__name__}, not text")
+    return Conversation(row["id"], stored_text(row["title"]), stored_text(row["model"]),
+                        stored_text(row["system_prompt"]),
+                        load_json_object(row["params"], f"params of conversation {row['id']}"),
+                        stored_number(row["created_at"]), stored_number(row["updated_at"]))
 
 
 def _message(row: sqlite3.Row) -> Message:
-    return Message(row["id"], row["role"], row["content"], row["model"], json.loads(row["stats"]), row["created_at"])
+    message_id = row["id"] if isinstance(row["id"], int) else 0
+    return Message(message_id, stored_text(row["role"]), stored_text(row["content"]), stored_text(row["model"]),
+                   load_json_object(row["stats"], f"stats of message {message_id}"), stored_number(row["created_at"]))

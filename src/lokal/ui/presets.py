@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
 from lokal.options import BY_NAME, UI_KEYS, OptionError, check
-from lokal.ui.database import UiDatabase
+from lokal.ui.database import StoredValueError, UiDatabase, clean_json, clean_text, load_json_object
+
+log = logging.getLogger("lokal.ui")
+MAX_NAME_CHARS = 100
 
 PARAMETERS = UI_KEYS  # the UI's parameter names: lokal.options' canonical names
 
@@ -27,15 +31,24 @@ class PresetStore:
         self.db = db
 
     def all(self) -> list[dict[str, Any]]:
-        """Built-in presets first, then the user's, each ``{name, params, builtin}``."""
+        """Built-in presets first, then the user's, each ``{name, params, builtin}``. A stored preset
+        with unreadable params is listed with empty ones (and can be deleted); one without a
+        readable name is left out."""
         presets = [{"name": n, "params": p, "builtin": True} for n, p in BUILTIN_PRESETS.items()]
         with self.db.reading() as conn:
             for row in conn.execute("SELECT name, params FROM presets ORDER BY created_at"):
-                presets.append({"name": row["name"], "params": json.loads(row["params"]), "builtin": False})
+                if not isinstance(row["name"], str):
+                    log.warning("a preset named %r cannot be read; left out", row["name"])
+                    continue
+                params = load_json_object(row["params"], f"preset {row['name']!r}")
+                presets.append({"name": row["name"], "params": params, "builtin": False})
         return presets
 
     def save(self, name: str, params: dict[str, Any]) -> None:
-        name = name.strip()
+        try:
+            name = clean_text(name, "a preset's name", MAX_NAME_CHARS).strip()
+        except StoredValueError as exc:
+            raise PresetError(str(exc)) from None
         if not name:
             raise PresetError("a preset needs a name")
         if name in BUILTIN_PRESETS:
@@ -45,7 +58,8 @@ class PresetStore:
             raise PresetError(f"unknown parameters: {', '.join(unknown)}")
         try:
             params = {k: check(BY_NAME[k], v) for k, v in params.items()}
-        except OptionError as exc:
+            params = clean_json(json.loads(json.dumps(params)), "params")  # tuples as lists, keys as text
+        except (OptionError, StoredValueError) as exc:
             raise PresetError(str(exc)) from None
         with self.db.transaction() as conn:
             conn.execute(

@@ -18,7 +18,7 @@ from lokal.runtime.runtime import Runtime
 from lokal.ui import monitor
 from lokal.ui.arena import ArenaTally
 from lokal.ui.conversations import ConversationNotFound, ConversationStore
-from lokal.ui.database import UiDatabase
+from lokal.ui.database import StoredValueError, UiDatabase, clean_text
 from lokal.ui.fit import fit_badge
 from lokal.ui.presets import PresetError, PresetStore
 from lokal.ui.request_log import RequestLog
@@ -84,6 +84,11 @@ def _not_found(conversation_id: str) -> HTTPException:
     return HTTPException(404, f"conversation {conversation_id} not found")
 
 
+def _refused(exc: StoredValueError) -> HTTPException:
+    """400 for a value the UI database does not store (the message names the field and the bound)."""
+    return HTTPException(400, str(exc))
+
+
 # --- conversations ---
 
 class NewConversation(BaseModel):
@@ -113,12 +118,19 @@ class Truncate(BaseModel):
 
 @router.get("/ui/api/conversations")
 def list_conversations(request: Request, q: str = "") -> list[dict[str, Any]]:
-    return [c.to_dict() for c in ConversationStore(_db(request)).list(q)]
+    try:
+        return [c.to_dict() for c in ConversationStore(_db(request)).list(q)]
+    except StoredValueError as exc:
+        raise _refused(exc) from None
 
 
 @router.post("/ui/api/conversations", status_code=201)
 def create_conversation(request: Request, body: NewConversation) -> dict[str, Any]:
-    return ConversationStore(_db(request)).create(body.title, body.model, body.system_prompt, body.params).to_dict()
+    try:
+        conv = ConversationStore(_db(request)).create(body.title, body.model, body.system_prompt, body.params)
+    except StoredValueError as exc:
+        raise _refused(exc) from None
+    return conv.to_dict()
 
 
 @router.get("/ui/api/conversations/{conversation_id}")
@@ -135,6 +147,8 @@ def change_conversation(request: Request, conversation_id: str, body: Conversati
         return ConversationStore(_db(request)).update(conversation_id, **body.model_dump()).to_dict()
     except ConversationNotFound:
         raise _not_found(conversation_id) from None
+    except StoredValueError as exc:
+        raise _refused(exc) from None
 
 
 @router.delete("/ui/api/conversations/{conversation_id}", status_code=204)
@@ -153,6 +167,8 @@ def add_message(request: Request, conversation_id: str, body: NewMessage) -> dic
                                                          body.stats)
     except ConversationNotFound:
         raise _not_found(conversation_id) from None
+    except StoredValueError as exc:
+        raise _refused(exc) from None
     return message.__dict__
 
 
@@ -223,7 +239,11 @@ def arena_tally(request: Request) -> list[dict[str, Any]]:
 
 @router.post("/ui/api/arena/votes", status_code=204)
 def arena_vote(request: Request, body: Vote) -> Response:
-    ArenaTally(_db(request)).vote(body.left, body.right, body.winner)
+    try:
+        left, right = (clean_text(label, "a contestant's label", 256) for label in (body.left, body.right))
+    except StoredValueError as exc:
+        raise _refused(exc) from None
+    ArenaTally(_db(request)).vote(left, right, body.winner)
     return Response(status_code=204)
 
 
