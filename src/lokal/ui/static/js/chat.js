@@ -232,7 +232,7 @@ export class ChatPage {
   async ensureConversation(firstText) {
     const settings = { model: this.model.value, system_prompt: this.system.value, params: this.params.get() };
     if (!this.conversation) {
-      const title = firstText.replace(/\s+/g, " ").trim().slice(0, 48) || "New chat";
+      const title = Array.from(firstText.replace(/\s+/g, " ").trim()).slice(0, 48).join("") || "New chat";
       this.conversation = await sendJSON("POST", "/ui/api/conversations", { title, ...settings });
       this.conversation.messages = [];
       localStorage.setItem("lokal.conversation", this.conversation.id);
