@@ -70,3 +70,25 @@ def test_a_template_cannot_fill_memory(source: str) -> None:
 def test_ordinary_templates_still_render() -> None:
     source = "{% for m in messages %}<|{{ m['role'] }}|>{{ m.content | trim }}{% endfor %}{{ 'ab' * 3 }}{{ 2 ** 10 }}"
     assert ChatTemplate(source).render(MESSAGES) == "<|user|>hiababab1024"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("source", "error"), [
+    # no call, attribute or item access in the loops: the sandbox's own checks never run
+    ("{% set s = '" + "x" * 40_000 + "' %}{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}",
+     "took longer than"),
+    ("{% set c = messages[0]['content'] %}{% for a in c %}{% for b in c %}{% endfor %}{% endfor %}{{ c }}",
+     "took longer than"),
+    # one filter call that allocates a gigabyte before any size check
+    ("{{ 'x'|center(1000000000) }}", "needed more than"),
+], ids=["loops over a literal", "loops over message text", "center a billion"])
+def test_a_hostile_gguf_template_is_stopped_by_the_renders_time_and_memory_budget(
+        source: str, error: str, tiny_gguf: Callable[..., Path]) -> None:
+    facts = read_gguf_facts(tiny_gguf(chat_template=source))
+    assert facts.chat_template == source
+    template = ChatTemplate.for_model(facts.chat_template, "llama", "<s>", "</s>")
+    ChatTemplate("{{ 1 }}").render(MESSAGES)  # a render worker is up: what follows times the render only
+    started = time.perf_counter()
+    with pytest.raises(TemplateError, match=error):
+        template.render([{"role": "user", "content": "y" * 40_000}])
+    assert time.perf_counter() - started < MAX_RENDER_S + 1
