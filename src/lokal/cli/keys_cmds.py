@@ -23,7 +23,9 @@ def _store() -> KeyStore:
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    """Print ``exc`` as one red line (a JSON error's own newlines folded) and exit 1."""
+    message = " ".join(str(exc).split())
+    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(1)
 
 
@@ -46,7 +48,10 @@ def create(
 @keys_app.command("list")
 def list_keys() -> None:
     """Names, key prefixes and creation times (never the keys)."""
-    keys = _store().keys()
+    try:
+        keys = _store().keys()
+    except KeyStoreError as exc:  # a corrupt or empty keys.json: one line, never "auth is off"
+        raise _fail(exc) from None
     if not keys:
         console.print("no keys: auth is off (every client is allowed)")
         return
@@ -66,7 +71,7 @@ def revoke(name: Annotated[str, typer.Argument(help="the key's name")]) -> None:
     store = _store()
     try:
         store.revoke(name)
+        left = len(store.keys())
     except KeyStoreError as exc:
         raise _fail(exc) from None
-    left = len(store.keys())
     console.print(f"revoked {escape(name)}" + ("" if left else "; no keys left: auth is off"))

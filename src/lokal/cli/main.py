@@ -39,12 +39,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     from lokal.engine.llama_model import ModelLoadError
     from lokal.runtime.errors import LokalError
+    from lokal.server.security.keys import KeyStoreError
     from lokal.store.errors import StoreError
     from lokal.store.modelfile import ModelfileError
     from lokal.templates.chat_template import TemplateError
 
     return (
-        UserError, LokalError, StoreError, ModelfileError, ModelLoadError, TemplateError, ValidationError, OSError
+        UserError, LokalError, StoreError, ModelfileError, ModelLoadError, TemplateError, ValidationError, OSError,
+        KeyStoreError,  # a corrupt keys.json, wherever a command reads it
     )
 
 
@@ -227,13 +229,24 @@ def create(
 ) -> None:
     """Create a model from a Modelfile (FROM a model, a .gguf file or a sha256 digest)."""
     from lokal.store.create import create_model
-    from lokal.store.modelfile import MAX_MODELFILE_CHARS, parse_modelfile
+    from lokal.store.modelfile import MAX_MODELFILE_CHARS, ModelfileError, parse_modelfile
 
     if not file.is_file():
         raise UserError(f"{file}: no such Modelfile (give one with -f)")
     if file.stat().st_size > MAX_MODELFILE_CHARS * 4:
         raise UserError(f"{file}: too large for a Modelfile")
-    spec = parse_modelfile(file.read_text(encoding="utf-8"))
+    raw = file.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise UserError(
+            f"{file}: not a UTF-8 text file (byte {raw[exc.start]:#04x} on line {line}); save the Modelfile as UTF-8"
+        ) from None
+    try:
+        spec = parse_modelfile(text)
+    except ModelfileError as exc:
+        raise UserError(f"{file}: {exc}") from None
     from lokal.cli.progress import PullProgressBar
     from lokal.store.progress import PullProgress
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from lokal.store.catalog import find_catalog_entry
 from lokal.store.errors import InvalidModelName, ModelNotFound
 from lokal.store.gguf_facts import GgufFacts, read_gguf_facts
+from lokal.store.loadable import check_loadable, read_loadable_gguf_facts
 from lokal.store.manifest import Manifest, utc_now
 from lokal.store.model_store import ModelStore
 from lokal.store.modelfile import MESSAGE_ROLES, Modelfile, ModelfileError, parse_parameter
@@ -57,7 +58,8 @@ def create_model(
     Jinja; the template is checked by rendering a sample conversation before anything is written.
 
     Raises :class:`ModelfileError` (bad template, parameter, message), :class:`InvalidModelName`,
-    :class:`ModelNotFound` (unknown FROM), :class:`InvalidGguf` or :class:`PullError`.
+    :class:`ModelNotFound` (unknown FROM), :class:`InvalidGguf` (its subclass
+    :class:`UnloadableGguf` for a GGUF llama.cpp cannot load) or :class:`PullError`.
     """
     report = progress or ignore_progress
     target = parse_model_name(name)
@@ -139,7 +141,9 @@ def _resolve_base(
             raise ModelNotFound(f"FROM {digest}: no such blob in the store")
         owner = next((m for m in store.list() if m.digest == digest), None)
         source = owner.source if owner else f"blob:{digest}"
-        return _Base(digest, blob.stat().st_size, source, read_gguf_facts(blob), None)
+        # An uploaded blob (POST /api/blobs) becomes a model only if llama.cpp can load it.
+        facts = check_loadable(read_gguf_facts(blob), f"FROM {digest}")
+        return _Base(digest, blob.stat().st_size, source, facts, None)
     in_store = _existing_name(store, ref)
     if in_store is None and _looks_like_path(ref, base_dir):
         return _import_base(store, ref, base_dir, report, allow_paths)
@@ -155,6 +159,7 @@ def _resolve_base(
                 "run 'lokal list', or give a .gguf path"
             )
         base = pull_model(store, ref, report)
+    check_loadable(base.facts, f"FROM {ref}")  # a model stored before lokal checked this
     return _Base(base.digest, base.size, base.source, base.facts, base)
 
 
@@ -174,9 +179,9 @@ def _import_base(
         raise ModelfileError(f"FROM {ref}: is a folder; lokal creates models from one .gguf file")
     if not path.is_file():
         raise ModelfileError(f"FROM {ref}: no such file ({path})")
-    facts = read_gguf_facts(path)  # InvalidGguf before anything is stored
+    read_loadable_gguf_facts(path)  # InvalidGguf / UnloadableGguf before anything is copied
     report(PullProgress(f"importing {path.name}"))
-    digest = store.add_blob(path)
+    digest, facts = store.add_gguf(path)  # a copy: the file can change later, the model will not
     return _Base(digest, store.blob_path(digest).stat().st_size, f"file:{path}", facts, None)
 
 

@@ -9,42 +9,61 @@ Layout under ``home``::
 
 A blob is renamed into ``blobs/`` only after its sha256 is verified, and a manifest is
 written (atomically) only once its blob is there, so a crash at any moment leaves either no
-model or a complete one.
+model or a complete one. The store owns its bytes: a file from outside is copied (reflinked where
+the filesystem can), never hard-linked, so editing or truncating the original changes nothing.
+
+Work in ``tmp/`` is always held under a ``flock`` by the process doing it (a pull's
+``pull-<name>.lock``, each import's ``blob-<uuid>.partial`` itself), so what a killed process left
+is told from live work by trying its lock: opening the store removes it (:meth:`clean_tmp`),
+keeping only what a later pull resumes (finished wheels, partial hf.co downloads).
 """
 
 from __future__ import annotations
 
 import builtins
-import errno
+import contextlib
+import io
 import json
 import os
 import shutil
+import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import ValidationError
 
 from lokal.store.atomic import atomic_write, fsync_dir, fsync_file
 from lokal.store.digests import copy_and_hash, parse_digest, sha256_file
 from lokal.store.errors import DigestMismatch, ModelNotFound, StoreError
-from lokal.store.gguf_facts import read_gguf_facts
-from lokal.store.lock import FileLock
+from lokal.store.gguf_facts import GgufFacts
+from lokal.store.loadable import check_loadable, read_loadable_gguf_facts
+from lokal.store.lock import FileLock, lock_fd, remove_if_unlocked
 from lokal.store.manifest import Manifest, utc_now
 from lokal.store.names import DEFAULT_TAG, ModelName, parse_model_name
 from lokal.store.progress import ProgressCallback, PullProgress
 
-# os.link fails with these when a hard link is impossible; the file is copied instead.
-_NO_LINK_ERRNOS = {errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.ENOTSUP}
+T = TypeVar("T")
+
+# In a pull's folder: what the next pull of that model resumes (finished wheels of a catalog
+# pull, hf.co downloads resumed with a Range request). Everything else there is redone anyway.
+RESUMABLE_PULL_WORK = ("wheels", "files")
+# Partial files whose writer holds no lock (the server's blob uploads): removed once untouched
+# for this long (a live upload writes as its bytes arrive).
+UNLOCKED_PARTIAL_MAX_AGE_S = 3600.0
 
 
 class ModelStore:
     """Models on disk under ``home`` (``$LOKAL_HOME``)."""
 
-    def __init__(self, home: Path | str) -> None:
+    def __init__(self, home: Path | str, *, clean: bool = True) -> None:
         self.home = Path(home).expanduser()
         self.blobs_dir = self.home / "blobs"
         self.manifests_dir = self.home / "manifests"
         self.tmp_dir = self.home / "tmp"
+        if clean:
+            self.clean_tmp()
 
     def __repr__(self) -> str:
         return f"ModelStore({str(self.home)!r})"
@@ -78,8 +97,14 @@ class ModelStore:
         return self.blobs_dir / parse_digest(digest).replace(":", "-")
 
     def gguf_path(self, name: str | ModelName) -> Path:
-        """The GGUF file of model ``name``, ready for llama.cpp to open."""
-        return self.blob_path(self.get(name).digest)
+        """The GGUF file of model ``name``, ready for llama.cpp to open.
+
+        Raises :class:`UnloadableGguf` (an :class:`InvalidGguf`) naming the model and the reason
+        when its facts say llama.cpp cannot load it (a model stored before lokal checked that).
+        """
+        manifest = self.get(name)
+        check_loadable(manifest.facts, f'model "{manifest.name}"')
+        return self.blob_path(manifest.digest)
 
     def manifest_path(self, name: str | ModelName) -> Path:
         """Where the manifest of ``name`` is written."""
@@ -117,34 +142,74 @@ class ModelStore:
         """Store the file ``src`` as a blob and return its digest (``sha256:<hex>``).
 
         A file inside ``tmp/`` is the store's own partial work and is moved; any other file is
-        left in place and hard-linked (same filesystem) or copied. The content is hashed
-        before it appears in ``blobs/``; on a mismatch with ``expected_digest`` nothing is
-        stored and :class:`DigestMismatch` is raised.
+        copied (reflinked where the filesystem can), hashed as it is copied, so the store never
+        shares bytes with a file someone else may change. The content is verified before it
+        appears in ``blobs/``; on a mismatch with ``expected_digest`` nothing is stored and
+        :class:`DigestMismatch` is raised.
         """
-        src = Path(src)
+        return self._store_blob(Path(src), expected_digest, None)[0]
+
+    def add_gguf(self, src: Path | str, expected_digest: str | None = None) -> tuple[str, GgufFacts]:
+        """:meth:`add_blob` for a GGUF model file, returning its digest and facts.
+
+        The facts are read from the store's own copy, and it must be a GGUF file llama.cpp can
+        load (:func:`read_loadable_gguf_facts`) before it becomes a blob: :class:`InvalidGguf`, or
+        its subclass :class:`UnloadableGguf`, otherwise, with nothing stored.
+        """
+        digest, facts = self._store_blob(Path(src), expected_digest, read_loadable_gguf_facts)
+        assert facts is not None
+        return digest, facts
+
+    @contextlib.contextmanager
+    def partial_file(self, prefix: str = "blob") -> Iterator[tuple[Path, io.BufferedRandom]]:
+        """A new, empty ``tmp/<prefix>-<uuid>.partial`` open for writing, held under a ``flock`` until
+        the block ends (so :meth:`clean_tmp` in another process leaves it alone), then closed and,
+        unless it was renamed away, deleted."""
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            path = self.tmp_dir / f"{prefix}-{uuid.uuid4().hex}.partial"
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            if lock_fd(fd, path):
+                break
+            os.close(fd)  # a clean-up removed it between its creation and our lock: take another
+        with os.fdopen(fd, "r+b") as file:
+            try:
+                yield path, file
+            finally:
+                path.unlink(missing_ok=True)  # still held: nobody can take this name meanwhile
+
+    def _store_blob(
+        self, src: Path, expected_digest: str | None, check: Callable[[Path], T] | None
+    ) -> tuple[str, T | None]:
         expected = parse_digest(expected_digest) if expected_digest else None
         self.blobs_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        owned = src.resolve().is_relative_to(self.tmp_dir.resolve())
-        staged = src if owned else self.tmp_dir / f"blob-{uuid.uuid4().hex}.partial"
-        try:
-            if owned:
-                digest = sha256_file(staged)
-            else:
-                digest = self._link_or_copy(src, staged)
-            if expected and digest != expected:
-                raise DigestMismatch(f"{src} has digest {digest}, expected {expected}")
-            dst = self.blob_path(digest)
-            if dst.is_file() and dst.stat().st_size == staged.stat().st_size:
-                staged.unlink()  # already stored (blobs only ever appear verified)
-            else:
-                fsync_file(staged)
-                os.replace(staged, dst)
-                fsync_dir(self.blobs_dir)
-            return digest
-        except BaseException:
-            staged.unlink(missing_ok=True)
-            raise
+        if src.resolve().is_relative_to(self.tmp_dir.resolve()):  # our own work: move it
+            try:
+                return self._commit(src, sha256_file(src), expected, check, fsync=True)
+            except BaseException:
+                src.unlink(missing_ok=True)
+                raise
+        if check is not None:
+            check(src)  # refuse a bad file before copying gigabytes of it (the copy is checked again)
+        with self.partial_file() as (staged, out):
+            digest = copy_and_hash(src, out)
+            return self._commit(staged, digest, expected, check, fsync=False)
+
+    def _commit(
+        self, staged: Path, digest: str, expected: str | None, check: Callable[[Path], T] | None, fsync: bool
+    ) -> tuple[str, T | None]:
+        """Verify the file ``staged`` (digest ``digest``) and rename it into ``blobs/``. A blob of
+        that digest already there is replaced: the rename is atomic, and it repairs a blob that
+        was changed behind the store's back."""
+        if expected and digest != expected:
+            raise DigestMismatch(f"{staged} has digest {digest}, expected {expected}")
+        result = check(staged) if check is not None else None
+        if fsync:
+            fsync_file(staged)
+        os.replace(staged, self.blob_path(digest))
+        fsync_dir(self.blobs_dir)
+        return digest, result
 
     def write_manifest(self, manifest: Manifest) -> None:
         """Write ``manifest`` atomically. Its blob must already be stored, complete."""
@@ -184,13 +249,14 @@ class ModelStore:
     def import_file(self, path: Path | str, name: str | ModelName) -> Manifest:
         """Add the local GGUF file ``path`` as model ``name``.
 
-        The file is validated (:class:`InvalidGguf`) before anything is stored, then
-        hard-linked into ``blobs/`` when on the same filesystem, else copied while hashed.
+        The file must be a GGUF llama.cpp can load (:class:`InvalidGguf` / :class:`UnloadableGguf`
+        otherwise, with nothing stored). It is copied into ``blobs/`` (reflinked where the
+        filesystem can), so the model no longer depends on the original: editing, truncating or
+        deleting it later changes nothing in the store.
         """
         model = _as_name(name)
         path = Path(path).expanduser().resolve()
-        facts = read_gguf_facts(path)
-        digest = self.add_blob(path)
+        digest, facts = self.add_gguf(path)
         manifest = Manifest(
             name=str(model),
             digest=digest,
@@ -202,16 +268,54 @@ class ModelStore:
         self.write_manifest(manifest)
         return manifest
 
-    # -- internals -------------------------------------------------------------------------
+    def clean_tmp(self) -> builtins.list[Path]:
+        """Remove what killed processes left in ``tmp/`` and return the paths removed.
 
-    def _link_or_copy(self, src: Path, staged: Path) -> str:
+        Only work whose lock no live process holds is touched: an import's partial copy, a pull's
+        scratch files (pip's staging folder, a half-joined GGUF) and its lock file, and the
+        server's blob uploads untouched for an hour. What a later pull resumes is kept: finished
+        wheels and partial hf.co downloads. Called when the store is opened; never raises.
+        """
+        removed: builtins.list[Path] = []
         try:
-            os.link(src, staged)
-        except OSError as e:
-            if e.errno not in _NO_LINK_ERRNOS:
-                raise
-            return copy_and_hash(src, staged)
-        return sha256_file(staged)
+            entries = sorted(self.tmp_dir.iterdir())
+        except OSError:
+            return removed
+        for entry in entries:
+            try:
+                self._clean_entry(entry, removed)
+            except OSError:
+                continue  # a file that vanished or cannot be touched: the next open tries again
+        return removed
+
+    def _clean_entry(self, entry: Path, removed: builtins.list[Path]) -> None:
+        name = entry.name
+        if name.startswith("pull-") and entry.is_dir() and not entry.is_symlink():
+            lock = FileLock(entry.with_name(name + ".lock"))
+            if not lock.acquire(blocking=False):
+                return  # a pull of this model is running (or its pip child still is)
+            try:
+                for part in sorted(entry.iterdir()):
+                    if part.name not in RESUMABLE_PULL_WORK:
+                        _remove(part)
+                        removed.append(part)
+                if _is_empty_tree(entry):
+                    shutil.rmtree(entry)
+                    removed.append(entry)
+            finally:
+                lock.release(remove=True)
+            removed.append(lock.path)
+        elif name.startswith("pull-") and name.endswith(".lock"):
+            if not entry.with_suffix("").is_dir() and remove_if_unlocked(entry):
+                removed.append(entry)
+        elif name.startswith("blob-") and name.endswith(".partial"):
+            if remove_if_unlocked(entry):
+                removed.append(entry)
+        elif name.startswith("upload-") and name.endswith(".partial"):
+            if time.time() - entry.stat().st_mtime > UNLOCKED_PARTIAL_MAX_AGE_S and remove_if_unlocked(entry):
+                removed.append(entry)
+
+    # -- internals -------------------------------------------------------------------------
 
     def _blob_is_complete(self, manifest: Manifest) -> bool:
         try:
@@ -262,6 +366,18 @@ class ModelStore:
             except OSError:
                 return
             folder = folder.parent
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _is_empty_tree(folder: Path) -> bool:
+    """Whether ``folder`` holds no files, only (nested) empty folders."""
+    return all(not files for _, _, files in os.walk(folder))
 
 
 def _as_name(name: str | ModelName) -> ModelName:

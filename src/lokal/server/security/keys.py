@@ -4,6 +4,11 @@ A key is ``lokal-`` followed by 32 random bytes (256 bits, URL-safe base64), so 
 enough: a slow KDF (argon2, scrypt) protects low-entropy passwords from guessing, and nobody can
 guess 256 random bits. The digest is compared in constant time. The file is re-read when its
 mtime changes, so ``lokal keys revoke`` takes effect on a running server at its next request.
+
+A keys file that exists but cannot be read as lokal writes it (not UTF-8, not JSON, empty, entries
+of the wrong shape, unreadable) fails closed: :class:`KeyFileError` names the file, the CLI prints
+that one line, and the server answers 503 on every route that needs a key (never "no keys, auth
+off"). Only a missing file, or ``{"keys": []}`` once every key is revoked, means auth is off.
 """
 
 from __future__ import annotations
@@ -25,6 +30,15 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
 class KeyStoreError(ValueError):
     """A key operation the user asked for cannot be done (bad or duplicate name, unknown key)."""
+
+
+class KeyFileError(KeyStoreError):
+    """``keys.json`` exists but is not a keys file lokal can trust: every keyed route is refused."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}; fix it, or delete it to turn API keys off")
+        self.path = path
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -51,26 +65,41 @@ class KeyStore:
         self._cache: tuple[float, int, dict[str, StoredKey]] | None = None
 
     def keys(self) -> dict[str, StoredKey]:
-        """Stored keys by name (cached until the file changes)."""
+        """Stored keys by name (cached until the file changes). Raises :class:`KeyFileError` when
+        the file exists but is not a valid keys file."""
         try:
             st = self.path.stat()
         except FileNotFoundError:
             self._cache = None
             return {}
+        except OSError as e:
+            raise KeyFileError(self.path, f"cannot read it ({e.strerror or e})") from None
         if self._cache is not None and self._cache[:2] == (st.st_mtime, st.st_size):
             return self._cache[2]
-        data = json.loads(self.path.read_text(encoding="utf-8") or "{}")
-        keys = {k["name"]: StoredKey(**k) for k in data.get("keys", [])}
+        keys = _parse(self.path)
         self._cache = (st.st_mtime, st.st_size, keys)
         return keys
 
     def enabled(self) -> bool:
-        """Auth is on exactly when at least one key exists."""
-        return bool(self.keys())
+        """Auth is on exactly when at least one key exists, or when the keys file cannot be read
+        (fail closed: :meth:`keys` then says why)."""
+        try:
+            return bool(self.keys())
+        except KeyFileError:
+            return True
+
+    def problem(self) -> str | None:
+        """Why the keys file cannot be used (one line naming it), or None."""
+        try:
+            self.keys()
+        except KeyFileError as e:
+            return str(e)
+        return None
 
     def verify(self, key: str) -> str | None:
         """The name of the key, or None if it is not a valid key."""
         if not key.startswith(KEY_PREFIX):
+            self.keys()  # a broken keys file is reported whatever the key
             return None
         wanted = digest(key)
         found = None
@@ -118,3 +147,43 @@ class KeyStore:
             Path(tmp).unlink(missing_ok=True)
             raise
         self._cache = None
+
+
+_FIELDS: dict[str, tuple[type, ...]] = {
+    "name": (str,), "sha256": (str,), "prefix": (str,), "created": (str,), "rpm": (int, type(None)),
+    "tpm": (int, type(None)),
+}
+_REQUIRED = ("name", "sha256", "prefix", "created")
+
+
+def _parse(path: Path) -> dict[str, StoredKey]:
+    """The keys in ``path``, which must be ``{"keys": [StoredKey, ...]}`` as :meth:`KeyStore._write`
+    writes it; anything else is a :class:`KeyFileError` (an empty file too: it is not "no keys")."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise KeyFileError(path, f"cannot read it ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise KeyFileError(path, f"not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})") from None
+    if not text.strip():
+        raise KeyFileError(path, "the file is empty (a keys file with no keys is {\"keys\": []})")
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise KeyFileError(path, f"not valid JSON ({e})") from None
+    entries = data.get("keys") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise KeyFileError(path, 'expected a JSON object {"keys": [...]}')
+    keys: dict[str, StoredKey] = {}
+    for n, entry in enumerate(entries):
+        if not isinstance(entry, dict) or any(k not in entry for k in _REQUIRED) or any(
+            k not in _FIELDS or not isinstance(v, _FIELDS[k]) or isinstance(v, bool) for k, v in entry.items()
+        ):
+            raise KeyFileError(path, f"key #{n + 1} is not an object with {', '.join(_REQUIRED)} (text), rpm, tpm")
+        key = StoredKey(**entry)
+        if key.name in keys:
+            raise KeyFileError(path, f"two keys are named {key.name!r}")
+        keys[key.name] = key
+    return keys

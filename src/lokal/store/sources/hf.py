@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lokal.store.errors import DigestMismatch, InvalidGguf, PullError
-from lokal.store.gguf_facts import read_gguf_facts
+from lokal.store.loadable import read_loadable_gguf_facts
 from lokal.store.manifest import Manifest
 from lokal.store.model_store import ModelStore
 from lokal.store.names import DEFAULT_TAG, ModelName
@@ -114,17 +114,19 @@ class HfSource:
             file = self.resolve(repo_id, selector)
             digest = f"sha256:{file.sha256}"
             blob = self.store.blob_path(digest)
-            if not (blob.is_file() and blob.stat().st_size == file.size):
-                downloaded = self._download(file, work, ByteProgress(report, "downloading", file.size, digest))
-                report(PullProgress("verifying sha256 digest", digest=digest))
-                try:
-                    self.store.add_blob(downloaded, digest)
-                except DigestMismatch as e:
-                    raise PullError(f"{file.source} does not match the Hub's sha256 ({e})") from e
             try:
-                facts = read_gguf_facts(blob)
+                if blob.is_file() and blob.stat().st_size == file.size:
+                    facts = read_loadable_gguf_facts(blob)
+                else:
+                    downloaded = self._download(file, work, ByteProgress(report, "downloading", file.size, digest))
+                    report(PullProgress("verifying sha256 digest", digest=digest))
+                    # A file llama.cpp cannot load is refused (and its download dropped) here, not at
+                    # the first chat.
+                    _, facts = self.store.add_gguf(downloaded, digest)
+            except DigestMismatch as e:
+                raise PullError(f"{file.source} does not match the Hub's sha256 ({e})") from e
             except InvalidGguf as e:
-                raise PullError(str(e)) from e
+                raise PullError(f"{file.source}: {e}") from e
             report(PullProgress("writing manifest"))
             manifest = Manifest(
                 name=str(name),
@@ -136,7 +138,7 @@ class HfSource:
             )
             return self.store.finish_pull(manifest, work, report)
         finally:
-            lock.release()
+            lock.release(remove=True)
 
     def resolve(self, repo_id: str, selector: str | None) -> HfFile:
         """Ask the Hub which file ``selector`` names in ``repo_id`` and what it must hash to."""

