@@ -43,7 +43,10 @@ class ModelNotFound(LokalError):
 
 
 class ModelLoadFailed(LokalError):
-    """The model is in the store but llama.cpp (or the store) could not load it."""
+    """The model is in the store but llama.cpp (or the store) could not load it: the request is
+    well formed and the model exists, but it cannot be served, and retrying will not help."""
+
+    code = "model_load_failed"
 
 
 class ServerBusy(LokalError):

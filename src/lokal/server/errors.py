@@ -61,6 +61,8 @@ def api_error(exc: errors.LokalError) -> APIError:
                         headers={"Retry-After": str(exc.retry_after_s)}, ollama_message=OLLAMA_BUSY)
     if isinstance(exc, errors.RequestTimedOut):
         return APIError(504, exc.message, type="timeout", code=exc.code)
+    if isinstance(exc, errors.ModelLoadFailed):
+        return APIError(422, exc.message, param="model", code=exc.code)
     if isinstance(exc, errors.ClientDisconnected):
         return APIError(499, exc.message, type="client_disconnected")
     return APIError(500, exc.message, type="server_error", code=exc.code)

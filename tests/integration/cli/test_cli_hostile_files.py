@@ -176,9 +176,10 @@ def test_a_stored_model_llama_cpp_cannot_load_is_named_with_the_reason_when_used
     client = TestClient(create_app(Settings(home=store.home)))
     r = client.post("/api/chat", json={"model": "old", "messages": [{"role": "user", "content": "hi"}],
                                        "stream": False})
-    assert r.status_code >= 400
+    assert r.status_code == 422  # well formed, the model exists, but it cannot be served
     assert "old:latest" in r.json()["error"] and "unknown architecture 'llamb'" in r.json()["error"]
     r = client.post("/v1/chat/completions", json={"model": "old", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "model_load_failed"
     assert "unknown architecture 'llamb'" in r.json()["error"]["message"]
 
 

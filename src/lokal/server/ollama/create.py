@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -19,7 +18,7 @@ from lokal.server.ollama.progress import as_status_lines, last_status, run_in_th
 from lokal.server.ollama.schemas import CreateRequest
 from lokal.store.digests import parse_digest
 from lokal.store.errors import InvalidGguf, StoreError
-from lokal.store.gguf_facts import read_gguf_facts
+from lokal.store.loadable import UnloadableGguf, read_loadable_gguf_facts
 from lokal.store.model_store import ModelStore
 from lokal.store.progress import ProgressCallback, PullProgress
 
@@ -54,24 +53,22 @@ async def upload_blob(digest: str, request: Request, runtime: Runtime = Depends(
     store = runtime.store
     if store.blob_path(expected).is_file():
         return Response(status_code=201)  # already stored (blobs only ever appear verified)
-    store.tmp_dir.mkdir(parents=True, exist_ok=True)
-    partial = store.tmp_dir / f"upload-{uuid.uuid4().hex}.partial"
-    try:
+    with store.partial_file("upload") as (partial, f):  # locked: the store's clean-up leaves it alone
         sha = hashlib.sha256()
-        with partial.open("wb") as f:
-            async for chunk in request.stream():
-                sha.update(chunk)
-                f.write(chunk)
+        async for chunk in request.stream():
+            sha.update(chunk)
+            f.write(chunk)
+        f.flush()
         got = f"sha256:{sha.hexdigest()}"
         if got != expected:
             raise APIError(400, f"digest mismatch, expected {expected}, got {got}", param="digest")
         try:
-            await asyncio.to_thread(read_gguf_facts, partial)
+            await asyncio.to_thread(read_loadable_gguf_facts, partial)
+        except UnloadableGguf as exc:
+            raise APIError(400, f"llama.cpp cannot load this GGUF file: {exc.reason}") from exc
         except InvalidGguf as exc:
             raise APIError(400, f"the blob is not a GGUF file; lokal only stores GGUF models ({exc})") from exc
         await asyncio.to_thread(store.add_blob, partial, expected)
-    finally:
-        partial.unlink(missing_ok=True)
     return Response(status_code=201)
 
 

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from lokal.runtime.events import Event, Failed, Finished, GenerationRecord
 from lokal.server.errors import APIError
 from lokal.server.security.auth import is_open, send_error
-from lokal.server.security.keys import KeyStore
+from lokal.server.security.keys import KeyFileError, KeyStore
 from lokal.server.security.tracking import current_request, identity
 
 WINDOW_S = 60.0
@@ -105,7 +105,10 @@ class RateLimitMiddleware:
                 or is_open(scope["method"], scope["path"]) or scope["path"] in UNLIMITED_PATHS):
             await self.app(scope, receive, send)
             return
-        key = self.keys.keys().get(facts.key_name) if facts.key_name else None
+        try:
+            key = self.keys.keys().get(facts.key_name) if facts.key_name else None
+        except KeyFileError:  # broken since auth read it: auth answers 503 on the next request
+            key = None
         rpm = key.rpm if key is not None and key.rpm is not None else self.limiter.rpm
         tpm = key.tpm if key is not None and key.tpm is not None else self.limiter.tpm
         if not rpm and not tpm:
