@@ -11,10 +11,24 @@ import json
 from typing import Any
 
 import jsonschema
-from llama_cpp.llama_grammar import SchemaConverter
+from llama_cpp.llama_grammar import NON_LITERAL_SET, SchemaConverter
 
 MAX_SCHEMA_CHARS = 64 * 1024
-MAX_SCHEMA_DEPTH = 32
+MAX_SCHEMA_DEPTH = 32  # subschemas inside subschemas, $ref hops included
+# Objects and arrays inside each other: two per subschema level (properties/<name>, anyOf/<i>) and
+# a few for values (const, enum, default). Checked without recursing, before anything that
+# recurses (json.dumps, jsonschema's metaschema check, the converter) sees the schema: jsonschema
+# takes about 8 Python frames per level, so 72 levels stay well inside the interpreter's 1000.
+MAX_JSON_DEPTH = 2 * MAX_SCHEMA_DEPTH + 8
+MAX_SCHEMA_NODES = 2**20  # values in a schema, $ref expansions included (a bound on the work)
+MAX_PATTERN_DEPTH = MAX_SCHEMA_DEPTH  # groups inside groups in a pattern: re and the converter recurse
+# The converter writes a repetition (minLength/maxLength, minItems/maxItems, a pattern's {m,n}) as
+# one copy or one nested optional group per count; llama.cpp refuses a grammar beyond about a
+# thousand nested groups and overflows its stack (the whole process dies) at tens of thousands.
+MAX_REPETITION = 1000
+# The converter recurses once per optional property of an object, and does quadratic work.
+MAX_OPTIONAL_PROPERTIES = 256
+MAX_GRAMMAR_CHARS = 2 * 2**20
 
 # Keywords that only describe: they constrain nothing, so ignoring them is right.
 _ANNOTATIONS = frozenset({
@@ -49,10 +63,11 @@ def schema_grammar(schema: Any) -> str:
     """The GBNF grammar (root rule ``root``) whose every sentence is JSON valid against ``schema``."""
     if not isinstance(schema, dict):
         raise SchemaError("a JSON schema must be an object")
+    _check_shape(schema)  # bounded depth and size before json.dumps recurses
     text = json.dumps(schema)
     if len(text) > MAX_SCHEMA_CHARS:
         raise SchemaError(f"the JSON schema is {len(text)} characters, limit {MAX_SCHEMA_CHARS}")
-    check_schema(schema)
+    _check(schema, for_grammar=True)
     try:
         # llama-cpp-python's converter is untyped; its grammar is a str.
         converter: Any = SchemaConverter(  # type: ignore[no-untyped-call]
@@ -61,10 +76,13 @@ def schema_grammar(schema: Any) -> str:
         resolved = converter.resolve_refs(json.loads(text), "input")
         converter.visit(resolved, "")
         grammar: str = converter.format_grammar()
-    except RecursionError as exc:
-        raise SchemaError("the JSON schema nests too deeply") from exc
+    except RecursionError as exc:  # not expected within the bounds above; never a 500 if it happens
+        raise SchemaError(_too_deep()) from exc
     except Exception as exc:  # the converter asserts and raises on what it cannot express
         raise SchemaError(f"the JSON schema cannot be turned into a grammar: {exc}") from exc
+    if len(grammar) > MAX_GRAMMAR_CHARS:
+        raise SchemaError(f"the JSON schema makes a grammar of {len(grammar)} characters, limit {MAX_GRAMMAR_CHARS}: "
+                          "lower its repetition counts (maxLength, maxItems, {m,n} in patterns)")
     return grammar.replace(_LOOSE_CHAR, _STRICT_CHAR)
 
 
@@ -74,14 +92,89 @@ def json_object_grammar() -> str:
 
 
 def check_schema(schema: dict[str, Any]) -> None:
-    """SchemaError if the schema is not valid JSON Schema or uses a feature lokal cannot enforce."""
+    """SchemaError if the schema is not valid JSON Schema or uses a feature lokal cannot enforce.
+
+    Any input is safe: nesting and size are bounded without recursion before anything recursive
+    (jsonschema, the converter) sees the schema, so a deep schema is a SchemaError, never a
+    RecursionError. The limits that only matter for a grammar (repetition counts, optional
+    properties) are checked by ``schema_grammar``."""
+    _check(schema, for_grammar=False)
+
+
+def _check(schema: dict[str, Any], for_grammar: bool) -> None:
+    _check_shape(schema)
     try:
         validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
         validator.check_schema(schema)
     except jsonschema.SchemaError as exc:
         where = "/".join(str(p) for p in exc.path) or "(root)"
         raise SchemaError(f"invalid JSON schema at {where}: {exc.message}") from exc
-    _check_node(schema, "#", 0)
+    except RecursionError as exc:  # not expected within MAX_JSON_DEPTH; never a 500 if it happens
+        raise SchemaError(_too_deep()) from exc
+    _check_tree(schema, for_grammar)
+
+
+def _too_deep(json_levels: bool = False) -> str:
+    detail = f" (more than {MAX_JSON_DEPTH} levels of JSON objects and arrays)" if json_levels else ""
+    return f"the JSON schema nests deeper than {MAX_SCHEMA_DEPTH} levels{detail}"
+
+
+def _check_shape(schema: Any) -> None:
+    """Bound the JSON value itself, without recursing: nesting of objects and arrays, number of
+    values, and the nesting of groups in every ``pattern`` (jsonschema compiles them with ``re``)."""
+    stack: list[tuple[Any, int]] = [(schema, 1)]
+    seen = 0
+    while stack:
+        node, depth = stack.pop()
+        seen += 1
+        if seen > MAX_SCHEMA_NODES:
+            raise SchemaError(f"the JSON schema has more than {MAX_SCHEMA_NODES} values")
+        if isinstance(node, dict):
+            children: Any = node.values()
+            pattern = node.get("pattern")
+            if isinstance(pattern, str):
+                _check_pattern_depth(pattern)
+            names = node.get("patternProperties")
+            if isinstance(names, dict):
+                for name in names:
+                    if isinstance(name, str):
+                        _check_pattern_depth(name)
+        elif isinstance(node, list | tuple):
+            children = node
+        else:
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise SchemaError(_too_deep(json_levels=True))
+        stack.extend((child, depth + 1) for child in children)
+
+
+def _check_pattern_depth(pattern: str) -> None:
+    depth = deepest = 0
+    i, n = 0, len(pattern)
+    in_class = False
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+            i += 1
+            if pattern[i:i + 1] == "^":
+                i += 1
+            if pattern[i:i + 1] == "]":  # a leading ] is a literal
+                i += 1
+            continue
+        elif c == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c == ")":
+            depth = max(depth - 1, 0)
+        i += 1
+    if deepest > MAX_PATTERN_DEPTH:
+        raise SchemaError(f"a pattern in the JSON schema nests groups deeper than {MAX_PATTERN_DEPTH} levels")
 
 
 def _unsupported(feature: str, where: str, why: str = "") -> SchemaError:
@@ -91,9 +184,43 @@ def _unsupported(feature: str, where: str, why: str = "") -> SchemaError:
     )
 
 
-def _check_node(node: Any, where: str, depth: int) -> None:
+def _resolve(root: dict[str, Any], ref: str) -> Any:
+    """The subschema a local ``$ref`` names, as the converter finds it (no ~0/~1 unescaping); None
+    if there is none (the converter then refuses it)."""
+    target: Any = root
+    for part in ref[2:].split("/"):
+        if not isinstance(target, dict) or part not in target:
+            return None
+        target = target[part]
+    return target
+
+
+def _check_tree(root: dict[str, Any], for_grammar: bool) -> None:
+    """Check every subschema, depth first and without recursing. A ``$ref`` is followed where the
+    converter would first expand it (once per target), so its depth counts as the converter's does."""
+    stack: list[tuple[Any, str, int]] = [(root, "#", 0)]
+    expanded: set[int] = set()
+    visits = 0
+    while stack:
+        node, where, depth = stack.pop()
+        visits += 1
+        if visits > MAX_SCHEMA_NODES:
+            raise SchemaError(f"the JSON schema has more than {MAX_SCHEMA_NODES} subschemas, references expanded")
+        # Children in the converter's order; pushed reversed, so that the first is checked first.
+        children = _check_node(node, where, depth, for_grammar)
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            target = _resolve(root, ref)
+            if isinstance(target, dict) and id(target) not in expanded:
+                expanded.add(id(target))
+                children.insert(0, (target, ref, depth + 1))
+        stack.extend(reversed(children))
+
+
+def _check_node(node: Any, where: str, depth: int, for_grammar: bool) -> list[tuple[Any, str, int]]:
+    """Check one subschema; returns its subschemas (node, where, depth) in the converter's order."""
     if depth > MAX_SCHEMA_DEPTH:
-        raise SchemaError(f"the JSON schema nests deeper than {MAX_SCHEMA_DEPTH} levels")
+        raise SchemaError(_too_deep())
     if isinstance(node, bool):
         raise _unsupported("boolean schema", where, "write {} instead of true")
     if not isinstance(node, dict):
@@ -103,6 +230,9 @@ def _check_node(node: Any, where: str, depth: int) -> None:
             raise _unsupported(key, where)
     keys = set(node) & _ENFORCED
     t = node.get("type")
+    children: list[tuple[Any, str, int]] = []
+    if for_grammar:
+        _check_grammar_limits(node, where)
     if "$ref" in node:
         ref = node["$ref"]
         if not isinstance(ref, str) or not ref.startswith("#/"):
@@ -114,18 +244,17 @@ def _check_node(node: Any, where: str, depth: int) -> None:
             if keys - {union}:
                 raise _unsupported(f"{union} with sibling keywords", where,
                                    f"{sorted(keys - {union})} would be ignored; move them into each alternative")
-            for i, sub in enumerate(node[union]):
-                _check_node(sub, f"{where}/{union}/{i}", depth + 1)
-            return
+            children.extend((sub, f"{where}/{union}/{i}", depth + 1) for i, sub in enumerate(node[union]))
+            return children + _defs(node, where, depth)
     if isinstance(t, list):
         if not set(t) <= _TYPES:
             raise SchemaError(f"invalid JSON schema at {where}: unknown type in {t}")
         if keys - {"type"}:
             raise _unsupported("type list with other keywords", where,
                                "use anyOf with one schema per type instead")
-        return
+        return children + _defs(node, where, depth)
     if "const" in node or "enum" in node:
-        return  # the grammar emits exactly one of the listed values
+        return children + _defs(node, where, depth)  # the grammar emits exactly one of the listed values
     if "format" in node:
         if node["format"] not in _FORMATS:
             raise _unsupported(f"format {node['format']!r}", where,
@@ -143,11 +272,10 @@ def _check_node(node: Any, where: str, depth: int) -> None:
         if name not in props:
             raise _unsupported("required property not in properties", f"{where}/required",
                                f"{name!r} has no schema under properties")
-    for name, sub in props.items():
-        _check_node(sub, f"{where}/properties/{name}", depth + 1)
+    children.extend((sub, f"{where}/properties/{name}", depth + 1) for name, sub in props.items())
     extra = node.get("additionalProperties")
     if isinstance(extra, dict):
-        _check_node(extra, f"{where}/additionalProperties", depth + 1)
+        children.append((extra, f"{where}/additionalProperties", depth + 1))
     if keys & {"items", "prefixItems", "minItems", "maxItems"}:
         if t not in (None, "array"):
             raise _unsupported("array keywords on a non-array type", where)
@@ -161,9 +289,83 @@ def _check_node(node: Any, where: str, depth: int) -> None:
         if isinstance(prefix or items, list) and keys & {"minItems", "maxItems"}:
             raise _unsupported("minItems/maxItems with prefixItems", where)
         if isinstance(items, dict):
-            _check_node(items, f"{where}/items", depth + 1)
-        for i, sub in enumerate(prefix if isinstance(prefix, list) else items if isinstance(items, list) else []):
-            _check_node(sub, f"{where}/prefixItems/{i}", depth + 1)
-    for defs in ("$defs", "definitions"):
-        for name, sub in (node.get(defs) or {}).items():
-            _check_node(sub, f"{where}/{defs}/{name}", depth + 1)
+            children.append((items, f"{where}/items", depth + 1))
+        subs = prefix if isinstance(prefix, list) else items if isinstance(items, list) else []
+        children.extend((sub, f"{where}/prefixItems/{i}", depth + 1) for i, sub in enumerate(subs))
+    return children + _defs(node, where, depth)
+
+
+def _defs(node: dict[str, Any], where: str, depth: int) -> list[tuple[Any, str, int]]:
+    return [(sub, f"{where}/{defs}/{name}", depth + 1)
+            for defs in ("$defs", "definitions") for name, sub in (node.get(defs) or {}).items()]
+
+
+def _check_grammar_limits(node: dict[str, Any], where: str) -> None:
+    """What the converter and llama.cpp's grammar parser cannot take, though the schema is fine."""
+    for key in ("minLength", "maxLength", "minItems", "maxItems"):
+        n = node.get(key)
+        if isinstance(n, int) and n > MAX_REPETITION:
+            raise _unsupported(f"{key} above {MAX_REPETITION}", where,
+                               f"{key} {n}: the grammar writes one rule per count; at most {MAX_REPETITION}")
+    pattern = node.get("pattern")
+    if isinstance(pattern, str):
+        problem = _converter_pattern_problem(pattern)
+        if problem is not None:
+            raise _unsupported(problem[0], where, problem[1])
+    props = node.get("properties")
+    if isinstance(props, dict):
+        required = set(node.get("required", [])) & set(props)
+        optional = len(props) - len(required) + (node.get("additionalProperties") not in (None, False))
+        if optional > MAX_OPTIONAL_PROPERTIES:
+            raise _unsupported(f"more than {MAX_OPTIONAL_PROPERTIES} optional properties", where,
+                               f"{optional} properties are optional; list the others under required")
+
+
+def _converter_pattern_problem(pattern: str) -> tuple[str, str] | None:
+    """(feature, why) if the converter would loop forever on ``pattern`` (it never moves past a ``}``
+    or ``]`` it did not open, though regular expressions allow them), recurse too deep, or write a
+    runaway repetition; None otherwise. Walks the pattern as the converter's tokenizer does."""
+    if not (pattern.startswith("^") and pattern.endswith("$")):
+        return None  # the converter refuses it itself
+    p, i, depth = pattern[1:-1], 0, 0
+    n = len(p)
+    while i < n:
+        c = p[i]
+        if c == "(":
+            depth += 1
+            if depth > MAX_PATTERN_DEPTH:
+                return "pattern groups", f"groups nest deeper than {MAX_PATTERN_DEPTH} levels"
+            i += 1
+        elif c == ")":
+            depth -= 1
+            i += 1
+        elif c in ".|*+?":
+            i += 1
+        elif c == "[":  # to the first ] not after a backslash: "[]a]" is "[]" then a stray "]"
+            i += 1
+            while i < n and p[i] != "]":
+                i += 2 if p[i] == "\\" else 1
+            i += 1
+        elif c == "{":
+            end = p.find("}", i)
+            if end < 0:
+                return None  # the converter refuses it itself
+            for count in p[i + 1:end].split(","):
+                if count.strip().isdigit() and int(count) > MAX_REPETITION:
+                    return (f"pattern repetition above {MAX_REPETITION}",
+                            f"{p[i:end + 1]}: the grammar writes one rule per count; at most {MAX_REPETITION}")
+            i = end + 1
+        else:  # a literal run, as the converter reads it
+            start, literal = i, False
+            while i < n:
+                if p[i] == "\\" and i < n - 1:
+                    i += 2
+                elif p[i] == '"' or (p[i] not in NON_LITERAL_SET and (
+                        i == n - 1 or not literal or p[i + 1] == "." or p[i + 1] not in NON_LITERAL_SET)):
+                    i += 1
+                else:
+                    break
+                literal = True
+            if i == start:
+                return f"pattern with an unescaped {c!r}", f"at index {start + 1}: write \\{c} for the character"
+    return None

@@ -25,6 +25,9 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _BLOCK = re.compile(re.escape(CALL_OPEN) + r"(.*?)(?:" + re.escape(CALL_CLOSE) + r"|$)", re.S)
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.S)
 MAX_TOOLS = 128
+# Arguments of a tool call, in a request or a model's answer: deeper JSON is refused (a request) or
+# left as text (an answer) before anything recursive (json.dumps, a template's tojson) walks it.
+MAX_ARGUMENT_DEPTH = 128
 
 FALLBACK_INSTRUCTIONS = (
     "You can call functions. Each one is listed below with the JSON schema of its arguments.\n"
@@ -137,8 +140,24 @@ def chosen_tools(tools: list[Tool], choice: str | dict[str, Any] | None) -> tupl
 
 
 def schema_error(exc: SchemaError, param: str, prefix: str = "") -> InvalidRequest:
+    """The 400 for a schema lokal refuses; its message names the field (Ollama's error body is only
+    the message), ``prefix`` or else the param."""
     code = "unsupported_schema_feature" if exc.feature else "invalid_schema"
-    return InvalidRequest(prefix + str(exc), param=param, code=code)
+    return InvalidRequest((prefix or f"{param}: ") + str(exc), param=param, code=code)
+
+
+def nests_deeper(value: Any, limit: int) -> bool:
+    """Whether JSON objects and arrays nest more than ``limit`` levels in ``value`` (no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def stop_after_call(params: SamplingParams, tools: list[Tool], native: bool) -> SamplingParams:
@@ -202,8 +221,14 @@ def call_message(call: dict[str, Any], where: str) -> dict[str, Any]:
             args = json.loads(args) if args.strip() else {}
         except json.JSONDecodeError as exc:
             raise InvalidRequest(f"{where}.function.arguments is not valid JSON: {exc}", param="messages") from exc
+        except RecursionError as exc:  # json.loads recurses once per level
+            raise InvalidRequest(f"{where}.function.arguments nests deeper than {MAX_ARGUMENT_DEPTH} levels",
+                                 param="messages") from exc
     if not isinstance(args, dict):
         raise InvalidRequest(f"{where}.function.arguments must be a JSON object", param="messages")
+    if nests_deeper(args, MAX_ARGUMENT_DEPTH):
+        raise InvalidRequest(f"{where}.function.arguments nests deeper than {MAX_ARGUMENT_DEPTH} levels",
+                             param="messages")
     return {"id": call.get("id") or "", "type": "function", "function": {"name": fn["name"], "arguments": args}}
 
 
@@ -232,7 +257,9 @@ def parse_calls(text: str, tools: list[Tool]) -> tuple[str, list[ToolCall]]:
 def _calls_in(body: str, known: set[str]) -> list[ToolCall]:
     try:
         value = json.loads(body)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # a model can write "[[[[…" too
+        return []
+    if nests_deeper(value, MAX_ARGUMENT_DEPTH + 2):
         return []
     items = value if isinstance(value, list) else [value]
     calls = []
@@ -243,9 +270,9 @@ def _calls_in(body: str, known: set[str]) -> list[ToolCall]:
         if isinstance(args, str):
             try:
                 args = json.loads(args)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 return []
-        if not isinstance(args, dict):
+        if not isinstance(args, dict) or nests_deeper(args, MAX_ARGUMENT_DEPTH):
             return []
         calls.append(ToolCall(item["name"], args))
     return calls
