@@ -121,7 +121,7 @@ class LlamaModel:
         self._ctx = ctx
         self._mem = C.llama_get_memory(ctx)
         self._batch = C.llama_batch_init(shape.n_batch, 0, 1)
-        self._piece_buf = ctypes.create_string_buffer(256)
+        self._max_token_bytes = 0
         self._pieces: dict[int, bytes] = {}
         self.add_bos = bool(C.llama_vocab_get_add_bos(self._vocab))
         self.bos_text = self._special_text(C.llama_vocab_bos(self._vocab))
@@ -170,8 +170,16 @@ class LlamaModel:
             cached = self._pieces[token] = self._piece(token, special=False)
         return cached
 
+    def max_token_bytes(self) -> int:
+        """The longest text one token stands for, special tokens' included (read once)."""
+        if not self._max_token_bytes:
+            self._max_token_bytes = max(1, max(len(self._piece(t, special=True)) for t in range(self.n_vocab)))
+        return self._max_token_bytes
+
     def _piece(self, token: int, special: bool) -> bytes:
-        buf = self._piece_buf
+        # A buffer of its own: the runtime tokenizes and measures prompts on other threads while
+        # the engine thread detokenizes (a shared buffer garbled generated text).
+        buf = ctypes.create_string_buffer(64)
         n = C.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)

@@ -32,7 +32,6 @@ class LoadedModel:
     defaults: dict[str, Any] = field(default_factory=dict)
     embedder: Embedder | None = None  # its llama.cpp context is made on the first embed
     memory_bytes: int | None = None  # lokal's estimate, made once (Runtime.memory_bytes)
-    _max_token_bytes: int = 0  # the longest token's text, in bytes (read once from the vocabulary)
 
     @classmethod
     def load(cls, name: str, manifest: Manifest, path: Path, shape: ContextShape,
@@ -107,10 +106,9 @@ class LoadedModel:
         is longer than the vocabulary's longest, so a megabyte prompt costs no tokenizer time."""
         if max_tokens is None:
             return
-        if not self._max_token_bytes:
-            self._max_token_bytes = max(1, max(len(self.model.piece(t)) for t in range(self.model.n_vocab)))
-        n_bytes = len(text.encode("utf-8", "replace")) if len(text) * 4 > max_tokens * self._max_token_bytes else 0
-        at_least = -(-n_bytes // self._max_token_bytes)
+        longest = self.model.max_token_bytes()
+        n_bytes = len(text.encode("utf-8", "replace")) if len(text) * 4 > max_tokens * longest else 0
+        at_least = -(-n_bytes // longest)
         if at_least > max_tokens:
             raise ContextLengthExceeded(f"prompt is at least {at_least} tokens ({n_bytes} bytes), more than the "
                                         f"{max_tokens} this request may use", param="messages")

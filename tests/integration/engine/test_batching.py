@@ -111,3 +111,30 @@ def test_greedy_with_penalties_and_bias_in_numpy_picks_what_llamas_chain_picks(l
     ours.free()
     theirs.free()
     model.forget(0, 0)
+
+
+def test_reading_token_pieces_on_another_thread_never_garbles_generated_text(llm):
+    """The runtime measures and tokenizes prompts on worker threads while the engine thread
+    detokenizes: the two must not share a buffer (a shared one garbled answers)."""
+    import threading
+
+    alone = llm.generate(PROMPTS[:4], GREEDY)
+    model = llm.engine.model
+    stop = threading.Event()
+
+    def read_pieces() -> None:
+        while not stop.is_set():
+            for token in range(0, model.n_vocab, 7):
+                model._piece(token, special=True)
+
+    readers = [threading.Thread(target=read_pieces)]
+    for r in readers:
+        r.start()
+    model._pieces.clear()  # the engine reads each token's piece anew, beside the readers
+    try:
+        busy = llm.generate(PROMPTS[:4], GREEDY)
+    finally:
+        stop.set()
+        for r in readers:
+            r.join()
+    assert [g.text for g in busy] == [g.text for g in alone]

@@ -19,11 +19,6 @@ from lokal.store.model_store import ModelStore
 MakeGguf = Callable[..., Path]
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> ModelStore:
-    return ModelStore(tmp_path / "home")
-
-
 def sha256_of(path: Path) -> str:
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 

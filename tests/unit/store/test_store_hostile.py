@@ -34,23 +34,9 @@ from lokal.store.manifest import Manifest
 from lokal.store.model_store import ModelStore
 from lokal.store.modelfile import Modelfile
 from tests.conftest import write_tiny_gguf
+from tests.unit.store.test_model_store import files_under, sha256_of
 
 MakeGguf = Callable[..., Path]
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> ModelStore:
-    return ModelStore(tmp_path / "home")
-
-
-def sha256_of(path: Path) -> str:
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def files_under(folder: Path) -> list[str]:
-    if not folder.exists():
-        return []
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
 def set_u32(path: Path, key: str, value: int) -> Path:
