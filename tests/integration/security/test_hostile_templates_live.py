@@ -108,7 +108,7 @@ def test_a_hostile_request_template_is_a_quick_400_and_nobody_else_waits(
     assert list(r.json()) == ["error"] and error in r.json()["error"], r.json()  # Ollama's error shape
     assert took < MAX_RENDER_S + 2
     assert not poller.failures
-    assert len(poller.latencies) >= 10 and max(poller.latencies) < 1.0, max(poller.latencies)
+    assert len(poller.latencies) >= 5 and max(poller.latencies) < 1.0, max(poller.latencies)  # polled throughout
     assert normal.get("status") == 200 and normal["body"]["response"], normal
     assert _peak_rss_mib(live.proc.pid) - peak < 100
 
