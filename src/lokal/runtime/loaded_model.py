@@ -61,11 +61,10 @@ class LoadedModel:
         """Canonical options: the request's over the model's defaults; None means 'not given'."""
         return {**self.defaults, **{k: v for k, v in request.items() if v is not None}}
 
-    def sampling(self, options: dict[str, Any] | None = None, grammar: str | None = None) -> SamplingParams:
-        """The sampler's settings for canonical options (the model's defaults under them, lokal's
-        under those). Raises pydantic's ValidationError for a value out of range."""
-        merged = self.options(options or {})
-        fields = {k: v for k, v in merged.items() if k in SAMPLING_NAMES}
+    def sampling(self, merged: dict[str, Any] | None = None, grammar: str | None = None) -> SamplingParams:
+        """The sampler's settings for options already merged by ``options()`` (None: the model's
+        defaults), lokal's under those. Raises pydantic's ValidationError for a value out of range."""
+        fields = {k: v for k, v in (self.defaults if merged is None else merged).items() if k in SAMPLING_NAMES}
         return SamplingParams(**fields, grammar=grammar)
 
     def with_system(self, messages: list[dict[str, Any]], turns: bool = True) -> list[dict[str, Any]]:

@@ -55,7 +55,7 @@ def prepare(loaded: LoadedModel, req: GenerateRequest, settings: Settings) -> Pr
     options = loaded.options(req.options)
     prompt = _prompt(loaded, req, _max_prompt_tokens(loaded, options.get("num_ctx"), settings))
     try:
-        params = loaded.sampling(req.options, grammar)
+        params = loaded.sampling(options, grammar)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first.get("loc", ()))
