@@ -47,11 +47,25 @@ class FirstToken:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability, and the ``top`` most likely tokens at its position
+    (``(text, logprob)`` pairs, most likely first) when the request asked for them."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class Delta:
-    """New answer text (tool-call text is held back and reported in ``Finished``)."""
+    """New answer text (tool-call text is held back and reported in ``Finished``). ``reasoning``:
+    new text of the model's thinking (inside its think tags), never part of ``text``.
+    ``logprobs``: one entry per token of this delta, when the request asked for them."""
 
     text: str
     token_ids: tuple[int, ...] = ()
+    reasoning: str = ""
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,8 @@ class Finished:
     content: str  # the answer without its tool calls
     tool_calls: tuple[ToolCall, ...] = ()
     context: tuple[int, ...] | None = None  # prompt + answer tokens, when the request asked for them
+    reasoning: str = ""  # the model's thinking, split from ``content`` (empty when it does not think)
+    logprobs: tuple[TokenLogprob, ...] = ()  # every generated token's, when the request asked for them
 
 
 @dataclass(frozen=True)
