@@ -15,6 +15,7 @@ from lokal.runtime.runtime import Runtime
 from lokal.server import security
 from lokal.server.embeddings import router as embeddings_router
 from lokal.server.errors import install_error_handlers
+from lokal.server.json_body import JsonBodyMiddleware
 from lokal.server.lifecycle import router as lifecycle_router
 from lokal.server.metrics import Metrics
 from lokal.server.metrics import router as metrics_router
@@ -57,6 +58,7 @@ def create_app(
     runtime.subscribe(request_log.observe)
     app.state.metrics = metrics
     app.state.request_log = request_log
+    app.add_middleware(JsonBodyMiddleware)  # a body without a JSON content type is JSON (as in Ollama)
     security.install(app, settings, runtime, sinks=[metrics.observe])  # keys, limits, audit log; outermost
 
     @app.get("/", response_class=PlainTextResponse, tags=["ollama"])

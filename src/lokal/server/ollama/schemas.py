@@ -82,6 +82,11 @@ class PullRequest(_NamedRequest):
     stream: bool = True
 
 
+class PushRequest(_NamedRequest):
+    insecure: bool = False
+    stream: bool = True
+
+
 class CreateRequest(_NamedRequest):
     from_: str | None = Field(default=None, alias="from")
     files: dict[str, str] | None = None
