@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     audit_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="audit log size before rotation")
     audit_backups: int = Field(default=5, ge=0, description="rotated audit logs kept")
     shutdown_grace: float = Field(default=30.0, ge=0, description="seconds in-flight requests get on SIGTERM")
+    responses_retention_days: float = Field(
+        default=30, ge=0, description="days stored Responses API responses are kept; 0 = forever"
+    )
 
     @field_validator("keep_alive", mode="before")
     @classmethod
@@ -61,6 +64,11 @@ class Settings(BaseSettings):
 
         parse_keep_alive(value)
         return str(value)
+
+    @property
+    def database_path(self) -> Path:
+        """The SQLite file shared by the web UI's chats and the Responses API's stored responses."""
+        return Path(self.home) / "ui.sqlite3"
 
     @property
     def keep_alive_s(self) -> float:
