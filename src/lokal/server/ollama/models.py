@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Response
@@ -14,6 +15,7 @@ from lokal import __version__
 from lokal.runtime.runtime import Runtime
 from lokal.server.errors import APIError
 from lokal.server.generation import get_runtime
+from lokal.server.ollama.capabilities import capabilities
 from lokal.server.ollama.schemas import (
     CopyRequest,
     DeleteRequest,
@@ -32,9 +34,6 @@ from lokal.store.gguf_facts import ArraySummary, GgufFacts
 from lokal.store.manifest import Manifest
 
 router = APIRouter(tags=["ollama"])
-
-EMBEDDING_ARCHITECTURES = {"bert", "nomic-bert", "jina-bert-v2", "jina-bert-v3", "modern-bert", "neo-bert"}
-
 
 def human_number(n: int) -> str:
     """Ollama's parameter_size: "135M", "134.52M", "8.0B"-style (format.HumanNumber)."""
@@ -106,7 +105,7 @@ async def show(req: ShowRequest, runtime: Runtime = Depends(get_runtime)) -> Sho
         messages=list(m.messages),
         details=details(m),
         model_info=model_info(m.facts, verbose=req.verbose),
-        capabilities=capabilities(m.facts),
+        capabilities=await asyncio.to_thread(capabilities, m.facts, m.template, _gguf_path(runtime, m)),
         modified_at=rfc3339(m.modified_at),
     )
 
@@ -141,14 +140,11 @@ def model_info(facts: GgufFacts, verbose: bool) -> dict[str, Any]:
     return info
 
 
-def capabilities(facts: GgufFacts) -> list[str]:
-    arch = facts.architecture or ""
-    if arch in EMBEDDING_ARCHITECTURES:
-        return ["embedding"]
-    caps = ["completion"]
-    if f"{arch}.pooling_type" in facts.metadata:
-        caps.append("embedding")
-    return caps
+def _gguf_path(runtime: Runtime, manifest: Manifest) -> Path | None:
+    try:
+        return runtime.store.gguf_path(manifest.name)
+    except StoreError:  # a model llama.cpp cannot load: shown, but no vocabulary to read
+        return None
 
 
 @router.post("/copy")

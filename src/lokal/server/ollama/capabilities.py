@@ -1,0 +1,95 @@
+"""What ``/api/show`` says a model can do, from its GGUF and its chat template (as Ollama does):
+
+- ``completion``: every model that is not an embedding-only architecture;
+- ``embedding``: an embedding architecture, or a pooling type in the GGUF;
+- ``tools``: the chat template renders ``tools`` itself (lokal still answers a tools request to
+  any other model, through its fallback block: see docs/api.md, "Tools without native support");
+- ``insert``: the vocabulary has llama.cpp's fill-in-the-middle tokens (prefix, suffix, middle);
+- ``thinking``: the template knows a reasoning part (``enable_thinking``, ``reasoning_content``,
+  ``<think>``);
+- ``vision``: never, as lokal loads no vision projector and refuses images.
+"""
+
+from __future__ import annotations
+
+import mmap
+import re
+import struct
+from functools import lru_cache
+from pathlib import Path
+
+from lokal.runtime.tools import has_native_tools
+from lokal.store.gguf_facts import GgufFacts
+from lokal.templates.chat_template import CHATML_TEMPLATE, FALLBACK_BY_ARCHITECTURE
+
+EMBEDDING_ARCHITECTURES = {"bert", "nomic-bert", "jina-bert-v2", "jina-bert-v3", "modern-bert", "neo-bert"}
+
+# llama.cpp's FIM tokens: the GGUF keys that name them, else the token texts it recognizes
+# (llama-vocab.cpp): Qwen, StarCoder/SantaCoder, DeepSeek, CodeLlama, CodeGemma/GLM.
+FIM_KEYS = (("tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.fim_mid_token_id"),
+            ("tokenizer.ggml.prefix_token_id", "tokenizer.ggml.suffix_token_id", "tokenizer.ggml.middle_token_id"))
+FIM_TEXTS = (
+    ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>", "<|code_prefix|>"),
+    ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>", "<|code_suffix|>"),
+    ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>", "<|code_middle|>"),
+)
+VOCAB_SCAN_BYTES = 64 * 2**20  # the vocabulary sits in the header, well inside this
+_THINKING = re.compile(r"enable_thinking|reasoning_content|<think>|\.Thinking\b|\.IsThinkSet\b")
+
+
+def template_source(template: str | None, facts: GgufFacts) -> str:
+    """The chat template lokal renders for this model (the one ``LoadedModel`` uses)."""
+    return template or facts.chat_template or FALLBACK_BY_ARCHITECTURE.get(facts.architecture or "", CHATML_TEMPLATE)
+
+
+def template_thinks(source: str) -> bool:
+    """Whether a chat template has a reasoning part the model is trained to fill."""
+    return _THINKING.search(source) is not None
+
+
+def capabilities(facts: GgufFacts, template: str | None, gguf: Path | None) -> list[str]:
+    """Ollama's capability names for a model, in Ollama's order."""
+    arch = facts.architecture or ""
+    if arch in EMBEDDING_ARCHITECTURES:
+        return ["embedding"]
+    caps = ["completion"]
+    source = template_source(template, facts)
+    if has_native_tools(source):
+        caps.append("tools")
+    if has_fim(facts, gguf):
+        caps.append("insert")
+    if f"{arch}.pooling_type" in facts.metadata:
+        caps.append("embedding")
+    if template_thinks(source):
+        caps.append("thinking")
+    return caps
+
+
+def has_fim(facts: GgufFacts, gguf: Path | None) -> bool:
+    """Whether llama.cpp will find prefix, suffix and middle FIM tokens in this model's vocabulary."""
+    if any(all(isinstance(facts.metadata.get(k), int) for k in keys) for keys in FIM_KEYS):
+        return True
+    if gguf is None:
+        return False
+    try:
+        stat = gguf.stat()
+    except OSError:
+        return False
+    return _vocab_has_fim(str(gguf), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _vocab_has_fim(path: str, size: int, mtime_ns: int) -> bool:
+    """Look for each FIM token's text as a GGUF string (u64 length, then the bytes) in the header."""
+    del size, mtime_ns  # part of the cache key: a replaced file is scanned again
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            end = min(len(buf), VOCAB_SCAN_BYTES)
+            return all(any(buf.find(_gguf_string(t), 0, end) >= 0 for t in texts) for texts in FIM_TEXTS)
+    except (OSError, ValueError):
+        return False
+
+
+def _gguf_string(text: str) -> bytes:
+    data = text.encode()
+    return struct.pack("<Q", len(data)) + data
