@@ -170,6 +170,16 @@ class LlamaModel:
             cached = self._pieces[token] = self._piece(token, special=False)
         return cached
 
+    def special_piece(self, token: int) -> bytes:
+        """The bytes of a token with a special token's own text (``<|im_end|>``), for showing tokens."""
+        return self._piece(token, special=True)
+
+    def fim_tokens(self) -> tuple[int, int, int] | None:
+        """The vocabulary's fill-in-the-middle tokens (prefix, suffix, middle); None if it lacks one."""
+        ids = (C.llama_vocab_fim_pre(self._vocab), C.llama_vocab_fim_suf(self._vocab),
+               C.llama_vocab_fim_mid(self._vocab))
+        return None if any(t < 0 for t in ids) else (int(ids[0]), int(ids[1]), int(ids[2]))
+
     def max_token_bytes(self) -> int:
         """The longest text one token stands for, special tokens' included (read once)."""
         if not self._max_token_bytes:

@@ -78,14 +78,18 @@ class LoadedModel:
         return messages
 
     def chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
-                    template: str | None = None, max_tokens: int | None = None) -> list[int]:
+                    template: str | None = None, max_tokens: int | None = None,
+                    variables: dict[str, Any] | None = None, add_generation_prompt: bool = True) -> list[int]:
         """Render messages through the chat template (or a request's own, Jinja or Go) and
-        tokenize. Raises TemplateError, or ModelfileError for a template that cannot be used."""
+        tokenize. Raises TemplateError, or ModelfileError for a template that cannot be used.
+        ``variables``: more for the template to read (``enable_thinking``)."""
         if template is None:
-            text = self.template.render(self.with_system(messages), add_generation_prompt=True, tools=tools)
+            text = self.template.render(self.with_system(messages), add_generation_prompt=add_generation_prompt,
+                                        tools=tools, variables=variables)
         else:
             own = ChatTemplate(prepare_template(template), self.model.bos_text, self.model.eos_text)
-            text = own.render(self.with_system(messages, turns=False), add_generation_prompt=True)
+            text = own.render(self.with_system(messages, turns=False), add_generation_prompt=add_generation_prompt,
+                              variables=variables)
         return self.formatted_prompt(text, max_tokens)
 
     def formatted_prompt(self, text: str, max_tokens: int | None = None) -> list[int]:
@@ -111,6 +115,18 @@ class LoadedModel:
         if at_least > max_tokens:
             raise ContextLengthExceeded(f"prompt is at least {at_least} tokens ({n_bytes} bytes), more than the "
                                         f"{max_tokens} this request may use", param="messages")
+
+    def fim_prompt(self, prefix: str, suffix: str, max_tokens: int | None = None) -> list[int] | None:
+        """Fill-in-the-middle tokens as llama.cpp's /infill lays them out (prefix, suffix, middle:
+        BOS if the model wants one, FIM_PRE prefix FIM_SUF suffix FIM_MID); None if the model's
+        vocabulary has no FIM tokens."""
+        fim = self.model.fim_tokens()
+        if fim is None:
+            return None
+        self.check_length(prefix + suffix, max_tokens)
+        pre, suf, mid = fim
+        bos = self.model.tokenize("", add_special=True, parse_special=False)  # [BOS] or []
+        return [*bos, pre, *self.plain_tokens(prefix), suf, *self.plain_tokens(suffix), mid]
 
     def plain_tokens(self, text: str) -> list[int]:
         """Tokens of generated text (no BOS, no special-token parsing)."""

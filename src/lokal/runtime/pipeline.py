@@ -21,6 +21,7 @@ from lokal.options import BY_NAME, OptionError, check
 from lokal.runtime.errors import ContextLengthExceeded, GenerationFailed, InvalidRequest, RequestTimedOut
 from lokal.runtime.events import Delta, Event, Failed, Finished, FirstToken, GenerationRecord, Started
 from lokal.runtime.loaded_model import LoadedModel
+from lokal.runtime.reasoning import ReasoningSplitter, opens_thinking, supports_thinking, template_variables
 from lokal.runtime.request import GenerateRequest, JsonOutput
 from lokal.runtime.tools import (
     CallSniffer,
@@ -41,6 +42,7 @@ class Prepared:
 
     prompt: list[int]
     params: SamplingParams
+    think_open: bool | None = None  # None: no reasoning to split; else whether the prompt opened a think block
 
 
 def prepare(loaded: LoadedModel, req: GenerateRequest, settings: Settings) -> Prepared:
@@ -51,9 +53,13 @@ def prepare(loaded: LoadedModel, req: GenerateRequest, settings: Settings) -> Pr
         if grammar is not None:
             param = req.output.param if req.output is not None else "grammar"
             raise InvalidRequest(f"{param} cannot be combined with a required or named tool call", param=param)
-        grammar = call_grammar(list(tools.callable))
+        grammar = call_grammar(list(tools.callable), parallel=tools.parallel)
     options = loaded.options(req.options)
-    prompt = _prompt(loaded, req, _max_prompt_tokens(loaded, options.get("num_ctx"), settings))
+    thinks = _thinks(loaded, req)
+    # A grammar shapes the answer from its first token: no room for thinking unless asked for.
+    think = False if thinks and grammar is not None and req.think is None else req.think
+    variables = template_variables(think, req.reasoning_effort) if thinks else None
+    prompt = _prompt(loaded, req, _max_prompt_tokens(loaded, options.get("num_ctx"), settings), variables)
     try:
         params = loaded.sampling(options, grammar)
     except ValidationError as exc:
@@ -63,7 +69,20 @@ def prepare(loaded: LoadedModel, req: GenerateRequest, settings: Settings) -> Pr
     if tools.callable and not tools.forced:
         params = stop_after_call(params, list(tools.callable), has_native_tools(loaded.template.source))
     params = _fit_to_context(params, len(prompt), options.get("num_ctx"), loaded.context_length)
-    return Prepared(prompt, within_limits(settings, prompt, params))
+    think_open = None
+    if thinks and req.messages is not None:
+        think_open = opens_thinking(b"".join(loaded.model.special_piece(t) for t in prompt[-16:]).decode(
+            "utf-8", "replace"))
+    return Prepared(prompt, within_limits(settings, prompt, params), think_open)
+
+
+def _thinks(loaded: LoadedModel, req: GenerateRequest) -> bool:
+    """Whether the model thinks (its template, or the request's own, writes think tags); ``think``
+    true for one that does not is refused in Ollama's words."""
+    able = supports_thinking(req.template or loaded.template.source)
+    if req.think and not able:
+        raise InvalidRequest(f'"{req.model}" does not support thinking', param="think")
+    return able
 
 
 def output_grammar(output: JsonOutput) -> str:
@@ -86,10 +105,13 @@ def _max_prompt_tokens(loaded: LoadedModel, num_ctx: object, settings: Settings)
     return max(limit, 0)
 
 
-def _prompt(loaded: LoadedModel, req: GenerateRequest, max_tokens: int) -> list[int]:
+def _prompt(loaded: LoadedModel, req: GenerateRequest, max_tokens: int,
+            variables: dict[str, object] | None = None) -> list[int]:
     try:
-        if req.messages is not None:
-            tokens = _chat_prompt(loaded, req, max_tokens)
+        if req.suffix is not None:
+            tokens = _fim_prompt(loaded, req, max_tokens)
+        elif req.messages is not None:
+            tokens = _chat_prompt(loaded, req, max_tokens, variables)
         elif isinstance(req.prompt, str):
             tokens = (loaded.formatted_prompt(req.prompt, max_tokens) if req.raw
                       else loaded.text_prompt(req.prompt, max_tokens))
@@ -111,13 +133,26 @@ def _prompt(loaded: LoadedModel, req: GenerateRequest, max_tokens: int) -> list[
     return tokens
 
 
-def _chat_prompt(loaded: LoadedModel, req: GenerateRequest, max_tokens: int) -> list[int]:
+def _chat_prompt(loaded: LoadedModel, req: GenerateRequest, max_tokens: int,
+                 variables: dict[str, object] | None = None) -> list[int]:
     assert req.messages is not None
     shown = list(req.tools.shown)
     native = has_native_tools(loaded.template.source)
     convo = conversation(req.messages, shown, native)
     specs = [t.spec() for t in shown] if native and shown else None
-    return loaded.chat_prompt(convo, specs, template=req.template, max_tokens=max_tokens)
+    return loaded.chat_prompt(convo, specs, template=req.template, max_tokens=max_tokens, variables=variables)
+
+
+def _fim_prompt(loaded: LoadedModel, req: GenerateRequest, max_tokens: int) -> list[int]:
+    """Fill-in-the-middle: ``prompt`` before the gap, ``suffix`` after it, read raw."""
+    if not isinstance(req.prompt, str):
+        raise InvalidRequest("suffix (fill-in-the-middle) needs the prompt as text", param="prompt")
+    assert req.suffix is not None
+    tokens = loaded.fim_prompt(req.prompt, req.suffix, max_tokens)
+    if tokens is None:
+        raise InvalidRequest(f'"{req.model}" does not support insert (suffix): its vocabulary has no '
+                             "fill-in-the-middle tokens", param="suffix", code="fim_not_supported")
+    return tokens
 
 
 def _fit_to_context(params: SamplingParams, n_prompt: int, num_ctx: object, slot_ctx: int) -> SamplingParams:
@@ -156,12 +191,14 @@ def within_limits(settings: Settings, prompt: list[int], params: SamplingParams)
 async def events(
     loaded: LoadedModel, req: GenerateRequest, prompt: list[int], deltas: AsyncGenerator[EngineDelta, None],
     record: GenerationRecord, timeout_s: float, publish: Callable[[GenerationRecord, Event], None],
-    finish: Callable[[], Awaitable[None]],
+    finish: Callable[[], Awaitable[None]], think_open: bool | None = None,
 ) -> AsyncGenerator[Event, None]:
     """The engine's deltas as events, each also handed to ``publish``. ``finish`` runs once at the
-    end, however the stream ends (the model's hold is released there)."""
+    end, however the stream ends (the model's hold is released there). ``think_open`` (not None):
+    the model's reasoning is split from its answer (``Prepared.think_open``)."""
     tools = req.tools
     sniffer = CallSniffer(list(tools.callable), tools.forced) if tools.callable else None
+    splitter = ReasoningSplitter(think_open) if think_open is not None else None
     parts: list[str] = []
     last: Event | None = None
 
@@ -192,27 +229,36 @@ async def events(
                     record.inter_token_s.append(now - record.last_token)
                 record.last_token = now
             parts.append(d.text)
-            text = sniffer.feed(d.text) if sniffer is not None and d.text else d.text
-            if text:
-                yield emit(Delta(text, d.token_ids))
+            thought, said = splitter.feed(d.text) if splitter is not None and d.text else ("", d.text)
+            text = sniffer.feed(said) if sniffer is not None and said else said
+            if text or thought:
+                yield emit(Delta(text, d.token_ids, reasoning=thought))
             if d.finish_reason is not None:
                 assert d.usage is not None and d.timings is not None
                 whole = "".join(parts)
                 parse = d.finish_reason is not FinishReason.LENGTH  # a call cut off by max_tokens is no call
                 calls: tuple[ToolCall, ...] = ()
+                if splitter is not None:
+                    thought, said = splitter.finish()
+                    said = sniffer.feed(said) if sniffer is not None and said else said
+                    if said or thought:
+                        yield emit(Delta(said, reasoning=thought))
                 if sniffer is not None:
                     rest, found = sniffer.finish(parse=parse)
                     if rest:
                         yield emit(Delta(rest))
-                    calls = tuple(found)
-                content = whole
+                    calls = tuple(found if tools.parallel else found[:1])
+                answer = "".join(splitter.answer) if splitter is not None else whole
+                reasoning = "".join(splitter.reasoning).strip() if splitter is not None else ""
+                content = answer
                 if calls:
-                    content, _ = parse_calls(whole, list(tools.callable))
+                    content, _ = parse_calls(answer, list(tools.callable))
                 context = tuple(prompt + loaded.plain_tokens(whole)) if req.return_context else None
                 record.prompt_tokens = d.usage.prompt_tokens
                 record.completion_tokens = d.usage.completion_tokens
                 record.outcome = d.finish_reason.value
-                yield emit(Finished(d.finish_reason, d.usage, d.timings, whole, content, calls, context))
+                yield emit(Finished(d.finish_reason, d.usage, d.timings, whole, content, calls, context,
+                                    reasoning=reasoning))
                 return
     except RequestTimedOut as exc:
         record.outcome = "timeout"

@@ -18,6 +18,7 @@ class ToolUse:
     shown: tuple[Tool, ...] = ()
     callable: tuple[Tool, ...] = ()
     forced: bool = False
+    parallel: bool = True  # False: at most one call (OpenAI's parallel_tool_calls)
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,11 @@ class GenerateRequest:
     GBNF ``grammar`` (the ``LLM`` class's). ``context``: tokens of an earlier exchange to put
     before the prompt (Ollama's). ``timeout_s``: None for the server's LOKAL_REQUEST_TIMEOUT, 0
     for none. ``keep_alive``: seconds the model stays loaded after this request (None: the
-    server's)."""
+    server's). ``suffix``: fill-in-the-middle, ``prompt`` being the text before the gap (the
+    model's FIM tokens are used; InvalidRequest if it has none). ``think``: a thinking model
+    thinks (True) or not (False; None: as its template decides); True for a model that cannot
+    think is an InvalidRequest. ``reasoning_effort``: low, medium or high, for templates that
+    read it. A thinking model's reasoning is reported apart from its answer either way."""
 
     model: str
     messages: list[dict[str, Any]] | None = None
@@ -53,6 +58,9 @@ class GenerateRequest:
     tools: ToolUse = ToolUse()
     grammar: str | None = None
     return_context: bool = False
+    suffix: str | None = None
+    think: bool | None = None
+    reasoning_effort: str | None = None
     timeout_s: float | None = None
     keep_alive: float | None = None
     caller: Caller = Caller()

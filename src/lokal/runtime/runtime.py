@@ -149,7 +149,7 @@ class Runtime:
         queued = Queued(position=submission.position, load_s=load_s)
         timeout_s = self.settings.request_timeout if req.timeout_s is None else req.timeout_s
         stream = _first(queued, events(loaded, req, prepared.prompt, submission.deltas, record, timeout_s,
-                                       self._publish, hold.release))
+                                       self._publish, hold.release, prepared.think_open))
         self._publish(record, queued)
         # A stream dropped before it is read has no frame to run its finally: release the hold then.
         weakref.finalize(stream, hold.drop)

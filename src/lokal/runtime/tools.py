@@ -15,7 +15,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from lokal.engine.grammar import SchemaError, check_schema, schema_grammar
+from lokal.engine.grammar import SchemaError, check_valid, schema_grammar
 from lokal.engine.sampling import SamplingParams
 from lokal.options import MAX_STOP_STRINGS
 from lokal.runtime.errors import InvalidRequest
@@ -25,6 +25,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _BLOCK = re.compile(re.escape(CALL_OPEN) + r"(.*?)(?:" + re.escape(CALL_CLOSE) + r"|$)", re.S)
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.S)
 MAX_TOOLS = 128
+MAX_PARALLEL_CALLS = 8  # calls one forced answer may hold when parallel calls are allowed
 # Arguments of a tool call, in a request or a model's answer: deeper JSON is refused (a request) or
 # left as text (an answer) before anything recursive (json.dumps, a template's tojson) walks it.
 MAX_ARGUMENT_DEPTH = 128
@@ -94,7 +95,9 @@ def parse_tools(raw: list[dict[str, Any]], param: str = "tools") -> list[Tool]:
         if not isinstance(params, dict):
             raise InvalidRequest(f"{where}.function.parameters must be a JSON schema object", param=param)
         try:
-            check_schema(params)
+            # Only valid and bounded: the model reads the schema; keywords a grammar could not
+            # enforce are refused only where one is compiled (call_grammar, a forced call).
+            check_valid(params)
         except SchemaError as exc:
             raise schema_error(exc, f"{param}.{i}.function.parameters", prefix=f"{where} ({name}): ") from exc
         tools.append(Tool(name, str(fn.get("description") or ""), params))
@@ -111,9 +114,19 @@ def call_schema(tools: list[Tool]) -> dict[str, Any]:
     return alternatives[0] if len(alternatives) == 1 else {"anyOf": alternatives}
 
 
-def call_grammar(tools: list[Tool], param: str = "tools") -> str:
+def call_grammar(tools: list[Tool], param: str = "tools", parallel: bool = False) -> str:
+    """The grammar of a forced answer: one call, or (``parallel``) a JSON array of 1 to
+    MAX_PARALLEL_CALLS calls."""
+    for tool in tools:  # a keyword the grammar cannot enforce is a 400 naming its tool
+        try:
+            schema_grammar(tool.parameters)
+        except SchemaError as exc:
+            raise schema_error(exc, param, prefix=f"{param} ({tool.name}): ") from exc
+    schema = call_schema(tools)
+    if parallel:
+        schema = {"type": "array", "items": schema, "minItems": 1, "maxItems": MAX_PARALLEL_CALLS}
     try:
-        return schema_grammar(call_schema(tools))
+        return schema_grammar(schema)
     except SchemaError as exc:
         raise schema_error(exc, param) from exc
 
@@ -130,7 +143,11 @@ def chosen_tools(tools: list[Tool], choice: str | dict[str, Any] | None) -> tupl
             raise InvalidRequest('tool_choice "required" needs at least one tool', param="tool_choice")
         return tools, True
     if isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name") if choice.get("type") == "function" else None
+        fn = choice.get("function")
+        name = fn.get("name") if choice.get("type") == "function" and isinstance(fn, dict) else None
+        if not isinstance(name, str):
+            raise InvalidRequest('tool_choice must be {"type": "function", "function": {"name": ...}}',
+                                 param="tool_choice")
         match = [t for t in tools if t.name == name]
         if not match:
             raise InvalidRequest(f"tool_choice names function {name!r}, which is not in tools", param="tool_choice")

@@ -71,10 +71,13 @@ class ChatTemplate:
         messages: list[dict[str, Any]],
         add_generation_prompt: bool = True,
         tools: list[dict[str, Any]] | None = None,
+        variables: dict[str, Any] | None = None,
     ) -> str:
         """Render messages to the prompt text; any failure becomes a TemplateError. The render
-        runs in a worker process: at most MAX_RENDER_S and MAX_RENDER_MIB, whatever the template."""
+        runs in a worker process: at most MAX_RENDER_S and MAX_RENDER_MIB, whatever the template.
+        ``variables``: more for the template to read (a thinking model's ``enable_thinking``)."""
         return render_pool.render(self.source, {
+            **(variables or {}),
             "messages": messages,
             "add_generation_prompt": add_generation_prompt,
             "bos_token": self.bos_token,
