@@ -1,6 +1,7 @@
 """One error type for every route, rendered in the shape of the API the client speaks: OpenAI's
 ``{"error": {"message", "type", "param", "code"}}`` everywhere except under ``/api/``, where
-Ollama's clients expect ``{"error": "message"}``."""
+Ollama's clients expect ``{"error": "message"}``, and under ``/v1/messages``, where Anthropic's
+expect ``{"type": "error", "error": {"type", "message"}}`` with Anthropic's statuses (529 when busy)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lokal.runtime import errors
 
 OLLAMA_BUSY = "server busy, please try again.  maximum pending requests exceeded"  # Ollama's words
+# Anthropic's error type for each status it uses; other 4xx are invalid_request_error, other 5xx api_error.
+ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                   404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+                   504: "timeout_error", 529: "overloaded_error"}
+ANTHROPIC_OVERLOADED = 529
 
 
 class APIError(Exception):
@@ -42,8 +48,29 @@ class APIError(Exception):
     def ollama_body(self) -> dict[str, object]:
         return {"error": self.ollama_message or self.message}
 
+    def anthropic_status(self) -> int:
+        """Anthropic's status for this error: 529 overloaded for a busy server, else the same."""
+        return ANTHROPIC_OVERLOADED if self.code == "server_busy" else self.status
+
+    def anthropic_body(self) -> dict[str, object]:
+        status = self.anthropic_status()
+        kind = ANTHROPIC_TYPES.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
+        return {"type": "error", "error": {"type": kind, "message": self.message}}
+
+    def status_for(self, path: str) -> int:
+        return self.anthropic_status() if is_anthropic_path(path) else self.status
+
+    def body_for_path(self, path: str) -> dict[str, object]:
+        if is_ollama_path(path):
+            return self.ollama_body()
+        return self.anthropic_body() if is_anthropic_path(path) else self.openai_body()
+
     def body_for(self, request: Request) -> dict[str, object]:
-        return self.ollama_body() if is_ollama_path(request.url.path) else self.openai_body()
+        return self.body_for_path(request.url.path)
+
+    def response_for(self, request: Request) -> JSONResponse:
+        path = request.url.path
+        return JSONResponse(self.body_for_path(path), status_code=self.status_for(path), headers=self.headers)
 
 
 def ollama_not_found(name: str) -> str:
@@ -70,6 +97,10 @@ def api_error(exc: errors.LokalError) -> APIError:
 
 def is_ollama_path(path: str) -> bool:
     return path == "/api" or path.startswith("/api/")
+
+
+def is_anthropic_path(path: str) -> bool:
+    return path == "/v1/messages" or path.startswith("/v1/messages/")
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -100,20 +131,20 @@ def _ollama_validation_message(exc: RequestValidationError) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse(exc.body_for(request), status_code=exc.status, headers=exc.headers)
+        return exc.response_for(request)
 
     @app.exception_handler(errors.LokalError)
     async def _lokal_error(request: Request, exc: errors.LokalError) -> JSONResponse:
-        err = api_error(exc)
-        return JSONResponse(err.body_for(request), status_code=err.status, headers=err.headers)
+        return api_error(exc).response_for(request)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
         err = APIError(400, message, param=param, ollama_message=_ollama_validation_message(exc))
-        return JSONResponse(err.body_for(request), status_code=400)
+        return err.response_for(request)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        err = APIError(exc.status_code, str(exc.detail), type="invalid_request_error")
-        return JSONResponse(err.body_for(request), status_code=exc.status_code, headers=exc.headers)
+        err = APIError(exc.status_code, str(exc.detail), type="invalid_request_error",
+                       headers=dict(exc.headers) if exc.headers else None)
+        return err.response_for(request)

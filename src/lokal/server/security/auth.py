@@ -1,10 +1,11 @@
 """Bearer-key authentication for every API route, on exactly when keys exist.
 
 Contract for every client (OpenAI SDKs, Ollama clients, the web UI): send
-``Authorization: Bearer <key>``. The web UI keeps the key in ``localStorage`` and sends it the
-same way on its ``/v1``, ``/api`` and ``/ui/api`` calls; a 401 (``WWW-Authenticate: Bearer``)
-tells it to ask for a key. Open without a key: liveness and readiness, the UI's page and static
-files, the Ollama heartbeat ``/`` and the OpenAPI docs — nothing that serves a model or data.
+``Authorization: Bearer <key>`` (Anthropic's SDKs send ``x-api-key: <key>``, taken as well). The web
+UI keeps the key in ``localStorage`` and sends it the same way on its ``/v1``, ``/api`` and
+``/ui/api`` calls; a 401 (``WWW-Authenticate: Bearer``) tells it to ask for a key. Open without a
+key: liveness and readiness, the UI's page and static files, the Ollama heartbeat ``/`` and the
+OpenAPI docs — nothing that serves a model or data.
 
 A keys file that exists but cannot be read (``KeyFileError``: corrupt, empty, unreadable) fails
 closed: every other route answers 503 ``keys_unavailable`` until it is fixed, while the open routes
@@ -19,7 +20,7 @@ import logging
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from lokal.server.errors import APIError, is_ollama_path
+from lokal.server.errors import APIError
 from lokal.server.security.keys import KeyFileError, KeyStore
 from lokal.server.security.tracking import current_request
 
@@ -37,21 +38,25 @@ def is_open(method: str, path: str) -> bool:
 
 
 def bearer_key(scope: Scope) -> str | None:
+    """The key of ``Authorization: Bearer <key>``, else of ``x-api-key: <key>`` (Anthropic's)."""
+    api_key = None
     for name, value in scope.get("headers", []):
         if name == b"authorization":
             scheme, _, key = value.decode("latin-1").partition(" ")
             return key.strip() if scheme.lower() == "bearer" and key.strip() else None
-    return None
+        if name == b"x-api-key" and api_key is None:
+            api_key = value.decode("latin-1").strip() or None
+    return api_key
 
 
 async def send_error(scope: Scope, send: Send, err: APIError) -> None:
     """Answer with an APIError in the shape of the API the path belongs to (ASGI level)."""
     import json
 
-    body = json.dumps(err.ollama_body() if is_ollama_path(scope["path"]) else err.openai_body()).encode()
+    body = json.dumps(err.body_for_path(scope["path"])).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in (err.headers or {}).items()]
-    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.start", "status": err.status_for(scope["path"]), "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -79,7 +84,8 @@ class AuthMiddleware:
             return
         self._logged_problem = None
         if name is None:
-            message = "invalid API key" if key else "missing API key: send Authorization: Bearer <key>"
+            message = ("invalid API key" if key
+                       else "missing API key: send Authorization: Bearer <key> or x-api-key: <key>")
             await send_error(scope, send, APIError(
                 401, message, type="authentication_error", code="invalid_api_key",
                 headers={"WWW-Authenticate": 'Bearer realm="lokal"'},
