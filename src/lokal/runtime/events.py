@@ -32,6 +32,7 @@ class Queued:
 
     position: int
     load_s: float  # time spent waiting for the model to load
+    dropped_messages: int = 0  # oldest chat messages left out to fit the context (GenerateRequest.truncate)
 
 
 @dataclass(frozen=True)

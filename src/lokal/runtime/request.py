@@ -45,7 +45,10 @@ class GenerateRequest:
     model's FIM tokens are used; InvalidRequest if it has none). ``think``: a thinking model
     thinks (True) or not (False; None: as its template decides); True for a model that cannot
     think is an InvalidRequest. ``reasoning_effort``: low, medium or high, for templates that
-    read it. A thinking model's reasoning is reported apart from its answer either way."""
+    read it. A thinking model's reasoning is reported apart from its answer either way.
+    ``truncate``: a chat longer than the context loses its oldest turns (system messages, tools
+    and the latest turn are kept; ``Queued.dropped_messages`` says how many) instead of being
+    refused."""
 
     model: str
     messages: list[dict[str, Any]] | None = None
@@ -61,6 +64,7 @@ class GenerateRequest:
     suffix: str | None = None
     think: bool | None = None
     reasoning_effort: str | None = None
+    truncate: bool = False  # a chat too long for the context drops its oldest turns (Ollama's) instead of a 400
     timeout_s: float | None = None
     keep_alive: float | None = None
     caller: Caller = Caller()
