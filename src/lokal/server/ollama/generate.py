@@ -14,6 +14,7 @@ from lokal.options import OptionError, from_ollama
 from lokal.runtime.errors import InvalidRequest
 from lokal.runtime.events import Delta, Event, Failed, Finished, Queued
 from lokal.runtime.keep_alive import parse_keep_alive
+from lokal.runtime.reasoning import EFFORTS
 from lokal.runtime.request import GenerateRequest as Generation
 from lokal.runtime.request import JsonOutput, ToolUse
 from lokal.runtime.runtime import Runtime
@@ -26,7 +27,7 @@ from lokal.server.ollama.schemas import ChatRequest, GenerateRequest, Message, r
 router = APIRouter(tags=["ollama"])
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")
-Piece = Callable[[str], dict[str, Any]]
+Piece = Callable[[str, str], dict[str, Any]]  # (answer text, thinking text) -> the message's fields
 
 
 def keep_alive_seconds(value: object) -> float | None:
@@ -57,9 +58,24 @@ def json_format(value: Any) -> JsonOutput | None:
     raise InvalidRequest('format must be "json" or a JSON schema object', param="format")
 
 
+def think_fields(think: bool | str | None) -> dict[str, Any]:
+    """Ollama's ``think`` (true/false, or "low", "medium", "high") as the runtime's think and
+    reasoning_effort; the runtime refuses true for a model that cannot think."""
+    if think is None or isinstance(think, bool):
+        return {"think": think}
+    if think in EFFORTS:
+        return {"think": True, "reasoning_effort": think}
+    raise InvalidRequest(f"invalid think value {think!r}: expected true, false, " + ", ".join(EFFORTS), param="think")
+
+
+def thinking_piece(shape: Callable[[str, dict[str, Any]], dict[str, Any]], think: bool | str | None) -> Piece:
+    """A message's fields with ``thinking`` when there is some and it was not turned off."""
+    def piece(text: str, thinking: str) -> dict[str, Any]:
+        return shape(text, {"thinking": thinking} if thinking and think is not False else {})
+    return piece
+
+
 def _refuse_common(model: str, think: bool | str | None, logprobs: bool | None) -> None:
-    if think not in (None, False):
-        raise InvalidRequest(f'"{model}" does not support thinking (think)', param="think")
     if logprobs:
         raise InvalidRequest("logprobs are not supported yet", param="logprobs")
 
@@ -89,24 +105,25 @@ async def generate(
     req: GenerateRequest, request: Request, runtime: Runtime = Depends(get_runtime)
 ) -> dict[str, Any] | StreamingResponse:
     started = time.perf_counter()
-    if req.suffix:
-        raise InvalidRequest(f'"{req.model}" does not support insert (suffix, fill-in-the-middle)', param="suffix")
     _no_images(req.model, req.images)
     _refuse_common(req.model, req.think, req.logprobs)
     output = json_format(req.format)
     keep_alive = keep_alive_seconds(req.keep_alive)
     if not req.prompt:
         return await _load_or_unload(runtime, req.model, keep_alive, {"response": ""})
-    if req.raw:
-        shape: dict[str, Any] = {"prompt": req.prompt, "raw": True}
+    if req.suffix:  # fill-in-the-middle with the model's FIM tokens; the template is not used
+        shape: dict[str, Any] = {"prompt": req.prompt, "raw": True, "suffix": req.suffix}
+    elif req.raw:
+        shape = {"prompt": req.prompt, "raw": True}
     else:
         system = [{"role": "system", "content": req.system}] if req.system else []
         shape = {"messages": [*system, {"role": "user", "content": req.prompt}], "template": req.template}
     stream = await runtime.generate(Generation(
         model=req.model, **shape, context=req.context, options=_options(req.options), output=output,
-        return_context=not req.raw, keep_alive=keep_alive, caller=caller(request),
+        return_context=not req.raw, keep_alive=keep_alive, caller=caller(request), **think_fields(req.think),
     ))
-    return await _respond(req.model, stream, started, request, req.stream, lambda text: {"response": text})
+    piece = thinking_piece(lambda text, thinking: {"response": text, **thinking}, req.think)
+    return await _respond(req.model, stream, started, request, req.stream, piece)
 
 
 # ---- /api/chat -------------------------------------------------------------------------------
@@ -125,12 +142,10 @@ async def chat(
         return await _load_or_unload(runtime, req.model, keep_alive, {"message": {"role": "assistant", "content": ""}})
     stream = await runtime.generate(Generation(
         model=req.model, messages=messages, options=_options(req.options), output=output,
-        tools=ToolUse(tools, tools), keep_alive=keep_alive, caller=caller(request),
+        tools=ToolUse(tools, tools), keep_alive=keep_alive, caller=caller(request), **think_fields(req.think),
     ))
-
-    def piece(text: str) -> dict[str, Any]:
-        return {"message": {"role": "assistant", "content": text}}
-
+    piece = thinking_piece(lambda text, thinking: {"message": {"role": "assistant", "content": text, **thinking}},
+                           req.think)
     return await _respond(req.model, stream, started, request, req.stream, piece)
 
 
@@ -161,9 +176,9 @@ async def _respond(model: str, stream: AsyncGenerator[Event, None], started: flo
     if isinstance(queued, Queued):
         load_s = queued.load_s
     done = await collect(stream, request)
-    body = piece(done.text)
+    body = piece(done.content, done.reasoning)
     if done.tool_calls:
-        body = {"message": {"role": "assistant", "content": done.content,
+        body = {"message": {**piece(done.content, done.reasoning)["message"],
                             "tool_calls": [c.ollama() for c in done.tool_calls]}}
     return {"model": model, "created_at": rfc3339(), **body, "done": True, **_summary(done, started, load_s)}
 
@@ -179,13 +194,13 @@ async def _chunks(model: str, stream: AsyncGenerator[Event, None], started: floa
                 yield {"error": api_error(event.error).ollama_body()["error"]}
                 return
             elif isinstance(event, Delta):
-                yield {"model": model, "created_at": rfc3339(), **piece(event.text), "done": False}
+                yield {"model": model, "created_at": rfc3339(), **piece(event.text, event.reasoning), "done": False}
             elif isinstance(event, Finished):
                 if event.tool_calls:
                     # Ollama streams a tool call whole, in one message, before the final chunk.
                     msg = {"role": "assistant", "content": "", "tool_calls": [c.ollama() for c in event.tool_calls]}
                     yield {"model": model, "created_at": rfc3339(), "message": msg, "done": False}
-                yield {"model": model, "created_at": rfc3339(), **piece(""), "done": True,
+                yield {"model": model, "created_at": rfc3339(), **piece("", ""), "done": True,
                        **_summary(event, started, load_s)}
                 return
     finally:

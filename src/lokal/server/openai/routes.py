@@ -114,6 +114,16 @@ def response_format(fmt: dict[str, Any] | None) -> JsonOutput | None:
                          param="response_format")
 
 
+def reasoning_fields(effort: str | None) -> dict[str, Any]:
+    """OpenAI's reasoning_effort as the runtime's think / reasoning_effort: "none" turns a thinking
+    model's thinking off, "minimal" is read as low; a model that does not think ignores it."""
+    if effort is None:
+        return {}
+    if effort == "none":
+        return {"think": False}
+    return {"reasoning_effort": "low" if effort == "minimal" else effort}
+
+
 def _options(req: SamplingFields) -> dict[str, Any]:
     try:
         return from_openai(req.sampling_fields())
@@ -128,13 +138,15 @@ async def chat_completions(
     _unsupported(req)
     messages = _messages(req)
     tools = parse_tools(req.tools) if req.tools else []
-    offered, forced = chosen_tools(tools, req.tool_choice) if tools else ([], False)
+    offered, forced = chosen_tools(tools, req.tool_choice)  # a required or named choice needs tools
     output = response_format(req.response_format)
     shown = tools if req.tool_choice != "none" else []
+    parallel = req.parallel_tool_calls is not False
     stream = await runtime.generate(GenerateRequest(
         model=req.model, messages=messages,
         options=_options(req),
-        output=output, tools=ToolUse(tuple(shown), tuple(offered), forced), caller=caller(request),
+        output=output, tools=ToolUse(tuple(shown), tuple(offered), forced, parallel), caller=caller(request),
+        **reasoning_fields(req.reasoning_effort),
     ))
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": rid, "created": created, "model": runtime.canonical_name(req.model), "system_fingerprint": "lokal"}
@@ -146,6 +158,8 @@ async def chat_completions(
     if done.tool_calls:
         message = {"role": "assistant", "content": done.content or None,
                    "tool_calls": [c.openai() for c in done.tool_calls]}
+    if done.reasoning:
+        message["reasoning_content"] = done.reasoning  # vLLM's and DeepSeek's field
     return {
         **head,
         "object": "chat.completion",
@@ -173,7 +187,10 @@ async def _chat_chunks(stream: AsyncGenerator[Event, None], head: dict[str, Any]
                 yield _error_chunk(event)
                 break
             if isinstance(event, Delta):
-                yield chunk({"content": event.text}, None)
+                if event.reasoning:
+                    yield chunk({"reasoning_content": event.reasoning}, None)
+                if event.text:
+                    yield chunk({"content": event.text}, None)
             elif isinstance(event, Finished):
                 for i, call in enumerate(event.tool_calls):
                     # OpenAI's shape: id, type and name first with empty arguments, then fragments.
@@ -207,13 +224,13 @@ def _completion_prompt(req: CompletionRequest) -> str | list[int]:
 async def completions(
     req: CompletionRequest, request: Request, runtime: Runtime = Depends(get_runtime)
 ) -> dict[str, Any] | StreamingResponse:
-    if req.suffix:
-        raise APIError(400, "suffix (fill-in-the-middle) is not supported yet", param="suffix")
     if req.logprobs:
         raise APIError(400, "logprobs are not supported yet", param="logprobs")
     raw = _completion_prompt(req)
+    # suffix: fill-in-the-middle with the model's FIM tokens (400 for a model without them)
     stream = await runtime.generate(GenerateRequest(
         model=req.model, prompt=raw, options=_options(req), caller=caller(request),
+        suffix=req.suffix or None,
     ))
     echo = raw if req.echo and isinstance(raw, str) else ""
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())

@@ -78,6 +78,8 @@ class ChatCompletionRequest(SamplingFields):
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None  # False: at most one call (absent or True: several allowed)
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
     logprobs: bool | None = None
 
 
