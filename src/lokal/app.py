@@ -21,6 +21,8 @@ from lokal.server.metrics import Metrics
 from lokal.server.metrics import router as metrics_router
 from lokal.server.ollama.routes import router as ollama_router
 from lokal.server.openai.routes import router as openai_router
+from lokal.server.rerank import router as rerank_router
+from lokal.server.tokens import router as tokens_router
 from lokal.ui import routes as ui
 from lokal.ui.request_log import RequestLog
 
@@ -51,6 +53,8 @@ def create_app(
     install_error_handlers(app)
     for router in (openai_router, ollama_router, embeddings_router, lifecycle_router, metrics_router, ui.router):
         app.include_router(router)
+    app.include_router(tokens_router)
+    app.include_router(rerank_router)
 
     metrics = Metrics(runtime)
     request_log = RequestLog()  # recent generations, for the UI's monitor

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psutil
 
@@ -38,6 +39,7 @@ from lokal.store.gguf_facts import GgufFacts
 from lokal.store.manifest import Manifest
 from lokal.store.model_store import ModelStore
 from lokal.store.names import parse_model_name
+from lokal.templates.chat_template import TemplateError
 
 log = logging.getLogger(__name__)
 
@@ -199,22 +201,48 @@ class Runtime:
             await hold.release()
         return result, loaded.embedding_length, load_s
 
-    async def tokenize(self, model: str, text: str, *, special: bool = True, keep_alive: float | None = None
-                       ) -> list[int]:
+    async def tokenize(self, model: str, text: str, *, special: bool = True, keep_alive: float | None = None,
+                       parse_special: bool | None = None) -> list[int]:
         """Token ids of text with the model's tokenizer (``special``: BOS added if the model
-        wants one, special-token text parsed)."""
+        wants one; ``parse_special``, by default ``special``: special-token text such as
+        ``<|im_end|>`` read as that token)."""
         loaded = await self.model(model, keep_alive)
-        if special:
-            return loaded.formatted_prompt(text)
-        return loaded.plain_tokens(text)
+        if parse_special is None or parse_special == special:
+            return loaded.formatted_prompt(text) if special else loaded.plain_tokens(text)
+        return loaded.model.tokenize(text, add_special=special and loaded.model.add_bos, parse_special=parse_special)
 
-    async def detokenize(self, model: str, tokens: list[int], keep_alive: float | None = None) -> str:
-        """Text of token ids (InvalidRequest for an id outside the vocabulary)."""
+    async def tokenize_chat(self, model: str, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True,
+                            keep_alive: float | None = None) -> list[int]:
+        """Token ids of a chat as the model reads it: rendered through its chat template (its
+        system prompt and Modelfile turns included), as ``generate`` would (InvalidRequest if the
+        template fails)."""
+        loaded = await self.model(model, keep_alive)
+        try:
+            return await asyncio.to_thread(loaded.chat_prompt, messages, add_generation_prompt=add_generation_prompt)
+        except TemplateError as exc:
+            raise errors.InvalidRequest(str(exc), param="messages", code="template_error") from exc
+        except ValueError as exc:
+            raise errors.InvalidRequest(str(exc), param="messages") from exc
+
+    async def detokenize(self, model: str, tokens: list[int], keep_alive: float | None = None,
+                         special: bool = False) -> str:
+        """Text of token ids (InvalidRequest for an id outside the vocabulary); ``special``:
+        special tokens as their text (``<|im_end|>``) rather than as nothing."""
+        return b"".join(await self.token_pieces(model, tokens, keep_alive, special)).decode("utf-8", errors="replace")
+
+    async def token_pieces(self, model: str, tokens: list[int], keep_alive: float | None = None,
+                           special: bool = True) -> list[bytes]:
+        """The bytes each token stands for (one token can be part of a UTF-8 character)."""
         loaded = await self.model(model, keep_alive)
         bad = next((t for t in tokens if not loaded.model.valid_token(t)), None)
         if bad is not None:
             raise errors.InvalidRequest(f"token id {bad} is outside the vocabulary", param="tokens")
-        return b"".join(loaded.model.piece(t) for t in tokens).decode("utf-8", errors="replace")
+        piece = loaded.model.special_piece if special else loaded.model.piece
+        return [piece(t) for t in tokens]
+
+    async def context_length(self, model: str) -> int:
+        """The context one sequence of a model gets (loading it if needed)."""
+        return (await self.model(model)).context_length
 
     def status(self) -> list[ModelStatus]:
         """Every loaded model with its memory figure, engine state and keep_alive expiry."""
