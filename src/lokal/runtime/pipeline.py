@@ -249,7 +249,7 @@ async def events(
                         yield emit(Delta(rest))
                     calls = tuple(found if tools.parallel else found[:1])
                 answer = "".join(splitter.answer) if splitter is not None else whole
-                reasoning = "".join(splitter.reasoning).strip() if splitter is not None else ""
+                reasoning = "".join(splitter.reasoning) if splitter is not None else ""
                 content = answer
                 if calls:
                     content, _ = parse_calls(answer, list(tools.callable))

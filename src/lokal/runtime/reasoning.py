@@ -42,7 +42,7 @@ def template_variables(think: bool | None, effort: str | None) -> dict[str, obje
 class ReasoningSplitter:
     """Splits generated text into reasoning and answer. ``inside``: the prompt opened the think
     block, so the text starts as reasoning; otherwise a ``<think>`` may open it, before any answer
-    text. Whitespace right after either tag is not part of what follows it."""
+    text. Whitespace around the reasoning and at the start of the answer is dropped."""
 
     def __init__(self, inside: bool = False) -> None:
         self._state = "reasoning" if inside else "start"
@@ -68,10 +68,12 @@ class ReasoningSplitter:
             if self._state == "reasoning":
                 at = self._held.find(THINK_CLOSE)
                 if at >= 0:
-                    thought += self._take(self._held[:at])
+                    thought += self._take(self._held[:at].rstrip())
                     self._held, self._state, self._trim = self._held[at + len(THINK_CLOSE):], "answer", True
                     continue
                 keep = _partial_suffix(self._held, THINK_CLOSE)
+                body = self._held[: len(self._held) - keep]
+                keep += len(body) - len(body.rstrip())  # whitespace may be the last before </think>
                 thought += self._take(self._held[: len(self._held) - keep])
                 self._held = self._held[len(self._held) - keep:]
                 break
@@ -87,7 +89,7 @@ class ReasoningSplitter:
         a lone partial tag is answer text."""
         rest, self._held = self._held, ""
         if self._state == "reasoning":
-            out = (self._take(rest), "")
+            out = (self._take(rest.rstrip()), "")
         else:
             out = ("", self._take(rest) if self._state == "answer" else rest)
         self.reasoning.append(out[0])
