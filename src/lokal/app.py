@@ -13,6 +13,7 @@ from lokal import __version__
 from lokal.config import Settings
 from lokal.runtime.runtime import Runtime
 from lokal.server import security
+from lokal.server.anthropic.routes import router as anthropic_router
 from lokal.server.embeddings import router as embeddings_router
 from lokal.server.errors import install_error_handlers
 from lokal.server.json_body import JsonBodyMiddleware
@@ -22,6 +23,7 @@ from lokal.server.metrics import router as metrics_router
 from lokal.server.ollama.routes import router as ollama_router
 from lokal.server.openai.routes import router as openai_router
 from lokal.server.rerank import router as rerank_router
+from lokal.server.responses.routes import router as responses_router
 from lokal.server.tokens import router as tokens_router
 from lokal.ui import routes as ui
 from lokal.ui.request_log import RequestLog
@@ -53,6 +55,8 @@ def create_app(
     install_error_handlers(app)
     for router in (openai_router, ollama_router, embeddings_router, lifecycle_router, metrics_router, ui.router):
         app.include_router(router)
+    app.include_router(anthropic_router)
+    app.include_router(responses_router)
     app.include_router(tokens_router)
     app.include_router(rerank_router)
 
