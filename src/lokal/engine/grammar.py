@@ -1,9 +1,13 @@
 """JSON schema → GBNF for llama.cpp's grammar sampler, refusing what the grammar cannot enforce.
 
-The conversion itself is llama-cpp-python's port of llama.cpp's json-schema-to-grammar
-(``llama_cpp.llama_grammar``). That converter silently ignores keywords it does not know
-(``minimum``, ``not``, ``uniqueItems``…); here every subschema is checked first, so a request
-gets a ``SchemaError`` naming the feature instead of an answer that does not validate."""
+The conversion is llama-cpp-python's port of llama.cpp's json-schema-to-grammar
+(``llama_cpp.llama_grammar``), extended here with what pydantic's ``model_json_schema()`` emits
+and the port ignores: numeric bounds (``minimum``, ``maximum``, the exclusive ones; see
+``number_grammar``), ``uniqueItems`` over a small finite set, the ``email`` and ``uri`` formats
+(a strict subset of the addresses), tuples' ``minItems``/``maxItems``, unanchored patterns, and
+annotation-only subschemas (``{"title": ...}`` is any value). That converter silently ignores
+keywords it does not know (``not``, ``multipleOf``…); here every subschema is checked first, so a
+request gets a ``SchemaError`` naming the feature instead of an answer that does not validate."""
 
 from __future__ import annotations
 
@@ -11,7 +15,9 @@ import json
 from typing import Any
 
 import jsonschema
-from llama_cpp.llama_grammar import NON_LITERAL_SET, SchemaConverter
+from llama_cpp.llama_grammar import NON_LITERAL_SET, RESERVED_NAMES, SchemaConverter
+
+from lokal.engine.number_grammar import Bound, RangeError, bound, number_rule
 
 MAX_SCHEMA_CHARS = 64 * 1024
 MAX_SCHEMA_DEPTH = 32  # subschemas inside subschemas, $ref hops included
@@ -34,19 +40,29 @@ MAX_GRAMMAR_CHARS = 2 * 2**20
 _ANNOTATIONS = frozenset({
     "title", "description", "default", "examples", "$schema", "$id", "$comment", "deprecated",
     "readOnly", "writeOnly", "$defs", "definitions", "strict",
+    "discriminator",  # OpenAPI's (pydantic's tagged unions): each alternative's const enforces it
+    "contentEncoding", "contentMediaType",
 })
+_BOUNDS = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")
 # Keywords the converter turns into grammar rules.
 _ENFORCED = frozenset({
     "type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems",
     "maxItems", "enum", "const", "anyOf", "oneOf", "$ref", "pattern", "format", "minLength", "maxLength",
+    *_BOUNDS, "uniqueItems",
 })
-_FORMATS = frozenset({"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"})
+_FORMATS = frozenset({"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5",
+                      "email", "uri"})
+MAX_UNIQUE_VALUES = 16  # uniqueItems is enforced over at most this many possible items
 _TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
 
 # The port's string character rule lets raw control characters through, which JSON forbids
 # (llama.cpp's own converter excludes them); tighten it.
 _LOOSE_CHAR = 'char ::= [^"\\\\] |'
 _STRICT_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
+# Its pattern's "." is any character but a line break, quotes and backslashes included, which
+# would end or break the JSON string: a pattern's "." writes only characters that need no escape.
+_LOOSE_DOT = "dot ::= [^\\x0A\\x0D]"
+_STRICT_DOT = 'dot ::= [^"\\\\\\x7F\\x00-\\x1F]'
 
 JSON_OBJECT_SCHEMA: dict[str, Any] = {"type": "object"}
 
@@ -67,13 +83,12 @@ def schema_grammar(schema: Any) -> str:
     text = json.dumps(schema)
     if len(text) > MAX_SCHEMA_CHARS:
         raise SchemaError(f"the JSON schema is {len(text)} characters, limit {MAX_SCHEMA_CHARS}")
-    _check(schema, for_grammar=True)
+    check_valid(schema)
+    schema = _normalized(schema)
+    _check_tree(schema, for_grammar=True)
     try:
-        # llama-cpp-python's converter is untyped; its grammar is a str.
-        converter: Any = SchemaConverter(  # type: ignore[no-untyped-call]
-            prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False
-        )
-        resolved = converter.resolve_refs(json.loads(text), "input")
+        converter: Any = _Converter()  # the port is untyped; its grammar is a str
+        resolved = converter.resolve_refs(schema, "input")
         converter.visit(resolved, "")
         grammar: str = converter.format_grammar()
     except RecursionError as exc:  # not expected within the bounds above; never a 500 if it happens
@@ -83,12 +98,31 @@ def schema_grammar(schema: Any) -> str:
     if len(grammar) > MAX_GRAMMAR_CHARS:
         raise SchemaError(f"the JSON schema makes a grammar of {len(grammar)} characters, limit {MAX_GRAMMAR_CHARS}: "
                           "lower its repetition counts (maxLength, maxItems, {m,n} in patterns)")
-    return grammar.replace(_LOOSE_CHAR, _STRICT_CHAR)
+    return grammar.replace(_LOOSE_CHAR, _STRICT_CHAR).replace(_LOOSE_DOT, _STRICT_DOT)
 
 
 def json_object_grammar() -> str:
     """Any JSON object (OpenAI's ``json_object``, Ollama's ``format: "json"``)."""
     return schema_grammar(JSON_OBJECT_SCHEMA)
+
+
+def check_valid(schema: dict[str, Any]) -> None:
+    """SchemaError if the schema is not valid JSON Schema, or too deep or big to look at safely.
+
+    What a tool's parameters need when no grammar is compiled from them (tool_choice auto, and
+    Ollama's /api/chat): the model only reads them, so keywords a grammar could not enforce
+    (``minimum``, ``format: email``…) are accepted, as OpenAI and Ollama accept them."""
+    if not isinstance(schema, dict):
+        raise SchemaError("a JSON schema must be an object")
+    _check_shape(schema)
+    try:
+        validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+        validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = "/".join(str(p) for p in exc.path) or "(root)"
+        raise SchemaError(f"invalid JSON schema at {where}: {exc.message}") from exc
+    except RecursionError as exc:  # not expected within MAX_JSON_DEPTH; never a 500 if it happens
+        raise SchemaError(_too_deep()) from exc
 
 
 def check_schema(schema: dict[str, Any]) -> None:
@@ -102,16 +136,132 @@ def check_schema(schema: dict[str, Any]) -> None:
 
 
 def _check(schema: dict[str, Any], for_grammar: bool) -> None:
-    _check_shape(schema)
-    try:
-        validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-        validator.check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        where = "/".join(str(p) for p in exc.path) or "(root)"
-        raise SchemaError(f"invalid JSON schema at {where}: {exc.message}") from exc
-    except RecursionError as exc:  # not expected within MAX_JSON_DEPTH; never a 500 if it happens
-        raise SchemaError(_too_deep()) from exc
-    _check_tree(schema, for_grammar)
+    check_valid(schema)
+    _check_tree(_normalized(schema), for_grammar)
+
+
+# Keywords whose value is a subschema, a list of them, or a map of names to them.
+_ONE_SCHEMA = ("items", "additionalProperties", "not", "contains", "propertyNames", "if", "then", "else")
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")
+
+
+def _normalized(node: Any, depth: int = 0) -> Any:
+    """A copy of a schema as the converter reads it: annotations dropped (``{"title": "X"}``
+    is any value, which the converter only knows as ``{}``), a ``pattern`` anchored at both ends
+    (JSON Schema's patterns search; the converter's match the whole string). Recursion is
+    bounded: ``_check_shape`` has bounded the nesting first."""
+    if not isinstance(node, dict) or depth > MAX_JSON_DEPTH:
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _ANNOTATIONS and key not in ("$defs", "definitions"):
+            continue
+        if key in _ONE_SCHEMA and isinstance(value, dict):
+            value = _normalized(value, depth + 1)
+        elif key in _SCHEMA_LISTS and isinstance(value, list):
+            value = [_normalized(v, depth + 1) for v in value]
+        elif key in _SCHEMA_MAPS and isinstance(value, dict):
+            value = {k: _normalized(v, depth + 1) for k, v in value.items()}
+        elif key == "pattern" and isinstance(value, str):
+            value = _anchored(value)
+        out[key] = value
+    return out
+
+
+def _anchored(pattern: str) -> str:
+    """``pattern`` as a whole-string match: what it finds anywhere, with any text around it."""
+    starts = pattern.startswith("^")
+    ends = pattern.endswith("$") and not pattern.endswith("\\$")
+    if starts and ends:
+        return pattern
+    core = pattern[1 if starts else 0:len(pattern) - 1 if ends else len(pattern)]
+    return "^" + ("" if starts else ".*") + "(" + core + ")" + ("" if ends else ".*") + "$"
+
+
+# Strict subsets of what the formats allow, short enough to bound: the grammar only has to write
+# valid values. Characters need no JSON escaping.
+_LABEL = "[A-Za-z0-9] ([A-Za-z0-9-]{0,14} [A-Za-z0-9])?"
+_FORMAT_RULES = {
+    # local@domain.tld (RFC 5321 dot-atoms), 6 to 127 characters
+    "email": f'[A-Za-z0-9_%+-]{{1,16}} ("." [A-Za-z0-9_%+-]{{1,16}}){{0,3}} "@" {_LABEL} ("." {_LABEL}){{0,2}} '
+             '"." [A-Za-z]{2,8}',
+    # http(s)://host[:port][/path], 8 to 216 characters
+    "uri": f'"http" "s"? "://" {_LABEL} ("." {_LABEL}){{0,3}} (":" [1-9] [0-9]{{0,3}})? '
+           '("/" [A-Za-z0-9._~-]{0,16}){0,8}',
+}
+_FORMAT_LENGTHS = {"email": (6, 127), "uri": (8, 216)}
+
+
+class _Converter(SchemaConverter):
+    """llama-cpp-python's converter, plus the keywords this module enforces beyond it."""
+
+    def __init__(self) -> None:
+        super().__init__(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)  # type: ignore[no-untyped-call]
+
+    def visit(self, schema: dict[str, Any], name: str) -> str:
+        rule_name = name + "-" if name in RESERVED_NAMES else name or "root"
+        t = schema.get("type")
+        if t in ("integer", "number") and any(k in schema for k in _BOUNDS):
+            rule = number_rule(*_bounds(schema), integer=t == "integer")
+            return self._add_rule(rule_name, f"({rule}) space")  # type: ignore[no-untyped-call,no-any-return]
+        fmt = schema.get("format")
+        if t in (None, "string") and fmt in _FORMAT_RULES and "pattern" not in schema:
+            return self._add_rule(rule_name, f'"\\"" ({_FORMAT_RULES[fmt]}) "\\"" space')  # type: ignore[no-untyped-call,no-any-return]
+        if schema.get("uniqueItems") is True:
+            return self._unique_items(schema, rule_name)
+        return super().visit(schema, name)  # type: ignore[no-untyped-call,no-any-return]
+
+    def _unique_items(self, schema: dict[str, Any], rule_name: str) -> str:
+        """An array of distinct values from a finite set, in the set's order: state (i, c) is
+        "values from index i on may follow, c were written"."""
+        values = _finite_values(schema["items"])
+        k = len(values)
+        low, high = schema.get("minItems", 0), min(schema.get("maxItems", k), k)
+        literals = [self._generate_constant_rule(v) for v in values]  # type: ignore[no-untyped-call]
+
+        def feasible(i: int, c: int) -> bool:
+            return bool(c <= high and c + (k - i) >= low)
+
+        for i in range(k, -1, -1):
+            for c in range(min(i, high), -1, -1):
+                if not feasible(i, c):
+                    continue
+                alts = ['""'] if c >= low else []
+                if i < k and feasible(i + 1, c + 1):
+                    sep = '"," space ' if c else ""
+                    alts.append(f"{sep}{literals[i]} space {rule_name}-u{i + 1}-{c + 1}")
+                if i < k and feasible(i + 1, c):
+                    alts.append(f"{rule_name}-u{i + 1}-{c}")
+                self._add_rule(f"{rule_name}-u{i}-{c}", " | ".join(alts))  # type: ignore[no-untyped-call]
+        return self._add_rule(rule_name, f'"[" space {rule_name}-u0-0 "]" space')  # type: ignore[no-untyped-call,no-any-return]
+
+
+def _bounds(schema: dict[str, Any]) -> tuple[Bound | None, Bound | None]:
+    """The tighter of ``minimum``/``exclusiveMinimum``, and of the maximums (RangeError if a
+    bound is not a finite number or has too many digits)."""
+    lows = [bound(schema[k], k == "minimum", k) for k in ("minimum", "exclusiveMinimum") if k in schema]
+    highs = [bound(schema[k], k == "maximum", k) for k in ("maximum", "exclusiveMaximum") if k in schema]
+    low = max(lows, key=lambda b: (b.value, not b.inclusive), default=None)
+    high = min(highs, key=lambda b: (b.value, b.inclusive), default=None)
+    return low, high
+
+
+def _finite_values(items: Any) -> list[Any]:
+    """The values a finite ``items`` schema allows (enum, const, boolean); [] if not finite."""
+    if not isinstance(items, dict):
+        return []
+    if "const" in items:
+        return [items["const"]]
+    if isinstance(items.get("enum"), list):
+        unique: list[Any] = []
+        for v in items["enum"]:
+            if v not in unique:
+                unique.append(v)
+        return unique
+    if items.get("type") == "boolean" and set(items) == {"type"}:
+        return [True, False]
+    return []
 
 
 def _too_deep(json_levels: bool = False) -> str:
@@ -255,10 +405,21 @@ def _check_node(node: Any, where: str, depth: int, for_grammar: bool) -> list[tu
         return children + _defs(node, where, depth)
     if "const" in node or "enum" in node:
         return children + _defs(node, where, depth)  # the grammar emits exactly one of the listed values
+    if keys & set(_BOUNDS):
+        if t not in ("integer", "number"):
+            raise _unsupported("minimum/maximum without type integer or number", where)
+        try:
+            number_rule(*_bounds(node), integer=t == "integer")
+        except RangeError as exc:
+            raise SchemaError(f"invalid JSON schema at {where}: {exc}") from exc
     if "format" in node:
-        if node["format"] not in _FORMATS:
-            raise _unsupported(f"format {node['format']!r}", where,
-                               f"supported formats: {', '.join(sorted(_FORMATS))}")
+        fmt = node["format"]
+        if fmt not in _FORMATS:
+            raise _unsupported(f"format {fmt!r}", where, f"supported formats: {', '.join(sorted(_FORMATS))}")
+        shortest, longest = _FORMAT_LENGTHS.get(fmt, (0, 0))
+        if fmt in _FORMAT_LENGTHS and node.get("minLength", 0) <= shortest and \
+                node.get("maxLength", longest) >= longest:
+            keys -= {"minLength", "maxLength"}  # lokal's values of the format always fit these lengths
         if keys - {"type", "format"}:
             raise _unsupported("format with other string keywords", where)
     if "pattern" in node and keys & {"minLength", "maxLength", "format"}:
@@ -276,7 +437,7 @@ def _check_node(node: Any, where: str, depth: int, for_grammar: bool) -> list[tu
     extra = node.get("additionalProperties")
     if isinstance(extra, dict):
         children.append((extra, f"{where}/additionalProperties", depth + 1))
-    if keys & {"items", "prefixItems", "minItems", "maxItems"}:
+    if keys & {"items", "prefixItems", "minItems", "maxItems", "uniqueItems"}:
         if t not in (None, "array"):
             raise _unsupported("array keywords on a non-array type", where)
         items, prefix = node.get("items"), node.get("prefixItems")
@@ -287,7 +448,20 @@ def _check_node(node: Any, where: str, depth: int, for_grammar: bool) -> list[tu
         if isinstance(items, bool):
             raise _unsupported("boolean items", where)
         if isinstance(prefix or items, list) and keys & {"minItems", "maxItems"}:
-            raise _unsupported("minItems/maxItems with prefixItems", where)
+            n = len(prefix) if isinstance(prefix, list) else len(items) if isinstance(items, list) else 0
+            if not node.get("minItems", 0) <= n <= node.get("maxItems", n):  # a tuple's own length is fine
+                raise _unsupported("minItems/maxItems with prefixItems", where,
+                                   "the grammar writes exactly one item per prefixItems entry")
+        if node.get("uniqueItems") is True:
+            values = _finite_values(items)
+            if not values or prefix is not None:
+                raise _unsupported("uniqueItems", where, "enforced only for items from a finite set "
+                                   "(enum, const or boolean items)")
+            if len(values) > MAX_UNIQUE_VALUES:
+                raise _unsupported("uniqueItems", where, f"enforced for at most {MAX_UNIQUE_VALUES} possible items")
+            if node.get("minItems", 0) > len(values):
+                raise SchemaError(f"invalid JSON schema at {where}: minItems {node['minItems']} distinct items "
+                                  f"from {len(values)} values")
         if isinstance(items, dict):
             children.append((items, f"{where}/items", depth + 1))
         subs = prefix if isinstance(prefix, list) else items if isinstance(items, list) else []
@@ -303,6 +477,8 @@ def _defs(node: dict[str, Any], where: str, depth: int) -> list[tuple[Any, str, 
 def _check_grammar_limits(node: dict[str, Any], where: str) -> None:
     """What the converter and llama.cpp's grammar parser cannot take, though the schema is fine."""
     for key in ("minLength", "maxLength", "minItems", "maxItems"):
+        if key.endswith("Length") and node.get("format") in _FORMAT_LENGTHS:
+            continue  # the format's own grammar is short; its lengths are checked in _check_node
         n = node.get(key)
         if isinstance(n, int) and n > MAX_REPETITION:
             raise _unsupported(f"{key} above {MAX_REPETITION}", where,

@@ -39,13 +39,16 @@ def test_json_object_grammar_is_any_object() -> None:
 @pytest.mark.parametrize(
     ("schema", "feature"),
     [
-        ({"type": "integer", "minimum": 0}, "minimum"),
+        ({"type": "string", "minimum": 0}, "minimum/maximum without type integer or number"),
         ({"type": "number", "multipleOf": 2}, "multipleOf"),
         ({"not": {"type": "string"}}, "not"),
         ({"if": {"type": "string"}, "then": {"maxLength": 2}}, "if"),
         ({"type": "object", "patternProperties": {"^a": {}}}, "patternProperties"),
         ({"type": "array", "items": {"type": "string"}, "uniqueItems": True}, "uniqueItems"),
-        ({"type": "string", "format": "email"}, "format 'email'"),
+        ({"type": "string", "format": "hostname"}, "format 'hostname'"),
+        ({"type": "array", "items": {"type": "integer"}, "uniqueItems": True}, "uniqueItems"),
+        ({"type": "array", "items": {"enum": list(range(17))}, "uniqueItems": True}, "uniqueItems"),
+        ({"type": "array", "prefixItems": [{"type": "integer"}], "minItems": 2}, "minItems/maxItems with prefixItems"),
         ({"$ref": "https://example.com/s.json"}, "$ref"),
         ({"allOf": [{"type": "object"}]}, "allOf"),
         ({"type": ["string", "null"], "maxLength": 3}, "type list with other keywords"),
