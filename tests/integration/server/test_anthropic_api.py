@@ -4,14 +4,18 @@ shape, and keys sent as x-api-key."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import anthropic
 import httpx
 import pytest
 
-from lokal.runtime.errors import ServerBusy
+from lokal.runtime.errors import GenerationFailed, ServerBusy
+from lokal.runtime.events import Event, Failed, Queued
+from lokal.server.anthropic.routes import _events
 from lokal.server.errors import APIError, api_error
 from tests.integration.conftest import LiveServer
 from tests.integration.security.conftest import SecuredServer, secured  # noqa: F401 (a fixture)
@@ -287,6 +291,22 @@ def test_the_sdk_raises_its_own_errors(client: anthropic.Anthropic, server: Live
     r = httpx.post(f"{server.url}/v1/messages", content=b'{"model": ', timeout=30,
                    headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_failure_mid_stream_is_an_error_event_in_anthropics_shape() -> None:
+    async def failing() -> AsyncGenerator[Event, None]:
+        yield Queued(position=0, load_s=0.0)
+        yield Failed(GenerationFailed("generation failed: the engine stopped"))
+
+    async def read() -> list[bytes]:
+        return [chunk async for chunk in _events(None, failing(), {"id": "msg_1", "model": MODEL}, None)]  # type: ignore[arg-type]
+
+    chunks = asyncio.run(read())
+    names = [c.decode().split("\n")[0] for c in chunks]
+    assert names == ["event: message_start", "event: ping", "event: error"]
+    error = json.loads(chunks[-1].decode().split("\n")[1].removeprefix("data: "))
+    assert error == {"type": "error",
+                     "error": {"type": "api_error", "message": "generation failed: the engine stopped"}}
 
 
 def test_a_busy_server_is_anthropics_529_overloaded_and_other_apis_keep_503() -> None:

@@ -220,14 +220,18 @@ async def create_message(
     if req.stream:
         return StreamingResponse(_events(runtime, stream, head, req.stop_sequences), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    done = await collect(stream, request)
+    hold = runtime.hold(head["model"])  # loaded (the stream holds it): kept for stop_reason's tokenizer
+    try:
+        done = await collect(stream, request)
+        reason, sequence = await stop_reason(runtime, head["model"], done, req.stop_sequences)
+    finally:
+        await hold.release()
     content: list[ThinkingOut | TextOut | ToolUseOut] = []
     if done.reasoning:
         content.append(ThinkingOut(thinking=done.reasoning))
     if done.content or not done.tool_calls:
         content.append(TextOut(text=done.content))
     content += [ToolUseOut(id=tool_use_id(c), name=c.name, input=c.arguments) for c in done.tool_calls]
-    reason, sequence = await stop_reason(runtime, head["model"], done, req.stop_sequences)
     return MessageResponse(id=head["id"], model=head["model"], content=content, stop_reason=reason,  # type: ignore[arg-type]
                            stop_sequence=sequence, usage=usage_out(done.usage))
 
@@ -331,6 +335,7 @@ async def _events(runtime: Runtime, stream: AsyncGenerator[Event, None], head: d
                                                           "delta": {"type": "input_json_delta", "partial_json": piece}})
                 for chunk in blocks.stop():
                     yield chunk
+                # the stream is still open, so the model is still held for the tokenizer
                 reason, sequence = await stop_reason(runtime, head["model"], event, stops)
                 yield sse("message_delta", {"delta": {"stop_reason": reason, "stop_sequence": sequence},
                                             "usage": usage_out(event.usage).model_dump()})
