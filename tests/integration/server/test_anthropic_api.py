@@ -18,7 +18,7 @@ from lokal.runtime.events import Event, Failed, Queued
 from lokal.server.anthropic.routes import _events
 from lokal.server.errors import APIError, api_error
 from tests.integration.conftest import LiveServer
-from tests.integration.security.conftest import SecuredServer, secured  # noqa: F401 (a fixture)
+from tests.integration.security.conftest import SecuredServer, lokal_cli, secured  # noqa: F401 (a fixture)
 
 MODEL = "smollm2:135m"
 T0 = {"temperature": 0}
@@ -335,3 +335,16 @@ def test_keys_are_taken_as_x_api_key_and_as_bearer(secured: SecuredServer) -> No
     assert exc.value.body == {"type": "error", "error": {"type": "authentication_error", "message": "invalid API key"}}
     r = httpx.post(f"{secured.url}/v1/messages/count_tokens", json={"model": MODEL, "messages": QUESTION})
     assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+
+
+@pytest.mark.slow
+def test_a_rate_limited_key_gets_anthropics_429(secured: SecuredServer) -> None:  # noqa: F811
+    made = lokal_cli(secured.home, "keys", "create", "anthropic-one-rpm", "--rpm", "1")
+    assert made.returncode == 0, made.stderr
+    client = anthropic.Anthropic(base_url=secured.url, api_key=made.stdout.strip(), max_retries=0)
+    assert client.messages.count_tokens(model=MODEL, messages=QUESTION).input_tokens > 0
+    with pytest.raises(anthropic.RateLimitError) as exc:
+        client.messages.count_tokens(model=MODEL, messages=QUESTION)
+    assert exc.value.status_code == 429 and int(exc.value.response.headers["retry-after"]) >= 1
+    assert exc.value.body["type"] == "error"  # type: ignore[index]
+    assert exc.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
