@@ -24,7 +24,10 @@ class Settings(BaseSettings):
     port: int = 11435
     default_model: str = "smollm2:135m"
     threads: int = Field(default_factory=_default_threads, ge=1)
-    ctx_size: int = Field(default=4096, ge=64, description="context length per slot")
+    ctx_size: int = Field(
+        default=0, ge=0, description="context length per slot; 0 = automatic: sized from the model and the memory "
+        "(lokal.runtime.sizing.auto_context), and a request's num_ctx may reload the model with a larger one"
+    )
     parallel: int = Field(default=0, ge=0, le=256, description="sequences decoded together; 0 = automatic")
     batch_size: int = Field(default=512, ge=16, description="token budget of one decode step")
     max_queue: int = Field(default=256, ge=0, description="waiting requests before 503")
@@ -56,6 +59,13 @@ class Settings(BaseSettings):
     responses_retention_days: float = Field(
         default=30, ge=0, description="days stored Responses API responses are kept; 0 = forever"
     )
+
+    @field_validator("ctx_size")
+    @classmethod
+    def _valid_ctx_size(cls, value: int) -> int:
+        if 0 < value < 64:
+            raise ValueError("ctx_size must be 0 (automatic) or at least 64")
+        return value
 
     @field_validator("keep_alive", mode="before")
     @classmethod

@@ -318,10 +318,12 @@ def warn_if_wont_fit(name: str, settings: Settings, hardware: Hardware | None = 
     an estimate that cannot be made says nothing. ``hardware`` is detected unless given (tests)."""
     from lokal.advise.advise import pull_warnings
     from lokal.advise.hardware import detect_hardware
+    from lokal.runtime.sizing import AUTO_CTX_FLOOR
 
     try:
         hw = hardware or detect_hardware(settings.home)
-        warnings = pull_warnings(name, settings.ctx_size, max(1, settings.parallel), hw, settings.home)
+        warnings = pull_warnings(name, settings.ctx_size or AUTO_CTX_FLOOR, max(1, settings.parallel), hw,
+                                 settings.home)
     except Exception:
         return
     for warning in warnings:

@@ -473,7 +473,7 @@ def serve(
     app_ = create_app(settings, Runtime(settings), preload=preload)
     console.print(
         f"lokal {__version__} serving on [bold]http://{escape(settings.host)}:{settings.port}[/bold] "
-        f"(slots={settings.parallel or 'auto'}, ctx={settings.ctx_size}, threads={settings.threads})"
+        f"(slots={settings.parallel or 'auto'}, ctx={settings.ctx_size or 'auto'}, threads={settings.threads})"
     )
     _warn_if_open(settings)
     # SIGTERM/SIGINT: stop accepting, let running requests finish for up to LOKAL_SHUTDOWN_GRACE;

@@ -6,9 +6,10 @@ request's timeout and tool-call parsing. Every API, the CLI and the ``LLM`` clas
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pydantic import ValidationError
 
@@ -35,6 +36,8 @@ from lokal.runtime.tools import (
 )
 from lokal.templates.chat_template import TemplateError
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Prepared:
@@ -43,6 +46,7 @@ class Prepared:
     prompt: list[int]
     params: SamplingParams
     think_open: bool | None = None  # None: no reasoning to split; else whether the prompt opened a think block
+    dropped_messages: int = 0  # oldest chat messages left out to fit the context (req.truncate)
 
 
 def prepare(loaded: LoadedModel, req: GenerateRequest, settings: Settings) -> Prepared:
@@ -59,7 +63,9 @@ def prepare(loaded: LoadedModel, req: GenerateRequest, settings: Settings) -> Pr
     # A grammar shapes the answer from its first token: no room for thinking unless asked for.
     think = False if thinks and grammar is not None and req.think is None else req.think
     variables = template_variables(think, req.reasoning_effort) if thinks else None
-    prompt = _prompt(loaded, req, _max_prompt_tokens(loaded, options.get("num_ctx"), settings), variables)
+    max_prompt = _max_prompt_tokens(loaded, options.get("num_ctx"), settings)
+    fitted, dropped = _fit_chat(loaded, req, max_prompt, variables) if req.truncate and req.messages else (None, 0)
+    prompt = fitted if fitted is not None else _prompt(loaded, req, max_prompt, variables)
     try:
         params = loaded.sampling(options, grammar)
     except ValidationError as exc:
@@ -73,7 +79,7 @@ def prepare(loaded: LoadedModel, req: GenerateRequest, settings: Settings) -> Pr
     if thinks and req.messages is not None:
         think_open = opens_thinking(b"".join(loaded.model.special_piece(t) for t in prompt[-16:]).decode(
             "utf-8", "replace"))
-    return Prepared(prompt, within_limits(settings, prompt, params), think_open)
+    return Prepared(prompt, within_limits(settings, prompt, params), think_open, dropped)
 
 
 def _thinks(loaded: LoadedModel, req: GenerateRequest) -> bool:
@@ -131,6 +137,43 @@ def _prompt(loaded: LoadedModel, req: GenerateRequest, max_tokens: int,
             tokens = tokens[1:]
         tokens = list(req.context) + tokens
     return tokens
+
+
+def _fit_chat(loaded: LoadedModel, req: GenerateRequest, max_tokens: int,
+              variables: dict[str, object] | None) -> tuple[list[int] | None, int]:
+    """The prompt of the chat with its oldest turns dropped until it fits in ``max_tokens``, as
+    Ollama truncates a chat: system messages, the tools and the latest turn (from the last user
+    message on) are always kept; a turn (a user message and the answers and tool results after
+    it) goes whole. Returns the prompt and how many messages were dropped (logged); None for a
+    chat that does not fit even so, left for the exact checks to refuse."""
+    assert req.messages is not None
+    total = len(req.messages)
+    users = [i for i, m in enumerate(req.messages) if m.get("role") == "user"]
+    latest = users[-1] if users else total - 1
+    dropped = 0
+    prompt: list[int] | None = None
+    while True:
+        try:
+            prompt = _prompt(loaded, req, max_tokens, variables)
+            if len(prompt) <= max_tokens:
+                break
+        except ContextLengthExceeded:
+            pass  # longer than the context by its byte length alone
+        prompt = None
+        kept = req.messages or []
+        first = next((i for i, m in enumerate(kept) if m.get("role") != "system"), None)
+        latest_kept = latest - dropped
+        if first is None or first >= latest_kept:
+            break
+        end = first + 1
+        while end < latest_kept and kept[end].get("role") not in ("user", "system"):
+            end += 1
+        dropped += end - first
+        req = replace(req, messages=kept[:first] + kept[end:])
+    if dropped:
+        log.warning("chat for %s truncated to fit %d prompt tokens: the %d oldest of %d messages were dropped",
+                    loaded.name, max_tokens, dropped, total)
+    return prompt, dropped
 
 
 def _chat_prompt(loaded: LoadedModel, req: GenerateRequest, max_tokens: int,

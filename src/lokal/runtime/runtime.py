@@ -33,7 +33,7 @@ from lokal.runtime.keep_alive import FOREVER
 from lokal.runtime.loaded_model import LoadedModel
 from lokal.runtime.pipeline import events, prepare
 from lokal.runtime.request import GenerateRequest
-from lokal.runtime.sizing import auto_parallel, model_memory_bytes
+from lokal.runtime.sizing import GROW_SHARE_OF_FREE_RAM, auto_context, auto_parallel, model_memory_bytes
 from lokal.store import errors as store_errors
 from lokal.store.gguf_facts import GgufFacts
 from lokal.store.manifest import Manifest
@@ -136,6 +136,9 @@ class Runtime:
         Closing the stream (or dropping it) cancels the generation and frees its slot."""
         arrived = time.perf_counter()
         loaded = await self.model(req.model, req.keep_alive)
+        wanted = self._wanted_context(loaded, req.options)
+        if wanted is not None:
+            loaded = await self._grow_context(loaded, wanted)
         load_s = time.perf_counter() - arrived
         hold = self.hold(loaded.name)
         try:
@@ -148,7 +151,7 @@ class Runtime:
             raise
         record = GenerationRecord(model=loaded.name, caller=req.caller, arrived=arrived,
                                   prompt_tokens=len(prepared.prompt))
-        queued = Queued(position=submission.position, load_s=load_s)
+        queued = Queued(position=submission.position, load_s=load_s, dropped_messages=prepared.dropped_messages)
         timeout_s = self.settings.request_timeout if req.timeout_s is None else req.timeout_s
         stream = _first(queued, events(loaded, req, prepared.prompt, submission.deltas, record, timeout_s,
                                        self._publish, hold.release, prepared.think_open))
@@ -277,14 +280,21 @@ class Runtime:
         except store_errors.ModelNotFound as exc:
             raise errors.ModelNotFound(name, str(exc)) from exc
 
-    def shape(self, facts: GgufFacts) -> ContextShape:
-        """The KV layout for a model: ``--parallel`` slots, or as many as memory allows (0)."""
+    def shape(self, facts: GgufFacts, slot_ctx: int | None = None, free_bytes: int | None = None) -> ContextShape:
+        """The KV layout for a model: ``slot_ctx`` tokens per slot (None: ``--ctx-size``, or the
+        automatic context when that is 0) and ``--parallel`` slots, or as many as memory allows (0)."""
         s = self.settings
-        slots = s.parallel or auto_parallel(facts, s.ctx_size, psutil.virtual_memory().available)
-        return ContextShape(slot_ctx=s.ctx_size, n_slots=slots, n_batch=max(s.batch_size, 2 * slots),
-                            n_threads=s.threads)
+        free = psutil.virtual_memory().available if free_bytes is None else free_bytes
+        ctx = slot_ctx or s.ctx_size or auto_context(facts, free)
+        slots = s.parallel or auto_parallel(facts, ctx, free)
+        return ContextShape(slot_ctx=ctx, n_slots=slots, n_batch=max(s.batch_size, 2 * slots), n_threads=s.threads)
 
-    def load_sync(self, name: str, start_thread: bool = True) -> LoadedModel:
+    def planned_context(self, manifest: Manifest) -> int:
+        """The context of one slot of a stored model: its loaded one, else the one it would load with."""
+        loaded = self._loaded.get(manifest.name)
+        return loaded.context_length if loaded is not None else self.shape(manifest.facts).slot_ctx
+
+    def load_sync(self, name: str, start_thread: bool = True, shape: ContextShape | None = None) -> LoadedModel:
         """Load a model in this thread (the CLI's `run` and the offline LLM use this)."""
         key = str(parse_model_name(name))
         manifest = self.store.get(key)
@@ -293,7 +303,7 @@ class Runtime:
             key,
             manifest,
             path,
-            self.shape(manifest.facts),
+            shape or self.shape(manifest.facts),
             self.settings.max_queue,
             self.settings.prefix_cache,
             start_thread,
@@ -307,6 +317,10 @@ class Runtime:
         the model's current one, as in Ollama where the latest request decides."""
         key = str(parse_model_name(name))
         loaded = self._loaded.get(key)
+        lock = self._locks.get(key)
+        if loaded is not None and lock is not None and lock.locked():
+            async with lock:  # it is being reloaded with a larger context: wait for the new one
+                loaded = self._loaded.get(key)
         if loaded is None:
             self.store.get(key)  # ModelNotFound before taking a lock
             lock = self._locks.setdefault(key, asyncio.Lock())
@@ -322,6 +336,66 @@ class Runtime:
         self._residency[key] = Residency(keep_alive_s=seconds, idle_since=time.monotonic())
         self._start_reaper()
         return loaded
+
+    # ---- a request's num_ctx (Ollama's): reload with a larger context ---------------------------
+    def _wanted_context(self, loaded: LoadedModel, options: dict[str, object]) -> int | None:
+        """The larger context a request's num_ctx (or the model's Modelfile one) asks for, up to
+        the model's trained length; None when the slot is large enough or ``--ctx-size`` fixes it."""
+        if self.settings.ctx_size:
+            return None  # a fixed context: a larger num_ctx is clamped to it (pipeline)
+        num_ctx = loaded.options(dict(options)).get("num_ctx")
+        if not isinstance(num_ctx, int) or isinstance(num_ctx, bool) or num_ctx <= loaded.context_length:
+            return None
+        trained = loaded.manifest.facts.context_length or loaded.model.n_ctx_train
+        wanted = min(num_ctx, trained) if trained else num_ctx
+        return wanted if wanted > loaded.context_length else None
+
+    async def _grow_context(self, loaded: LoadedModel, wanted: int) -> LoadedModel:
+        """Reload the model with ``wanted`` tokens per slot once it is idle (requests arriving
+        meanwhile wait for the new one, as Ollama's scheduler makes them wait), if memory allows;
+        otherwise keep it as it is (the request's num_ctx is then clamped to the slot)."""
+        key = loaded.name
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            current = self._loaded.get(key)
+            if current is not None and current.context_length < wanted:
+                shape = await asyncio.to_thread(self._grown_shape, current, wanted)
+                if shape is not None:
+                    return await self._reload(key, current, shape)
+        return current if current is not None else await self.get(key)
+
+    def _grown_shape(self, current: LoadedModel, wanted: int) -> ContextShape | None:
+        """The shape with ``wanted`` tokens per slot, if it fits in the memory the model would
+        have once the current one is freed; None (and a warning in the log) if it does not."""
+        free = psutil.virtual_memory().available + self.memory_bytes(current)
+        shape = self.shape(current.manifest.facts, slot_ctx=wanted, free_bytes=free)
+        needed = model_memory_bytes(current.manifest, shape, self.store.home)
+        if needed > free * GROW_SHARE_OF_FREE_RAM:
+            log.warning("num_ctx %d for %s needs %d MiB, more than free memory allows: its context stays %d",
+                        wanted, current.name, needed >> 20, current.context_length)
+            return None
+        return shape
+
+    async def _reload(self, key: str, current: LoadedModel, shape: ContextShape) -> LoadedModel:
+        """Wait until no request uses ``current``, then load the model again with ``shape``
+        (the caller holds the model's lock)."""
+        while self._in_use(key, current):
+            await asyncio.sleep(REAP_INTERVAL_S / 5)
+        log.info("reloading %s with a context of %d tokens per slot (was %d) for a request's num_ctx",
+                 key, shape.slot_ctx, current.context_length)
+        if self._loaded.get(key) is current:  # not unloaded meanwhile (keep_alive, eviction)
+            self._loaded.pop(key)
+            await asyncio.to_thread(current.close)
+        try:
+            grown = await asyncio.to_thread(self.load_sync, key, True, shape)
+        except (store_errors.StoreError, ModelLoadError) as exc:
+            self._residency.pop(key, None)
+            raise errors.ModelLoadFailed(f"could not reload model `{key}` with a context of {shape.slot_ctx}: "
+                                         f"{exc}") from exc
+        self._loaded[key] = grown
+        self._residency.setdefault(key, Residency(self.settings.keep_alive_s, time.monotonic()))
+        self._start_reaper()
+        return grown
 
     def loaded(self) -> list[LoadedModel]:
         return list(self._loaded.values())

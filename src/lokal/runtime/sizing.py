@@ -1,5 +1,5 @@
-"""How many slots to run when the user did not say: as many as the KV cache memory allows,
-up to the point where more parallel sequences stop adding throughput on a CPU."""
+"""What a model is loaded with when the user did not say: its context (``auto_context``) and
+how many slots (``auto_parallel``), from the model's facts and the machine's memory."""
 
 from __future__ import annotations
 
@@ -12,6 +12,14 @@ from lokal.store.manifest import Manifest
 
 MAX_AUTO_SLOTS = 8  # beyond this, CPU decode steps grow about linearly: more slots only add latency
 KV_SHARE_OF_FREE_RAM = 0.5
+# The automatic context (Ollama's rules, on the memory lokal runs in): the model's trained length,
+# at least AUTO_CTX_FLOOR (Ollama's default), at most AUTO_CTX_CEILING: a CPU reads a prompt at
+# about 1-2k tokens/s for a 0.5B model and far slower for bigger ones, so a longer default only
+# reserves memory few prompts use (a request's num_ctx asks for more, up to the trained length).
+AUTO_CTX_FLOOR = 4096
+AUTO_CTX_CEILING = 16384
+ONE_SLOT_SHARE_OF_FREE_RAM = 0.25  # one slot's KV cache at the automatic context
+GROW_SHARE_OF_FREE_RAM = 0.7  # a model reloaded with a larger context must fit in this much (advise's "tight")
 
 
 def auto_parallel(facts: GgufFacts, ctx_size: int, free_bytes: int) -> int:
@@ -21,6 +29,20 @@ def auto_parallel(facts: GgufFacts, ctx_size: int, free_bytes: int) -> int:
         return 1
     fitting = int(free_bytes * KV_SHARE_OF_FREE_RAM) // (per_token * ctx_size)
     return max(1, min(MAX_AUTO_SLOTS, fitting))
+
+
+def auto_context(facts: GgufFacts, free_bytes: int) -> int:
+    """The context of one slot when the user did not set one: the model's trained length,
+    between AUTO_CTX_FLOOR and AUTO_CTX_CEILING, halved while one slot's KV cache would take
+    more than a quarter of the free memory (never below the floor, nor above the trained length)."""
+    trained = facts.context_length or AUTO_CTX_FLOOR
+    floor = min(trained, AUTO_CTX_FLOOR)
+    ctx = max(floor, min(trained, AUTO_CTX_CEILING))
+    per_token = kv_bytes_per_token(facts)
+    if per_token is not None:
+        while ctx > floor and per_token * ctx > free_bytes * ONE_SLOT_SHARE_OF_FREE_RAM:
+            ctx = max(floor, ctx // 2)
+    return ctx
 
 
 def model_memory_bytes(manifest: Manifest, shape: ContextShape, home: Path | None = None) -> int:

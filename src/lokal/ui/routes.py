@@ -270,7 +270,9 @@ async def models(request: Request) -> dict[str, Any]:
             "loaded": runtime.is_loaded(m.name),
             **fit_badge(needed[m.name], available),
         })
-    return {"models": out, "default_model": settings.default_model, "ctx_size": settings.ctx_size}
+    default = next((m for m in manifests if m.name == settings.default_model), None)
+    ctx_size = settings.ctx_size or (runtime.planned_context(default) if default is not None else 0)
+    return {"models": out, "default_model": settings.default_model, "ctx_size": ctx_size}
 
 
 @router.get("/ui/api/monitor")

@@ -27,6 +27,7 @@ from lokal.server.ollama.schemas import ChatRequest, GenerateRequest, Message, r
 router = APIRouter(tags=["ollama"])
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")
+NOT_QUEUED = Queued(position=0, load_s=0.0)
 Piece = Callable[[str, str], dict[str, Any]]  # (answer text, thinking text) -> the message's fields
 
 
@@ -143,6 +144,7 @@ async def chat(
     stream = await runtime.generate(Generation(
         model=req.model, messages=messages, options=_options(req.options), output=output,
         tools=ToolUse(tools, tools), keep_alive=keep_alive, caller=caller(request), **think_fields(req.think),
+        truncate=req.truncate is not False,  # Ollama's default: drop the oldest turns rather than fail
     ))
     piece = thinking_piece(lambda text, thinking: {"message": {"role": "assistant", "content": text, **thinking}},
                            req.think)
@@ -171,25 +173,23 @@ async def _respond(model: str, stream: AsyncGenerator[Event, None], started: flo
                    streaming: bool, piece: Piece) -> dict[str, Any] | StreamingResponse:
     if streaming:
         return ndjson_response(_chunks(model, stream, started, piece))
-    load_s = 0.0
-    queued = await anext(stream)
-    if isinstance(queued, Queued):
-        load_s = queued.load_s
+    first = await anext(stream)
+    queued = first if isinstance(first, Queued) else NOT_QUEUED
     done = await collect(stream, request)
     body = piece(done.content, done.reasoning)
     if done.tool_calls:
         body = {"message": {**piece(done.content, done.reasoning)["message"],
                             "tool_calls": [c.ollama() for c in done.tool_calls]}}
-    return {"model": model, "created_at": rfc3339(), **body, "done": True, **_summary(done, started, load_s)}
+    return {"model": model, "created_at": rfc3339(), **body, "done": True, **_summary(done, started, queued)}
 
 
 async def _chunks(model: str, stream: AsyncGenerator[Event, None], started: float, piece: Piece
                   ) -> AsyncIterator[dict[str, Any]]:
     try:
-        load_s = 0.0
+        queued = NOT_QUEUED
         async for event in stream:
             if isinstance(event, Queued):
-                load_s = event.load_s
+                queued = event
             elif isinstance(event, Failed):
                 yield {"error": api_error(event.error).ollama_body()["error"]}
                 return
@@ -201,14 +201,15 @@ async def _chunks(model: str, stream: AsyncGenerator[Event, None], started: floa
                     msg = {"role": "assistant", "content": "", "tool_calls": [c.ollama() for c in event.tool_calls]}
                     yield {"model": model, "created_at": rfc3339(), "message": msg, "done": False}
                 yield {"model": model, "created_at": rfc3339(), **piece("", ""), "done": True,
-                       **_summary(event, started, load_s)}
+                       **_summary(event, started, queued)}
                 return
     finally:
         await stream.aclose()
 
 
-def _summary(done: Finished, started: float, load_s: float) -> dict[str, Any]:
-    """done_reason, Ollama's counters and (for /api/generate) the context; durations in ns."""
+def _summary(done: Finished, started: float, queued: Queued) -> dict[str, Any]:
+    """done_reason, Ollama's counters and (for /api/generate) the context; durations in ns; and,
+    when the chat was too long for the context, how many of its oldest messages were left out."""
     timings = done.timings
     first = timings.ttft_s if timings.ttft_s is not None else timings.total_s
     prompt_s = max(0.0, first - timings.queued_s)
@@ -216,7 +217,7 @@ def _summary(done: Finished, started: float, load_s: float) -> dict[str, Any]:
     out: dict[str, Any] = {
         "done_reason": "length" if done.reason.value == "length" else "stop",
         "total_duration": _ns(time.perf_counter() - started),
-        "load_duration": _ns(load_s),
+        "load_duration": _ns(queued.load_s),
         "prompt_eval_count": done.usage.prompt_tokens,
         "prompt_eval_duration": _ns(prompt_s),
         "eval_count": done.usage.completion_tokens,
@@ -224,6 +225,8 @@ def _summary(done: Finished, started: float, load_s: float) -> dict[str, Any]:
     }
     if done.context is not None:
         out["context"] = list(done.context)
+    if queued.dropped_messages:
+        out["truncated_messages"] = queued.dropped_messages  # lokal's: Ollama only logs it
     return out
 
 

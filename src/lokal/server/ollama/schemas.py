@@ -56,6 +56,7 @@ class GenerateRequest(_NamedRequest):
 class ChatRequest(_NamedRequest):
     messages: list[Message] | None = None
     tools: list[dict[str, Any]] | None = None
+    truncate: bool | None = None  # None/true: drop the oldest turns of a chat too long for the context
     stream: bool = True
     format: Any = None
     options: dict[str, Any] | None = None
