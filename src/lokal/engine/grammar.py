@@ -164,9 +164,35 @@ def _normalized(node: Any, depth: int = 0) -> Any:
         elif key in _SCHEMA_MAPS and isinstance(value, dict):
             value = {k: _normalized(v, depth + 1) for k, v in value.items()}
         elif key == "pattern" and isinstance(value, str):
-            value = _anchored(value)
+            value = _anchored(_plain_escapes(value))
         out[key] = value
     return out
+
+
+_CLASS_ESCAPES = {"d": "0-9", "w": "A-Za-z0-9_", "s": " "}
+
+
+def _plain_escapes(pattern: str) -> str:
+    """``\\.``, ``\\$``, ``\\/``, ``\\d``, ``\\w`` and ``\\s`` written so that the converter's grammar keeps
+    no backslash before them: llama.cpp's parser refuses those escapes (``\\.`` becomes ``[.]``)."""
+    out, i, in_class = [], 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\" and i + 1 < len(pattern):
+            e = pattern[i + 1]
+            if e in _CLASS_ESCAPES:  # the grammar writes a subset of the class (\s: a space)
+                out.append(_CLASS_ESCAPES[e] if in_class else f"[{_CLASS_ESCAPES[e]}]")
+            else:
+                out.append((e if in_class or e == "/" else f"[{e}]") if e in "./$" else c + e)
+            i += 2
+            continue
+        if c == "[" and not in_class:
+            in_class = True
+        elif c == "]" and in_class:
+            in_class = False
+        out.append(c)
+        i += 1
+    return "".join(out)
 
 
 def _anchored(pattern: str) -> str:
@@ -545,3 +571,53 @@ def _converter_pattern_problem(pattern: str) -> tuple[str, str] | None:
             if i == start:
                 return f"pattern with an unescaped {c!r}", f"at index {start + 1}: write \\{c} for the character"
     return None
+
+
+def regex_grammar(pattern: str) -> str:
+    """The GBNF grammar of text matching ``pattern`` whole (vLLM's ``regex``), through the
+    converter's pattern translation; SchemaError for what it cannot take."""
+    if not isinstance(pattern, str):
+        raise SchemaError("the regex must be a string")
+    _check_pattern_depth(pattern)
+    anchored = _plain_escapes(pattern)
+    if not (anchored.startswith("^") and anchored.endswith("$")):
+        anchored = f"^({anchored.removeprefix('^').removesuffix('$')})$"
+    problem = _converter_pattern_problem(anchored)
+    if problem is not None:
+        raise _unsupported(problem[0], "the regex", problem[1])
+    try:
+        converter: Any = SchemaConverter(  # type: ignore[no-untyped-call]
+            prop_order={}, allow_fetch=False, dotall=False, raw_pattern=True)
+        converter.visit({"type": "string", "pattern": anchored}, "")
+        grammar: str = converter.format_grammar()
+    except RecursionError as exc:
+        raise SchemaError(_too_deep()) from exc
+    except Exception as exc:  # the converter asserts and raises on what it cannot express
+        raise SchemaError(f"the regex cannot be turned into a grammar: {exc}") from exc
+    return grammar
+
+
+def choice_grammar(choices: list[str]) -> str:
+    """The GBNF grammar of exactly one of ``choices`` (vLLM's ``choice``)."""
+    if not choices or not all(isinstance(c, str) for c in choices):
+        raise SchemaError("choice must be a non-empty list of strings")
+    return "root ::= " + " | ".join(_literal(c) for c in choices) + "\n"
+
+
+def _literal(text: str) -> str:
+    """``text`` as a GBNF string literal (llama.cpp reads \\\\, \\", \\n, \\r, \\t and \\xHH)."""
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import jsonschema
@@ -107,9 +109,9 @@ def test_bad_schema_is_a_400(client: openai.OpenAI) -> None:
 
 @pytest.mark.parametrize(
     ("schema", "feature"),
-    [({"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}, "minimum"),
+    [({"type": "object", "properties": {"n": {"type": "integer", "multipleOf": 3}}}, "multipleOf"),
      ({"type": "object", "patternProperties": {"^x": {"type": "string"}}}, "patternProperties"),
-     ({"type": "string", "format": "email"}, "email")],
+     ({"type": "string", "format": "hostname"}, "hostname")],
 )
 def test_unsupported_schema_feature_is_a_400_naming_it(client: openai.OpenAI, schema: dict, feature: str) -> None:
     with pytest.raises(openai.BadRequestError) as info:
@@ -167,8 +169,139 @@ def test_ollama_streamed_schema_answer_validates(oclient: ollama.Client) -> None
 
 
 def test_ollama_bad_format_is_a_400(tools_server) -> None:  # type: ignore[no-untyped-def]
-    for fmt, words in (({"type": "integer", "maximum": 3}, "maximum"), ("yaml", "format"),
+    for fmt, words in (({"type": "integer", "multipleOf": 3}, "multipleOf"), ("yaml", "format"),
                        ({"type": "strng"}, "invalid JSON schema")):
         r = httpx.post(tools_server.url + "/api/generate", timeout=60,
                        json={"model": "smollm2:135m", "prompt": "hi", "format": fmt, "stream": False})
         assert r.status_code == 400 and words in r.json()["error"], r.text
+
+
+# ---- numeric bounds (what pydantic's Field(ge=...) emits) -----------------------------------
+
+BOUNDED = {
+    "type": "object",
+    "properties": {
+        "count": {"type": "integer", "minimum": 0, "maximum": 20},
+        "delta": {"type": "integer", "exclusiveMinimum": -10, "exclusiveMaximum": -2},
+        "ratio": {"type": "number", "minimum": 0.25, "exclusiveMaximum": 0.75},
+        "tags": {"type": "array", "items": {"enum": ["a", "b", "c"]}, "uniqueItems": True},
+    },
+    "required": ["count", "delta", "ratio", "tags"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_numeric_bounds_and_unique_items_hold_in_every_answer(client: openai.OpenAI, model: str) -> None:
+    def ask(seed: int) -> str | None:
+        r = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Give a count of 1000, a delta of 5, a ratio of 2."}],
+            max_tokens=80, temperature=1.0, seed=seed,
+            response_format={"type": "json_schema", "json_schema": {"name": "b", "schema": BOUNDED}})
+        assert r.choices[0].finish_reason == "stop"
+        return r.choices[0].message.content
+
+    with ThreadPoolExecutor(4) as pool:
+        for content in pool.map(ask, range(8)):
+            jsonschema.validate(json.loads(content or ""), BOUNDED)
+
+
+# ---- tools: keywords only a grammar would need to enforce -------------------------------------
+
+BOOKING = {"type": "object", "properties": {
+    "guests": {"type": "integer", "minimum": 1, "maximum": 8},
+    "email": {"type": "string", "format": "email"},
+    "notes": {"type": "string", "maxLength": 20, "pattern": "^[a-z ]*$"},  # pattern with lengths: no grammar for it
+}, "required": ["guests", "email"]}
+BOOK_TOOL = [{"type": "function", "function": {"name": "book", "description": "Book a table", "parameters": BOOKING}}]
+ASK_BOOKING = [{"role": "user", "content": "Book a table for two, my email is ann@example.com."}]
+
+
+@pytest.mark.parametrize("tool_choice", [None, "auto"])
+def test_tools_with_keywords_no_grammar_enforces_are_accepted_without_a_forced_call(
+        client: openai.OpenAI, tool_choice: str | None) -> None:
+    extra = {"tool_choice": tool_choice} if tool_choice else {}
+    r = client.chat.completions.create(model="smollm2:135m", messages=ASK_BOOKING, tools=BOOK_TOOL,  # type: ignore[arg-type]
+                                       max_tokens=20, temperature=0, **extra)  # type: ignore[arg-type]
+    assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+def test_a_forced_call_enforces_bounds_and_email_and_refuses_the_rest(client: openai.OpenAI) -> None:
+    enforceable = {**BOOKING, "properties": {k: v for k, v in BOOKING["properties"].items() if k != "notes"}}
+    tool = [{"type": "function", "function": {"name": "book", "parameters": enforceable}}]
+    r = client.chat.completions.create(model="smollm2:135m", messages=ASK_BOOKING, tools=tool,  # type: ignore[arg-type]
+                                       tool_choice="required", max_tokens=80, temperature=0)
+    calls = r.choices[0].message.tool_calls or []
+    assert r.choices[0].finish_reason == "tool_calls" and len(calls) == 1
+    jsonschema.validate(json.loads(calls[0].function.arguments), enforceable)  # type: ignore[union-attr]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="smollm2:135m", messages=ASK_BOOKING, tools=BOOK_TOOL,  # type: ignore[arg-type]
+                                       tool_choice="required", max_tokens=5)
+    assert info.value.body["code"] == "unsupported_schema_feature"  # type: ignore[index]
+    assert "book" in info.value.body["message"] and "pattern with minLength/maxLength" in info.value.body["message"]  # type: ignore[index]
+
+
+def test_ollama_chat_accepts_tools_with_keywords_no_grammar_enforces(tools_server) -> None:  # type: ignore[no-untyped-def]
+    r = httpx.post(tools_server.url + "/api/chat", timeout=120, json={
+        "model": "smollm2:135m", "messages": ASK_BOOKING, "tools": BOOK_TOOL, "stream": False,
+        "options": {"num_predict": 20, "temperature": 0}})
+    assert r.status_code == 200, r.text
+    assert r.json()["done"] is True
+
+
+# ---- llama.cpp's grammar and json_schema, vLLM's structured_outputs and guided_* -----------------
+
+YES_NO = 'root ::= answer "."\nanswer ::= "yes" | "no"\n'
+
+
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/completions"])
+@pytest.mark.parametrize(("fields", "check"), [
+    ({"grammar": YES_NO}, lambda t: t in ("yes.", "no.")),
+    ({"json_schema": {"type": "object", "properties": {"n": {"type": "integer", "minimum": 3, "maximum": 9}},
+                      "required": ["n"]}}, lambda t: 3 <= json.loads(t)["n"] <= 9),
+    ({"structured_outputs": {"choice": ["positive", "negative"]}}, lambda t: t in ("positive", "negative")),
+    ({"structured_outputs": {"regex": "[0-9]{3}-[a-z]{2}"}}, lambda t: re.fullmatch("[0-9]{3}-[a-z]{2}", t)),
+    ({"structured_outputs": {"json": {"type": "array", "items": {"type": "boolean"}, "maxItems": 3}}},
+     lambda t: isinstance(json.loads(t), list)),
+    ({"structured_outputs": {"json_object": True}}, lambda t: isinstance(json.loads(t), dict)),
+    ({"structured_outputs": {"grammar": YES_NO}}, lambda t: t in ("yes.", "no.")),
+    ({"guided_choice": ["red", "green"]}, lambda t: t in ("red", "green")),
+    ({"guided_json": json.dumps({"enum": [1, 2]})}, lambda t: json.loads(t) in (1, 2)),
+    ({"guided_regex": "(ab){1,3}"}, lambda t: re.fullmatch("(ab){1,3}", t)),
+])
+def test_other_servers_constraint_fields_are_enforced(tools_server, route: str, fields: dict,  # type: ignore[no-untyped-def]
+                                                      check: Any) -> None:
+    body: dict[str, Any] = {"model": "smollm2:135m", "max_tokens": 60, "temperature": 0.8, "seed": 3, **fields}
+    if route == "/v1/chat/completions":
+        body["messages"] = [{"role": "user", "content": "Is the sky green? Answer."}]
+    else:
+        body["prompt"] = "Question: is the sky green?\nAnswer:"
+    r = httpx.post(tools_server.url + route, json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    text = choice["message"]["content"] if "message" in choice else choice["text"]
+    assert choice["finish_reason"] == "stop" and check(text.strip()), text
+
+
+@pytest.mark.parametrize(("fields", "param", "words"), [
+    ({"grammar": 'root ::= "a"{2,1}'}, "grammar", "minimum above its maximum"),  # llama.cpp loops forever on it
+    ({"grammar": "root ::= " + "(" * 200 + '"a"' + ")" * 200}, "grammar", "nest deeper"),  # its stack overflows
+    ({"grammar": "root ::= [z-a]"}, "grammar", "range ends below its start"),  # no token left to sample
+    ({"grammar": "root ::= undefined-rule"}, "grammar", "not defined"),
+    ({"grammar": 7}, "grammar", "GBNF"),
+    ({"json_schema": {"type": "strng"}}, "json_schema", "invalid JSON schema"),
+    ({"structured_outputs": {"structural_tag": "{}"}}, "structured_outputs.structural_tag", "not supported"),
+    ({"structured_outputs": {"choice": ["a"], "regex": "b"}}, "structured_outputs", "exactly one"),
+    ({"structured_outputs": {"choice": []}}, "structured_outputs.choice", "non-empty"),
+    ({"guided_json": "{not json"}, "guided_json", "not valid JSON"),
+    ({"grammar": YES_NO, "guided_choice": ["a"]}, "guided_choice", "only one output constraint"),
+    ({"grammar": YES_NO, "response_format": {"type": "json_object"}}, "grammar", "only one output constraint"),
+])
+def test_bad_or_conflicting_constraints_are_a_400_naming_the_field(tools_server, fields: dict, param: str,  # type: ignore[no-untyped-def]
+                                                                   words: str) -> None:
+    r = httpx.post(tools_server.url + "/v1/chat/completions", timeout=60, json={
+        "model": "smollm2:135m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, **fields})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == param and words in error["message"], error
+    assert httpx.get(tools_server.url + "/health", timeout=10).status_code == 200

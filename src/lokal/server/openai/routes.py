@@ -25,6 +25,7 @@ from lokal.runtime.tools import (
 )
 from lokal.server.errors import APIError, api_error
 from lokal.server.generation import caller, collect, get_runtime, openai_finish_reason, option_error
+from lokal.server.openai.constraints import output_constraint
 from lokal.server.openai.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -139,13 +140,14 @@ async def chat_completions(
     messages = _messages(req)
     tools = parse_tools(req.tools) if req.tools else []
     offered, forced = chosen_tools(tools, req.tool_choice)  # a required or named choice needs tools
-    output = response_format(req.response_format)
+    output, grammar = output_constraint(req.constraint_fields(), response_format(req.response_format))
     shown = tools if req.tool_choice != "none" else []
-    parallel = req.parallel_tool_calls is not False
+    parallel = req.parallel_tool_calls
     stream = await runtime.generate(GenerateRequest(
         model=req.model, messages=messages,
         options=_options(req),
-        output=output, tools=ToolUse(tuple(shown), tuple(offered), forced, parallel), caller=caller(request),
+        output=output, grammar=grammar,
+        tools=ToolUse(tuple(shown), tuple(offered), forced, parallel), caller=caller(request),
         **reasoning_fields(req.reasoning_effort),
     ))
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -228,8 +230,9 @@ async def completions(
         raise APIError(400, "logprobs are not supported yet", param="logprobs")
     raw = _completion_prompt(req)
     # suffix: fill-in-the-middle with the model's FIM tokens (400 for a model without them)
+    output, grammar = output_constraint(req.constraint_fields(), None)
     stream = await runtime.generate(GenerateRequest(
-        model=req.model, prompt=raw, options=_options(req), caller=caller(request),
+        model=req.model, prompt=raw, options=_options(req), caller=caller(request), output=output, grammar=grammar,
         suffix=req.suffix or None,
     ))
     echo = raw if req.echo and isinstance(raw, str) else ""

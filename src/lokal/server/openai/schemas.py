@@ -66,10 +66,24 @@ class SamplingFields(_Request):
     ignore_eos: bool | None = None  # vLLM / llama.cpp extension, used by benchmarks
     n: int = Field(default=1, ge=1, le=1)
     user: str | None = None
+    # Output constraints of llama.cpp's server (grammar: GBNF; json_schema) and vLLM's
+    # (structured_outputs, and its older guided_* names); checked in openai.constraints.
+    grammar: Any = None
+    json_schema: Any = None
+    structured_outputs: Any = None
+    guided_json: Any = None
+    guided_regex: Any = None
+    guided_choice: Any = None
+    guided_grammar: Any = None
 
     def sampling_fields(self) -> dict[str, Any]:
         """The request's fields that are generation options (lokal.options' OpenAI names)."""
         return {k: getattr(self, k) for k in BY_OPENAI if k in type(self).model_fields}
+
+    def constraint_fields(self) -> dict[str, Any]:
+        """The output-constraint fields, as sent (None: absent)."""
+        return {k: getattr(self, k) for k in ("grammar", "json_schema", "structured_outputs", "guided_json",
+                                              "guided_regex", "guided_choice", "guided_grammar")}
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -78,7 +92,7 @@ class ChatCompletionRequest(SamplingFields):
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None  # False: at most one call (absent or True: several allowed)
+    parallel_tool_calls: bool | None = None  # ToolUse.parallel: False one call, True several, absent see there
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
     logprobs: bool | None = None
 
