@@ -161,6 +161,7 @@ def output_items(done: Finished, message_id: str, reasoning_id: str, parallel: b
 
 def usage(done: Finished) -> dict[str, Any]:
     u = done.usage
-    return {"input_tokens": u.prompt_tokens, "input_tokens_details": {"cached_tokens": u.cached_tokens},
+    return {"input_tokens": u.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": u.cached_tokens, "cache_write_tokens": 0},
             "output_tokens": u.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": u.total_tokens}
