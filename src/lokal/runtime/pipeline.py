@@ -57,7 +57,7 @@ def prepare(loaded: LoadedModel, req: GenerateRequest, settings: Settings) -> Pr
         if grammar is not None:
             param = req.output.param if req.output is not None else "grammar"
             raise InvalidRequest(f"{param} cannot be combined with a required or named tool call", param=param)
-        grammar = call_grammar(list(tools.callable), parallel=tools.parallel)
+        grammar = call_grammar(list(tools.callable), parallel=tools.parallel is True)
     options = loaded.options(req.options)
     thinks = _thinks(loaded, req)
     # A grammar shapes the answer from its first token: no room for thinking unless asked for.
@@ -290,7 +290,7 @@ async def events(
                     rest, found = sniffer.finish(parse=parse)
                     if rest:
                         yield emit(Delta(rest))
-                    calls = tuple(found if tools.parallel else found[:1])
+                    calls = tuple(found if tools.parallel is not False else found[:1])
                 answer = "".join(splitter.answer) if splitter is not None else whole
                 reasoning = "".join(splitter.reasoning) if splitter is not None else ""
                 content = answer

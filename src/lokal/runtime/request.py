@@ -18,7 +18,10 @@ class ToolUse:
     shown: tuple[Tool, ...] = ()
     callable: tuple[Tool, ...] = ()
     forced: bool = False
-    parallel: bool = True  # False: at most one call (OpenAI's parallel_tool_calls)
+    # OpenAI's parallel_tool_calls. False: at most one call. True: a forced answer may hold several.
+    # None (absent): every call of a free answer counts, a forced answer is one call (llama.cpp's way:
+    # small models given room for more keep appending invented calls).
+    parallel: bool | None = None
 
 
 @dataclass(frozen=True)

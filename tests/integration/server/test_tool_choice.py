@@ -48,12 +48,17 @@ def valid(call: tuple[str, dict[str, Any]]) -> bool:
 
 
 def test_required_with_parallel_calls_allows_several_valid_calls(client: openai.OpenAI) -> None:
-    reason, found = calls(client, tool_choice="required")
+    reason, found = calls(client, tool_choice="required", parallel_tool_calls=True)
     assert reason == "tool_calls" and found and all(valid(c) for c in found)
     assert len(found) >= 2  # two cities asked for: the grammar let the model call twice
-    ids = client.chat.completions.create(model=MODEL, messages=TWO_CITIES, tools=TOOLS, max_tokens=120,
-                                         temperature=0, tool_choice="required").choices[0].message.tool_calls
+    ids = client.chat.completions.create(model=MODEL, messages=TWO_CITIES, tools=TOOLS, max_tokens=120, temperature=0,
+                                         tool_choice="required", parallel_tool_calls=True).choices[0].message.tool_calls
     assert ids is not None and len({c.id for c in ids}) == len(ids)
+
+
+def test_required_without_parallel_tool_calls_is_one_call_as_in_llama_cpp(client: openai.OpenAI) -> None:
+    reason, found = calls(client, tool_choice="required")
+    assert reason == "tool_calls" and len(found) == 1 and valid(found[0])
 
 
 def test_parallel_tool_calls_false_makes_exactly_one_call(client: openai.OpenAI) -> None:
@@ -62,7 +67,7 @@ def test_parallel_tool_calls_false_makes_exactly_one_call(client: openai.OpenAI)
 
 
 def test_a_named_function_is_the_only_one_called(client: openai.OpenAI) -> None:
-    for parallel in (True, False):
+    for parallel in (True, False, None):
         reason, found = calls(client, tool_choice={"type": "function", "function": {"name": "add"}},
                               parallel_tool_calls=parallel)
         assert reason == "tool_calls" and found and all(name == "add" and valid((name, a)) for name, a in found)
