@@ -381,7 +381,7 @@ class Runtime:
         (the caller holds the model's lock)."""
         while self._in_use(key, current):
             await asyncio.sleep(REAP_INTERVAL_S / 5)
-        log.info("reloading %s with a context of %d tokens per slot (was %d) for a request's num_ctx",
+        log.warning("reloading %s with a context of %d tokens per slot (was %d) for a request's num_ctx",
                  key, shape.slot_ctx, current.context_length)
         if self._loaded.get(key) is current:  # not unloaded meanwhile (keep_alive, eviction)
             self._loaded.pop(key)

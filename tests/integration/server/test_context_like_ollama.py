@@ -52,7 +52,7 @@ def test_the_automatic_context_is_the_models_trained_length_when_memory_allows(a
 
 def test_open_webui_request_gets_an_answer_through_api_chat(auto: LiveServer, open_webui_request: dict) -> None:
     body = {**open_webui_request, "options": {"num_predict": 8, "temperature": 0}}
-    with httpx.stream("POST", auto.url + "/api/chat", json=body, timeout=300) as r:
+    with httpx.stream("POST", auto.url + "/api/chat", json=body, timeout=600) as r:
         assert r.status_code == 200, r.read()
         chunks = [json.loads(line) for line in r.iter_lines() if line]
     assert "error" not in chunks[-1], chunks[-1]
@@ -66,7 +66,7 @@ def test_open_webui_request_gets_an_answer_through_api_chat(auto: LiveServer, op
 
 def test_open_webui_request_gets_an_answer_through_the_openai_api(auto: LiveServer,
                                                                   open_webui_request: dict) -> None:
-    client = openai.OpenAI(base_url=auto.url + "/v1", api_key="unused", timeout=300)
+    client = openai.OpenAI(base_url=auto.url + "/v1", api_key="unused", timeout=600, max_retries=0)
     stream = client.chat.completions.create(
         model=open_webui_request["model"], messages=open_webui_request["messages"], tools=open_webui_request["tools"],
         stream=True, max_tokens=8, temperature=0, stream_options={"include_usage": True},
