@@ -62,22 +62,32 @@ class AsyncEngine:
         stream early (a client that disconnects), or dropping it unread, aborts the sequence,
         which frees its slot and KV cells at the next step. Call from the event loop that will
         consume the stream."""
+        return self.submit_group(prompt, params, 1)[0]
+
+    def submit_group(self, prompt: list[int], params: SamplingParams, n: int) -> list[Submission]:
+        """Queue n sequences for one prompt (``Engine.new_group``: the prompt is read once), each
+        with its own stream, as ``submit`` does for one."""
         if self._stopping:
             raise EngineStopped("the engine is shutting down")
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Delta] = asyncio.Queue()
-        seq = self.engine.new_sequence(prompt, params)
-        self._inboxes[seq.id] = (loop, queue)  # before enqueue: its first delta may come at once
+        group = self.engine.new_group(prompt, params, n)
+        queues: list[asyncio.Queue[Delta]] = [asyncio.Queue() for _ in group]
+        for seq, queue in zip(group, queues, strict=True):
+            self._inboxes[seq.id] = (loop, queue)  # before enqueue: its first delta may come at once
         try:
-            position = self.engine.enqueue(seq)
+            position = self.engine.enqueue(group)
         except BaseException:
-            self._inboxes.pop(seq.id, None)
+            for seq in group:
+                self._inboxes.pop(seq.id, None)
             raise
         self._wake.set()
-        stream = self._stream(seq, queue)
-        # A stream never iterated has no frame to run its finally: abort it when it is collected.
-        weakref.finalize(stream, self._abandon, seq.id)
-        return Submission(stream, position)
+        submissions = []
+        for seq, queue in zip(group, queues, strict=True):
+            stream = self._stream(seq, queue)
+            # A stream never iterated has no frame to run its finally: abort it when it is collected.
+            weakref.finalize(stream, self._abandon, seq.id)
+            submissions.append(Submission(stream, position))
+        return submissions
 
     async def _stream(self, seq: Sequence, queue: asyncio.Queue[Delta]) -> AsyncGenerator[Delta, None]:
         finished = False

@@ -4,7 +4,14 @@ generation context, over the same weights.
 The generation context decodes with pooling off and one KV stream per slot; pooled embeddings
 need every token of a sequence in one ubatch and pooling on, so they get a context of their own
 (created on the first embed, freed before the model). Both contexts only read the shared
-``llama_model``, so an embedding never touches the engine thread's state."""
+``llama_model``, so an embedding never touches the engine thread's state.
+
+Each input is computed in a llama_decode of its own, from empty KV cells, so its vector is
+exactly the vector it gets alone, whatever else the request holds. Packing several inputs in one
+decode (a shared, unified KV cache) put each sequence's cells at offsets that depended on its
+neighbours; attention then summed the same terms in other SIMD lanes (a ~1e-7 difference), and
+the next layer's int8 quantization of activations (Q8_1 for Q4/Q8 weights) turned that into a
+different rounding step: up to 2e-3 per component. Measured cost in docs/api.md."""
 
 from __future__ import annotations
 
@@ -18,8 +25,6 @@ from typing import Any
 import llama_cpp as C
 
 from lokal.engine.llama_model import LlamaModel, ModelLoadError
-
-MAX_SEQS_PER_BATCH = 64  # sequences in one llama_decode (llama.cpp allows up to 256)
 
 _POOLING_NAMES = {
     C.LLAMA_POOLING_TYPE_MEAN: "mean",
@@ -72,16 +77,13 @@ class Embedder:
     """Pooled, optionally L2-normalized embeddings for a loaded model. Thread-safe: calls are
     serialized by a lock, and run on the caller's thread (not the engine thread)."""
 
-    def __init__(self, model: LlamaModel, n_ctx: int | None = None, n_threads: int | None = None,
-                 max_seqs: int = MAX_SEQS_PER_BATCH) -> None:
+    def __init__(self, model: LlamaModel, n_ctx: int | None = None, n_threads: int | None = None) -> None:
         self.model = model
         limit = n_ctx or model.shape.slot_ctx
         if model.n_ctx_train > 0:
             limit = min(limit, model.n_ctx_train)
         self.n_ctx = limit  # the longest input, and the token budget of one llama_decode
         self.n_threads = n_threads or model.shape.n_threads
-        # llama.cpp allows 256 sequences, and no more than n_batch outputs (GGML_ASSERT otherwise).
-        self.max_seqs = max(1, min(max_seqs, 256, self.n_ctx))
         self.pooling = model_pooling(model)
         # The C handle is LlamaModel's: the same weights, never loaded twice.
         self._model_ptr = model._model
@@ -104,8 +106,8 @@ class Embedder:
 
     def embed(self, inputs: Sequence[str | Sequence[int]], truncate: bool = True,
               normalize: bool = True) -> EmbedResult:
-        """Embed texts (tokenized here) or token id lists, in as few llama_decode calls as the
-        token budget and sequence limit allow. Too long: cut to ``n_ctx`` tokens, or InputTooLong.
+        """Embed texts (tokenized here) or token id lists, one llama_decode each (see the module's
+        docstring). Too long: cut to ``n_ctx`` tokens, or InputTooLong.
         Raises ValueError for an input with no tokens or an unknown token id."""
         with self._lock:  # tokenizing reads the model's vocab too: not once close() has run
             if self._closed:
@@ -114,9 +116,7 @@ class Embedder:
             if not token_lists:
                 return EmbedResult([], 0)
             self._ensure_context()
-            vectors: list[list[float]] = []
-            for group in self._groups(token_lists):
-                vectors.extend(self._run(group))
+            vectors = [self._run(tokens) for tokens in token_lists]
         if normalize:
             vectors = [l2_normalize(v) for v in vectors]
         return EmbedResult(vectors, sum(len(t) for t in token_lists))
@@ -152,20 +152,6 @@ class Embedder:
             tokens = tokens[: self.n_ctx]
         return tokens
 
-    def _groups(self, token_lists: list[list[int]]) -> list[list[list[int]]]:
-        """Consecutive inputs packed into batches of at most n_ctx tokens and max_seqs sequences."""
-        groups: list[list[list[int]]] = []
-        current: list[list[int]] = []
-        used = 0
-        for tokens in token_lists:
-            if current and (used + len(tokens) > self.n_ctx or len(current) == self.max_seqs):
-                groups.append(current)
-                current, used = [], 0
-            current.append(tokens)
-            used += len(tokens)
-        groups.append(current)
-        return groups
-
     def _ensure_context(self) -> None:
         if self._ctx:
             return
@@ -173,12 +159,11 @@ class Embedder:
         params.n_ctx = self.n_ctx
         params.n_batch = self.n_ctx
         params.n_ubatch = self.n_ctx  # a pooled sequence must fit in one ubatch
-        params.n_seq_max = self.max_seqs
+        params.n_seq_max = 1  # one input per decode: its cells start at 0, as when it is alone
         params.n_threads = self.n_threads
         params.n_threads_batch = self.n_threads
         params.embeddings = True
         params.pooling_type = self.pooling
-        params.kv_unified = True  # all sequences of a batch share the n_ctx cells
         params.flash_attn_type = 0  # same rounding whatever the batch holds (see docs/engine.md)
         params.no_perf = True
         ctx = C.llama_init_from_model(self._model_ptr, params)
@@ -187,31 +172,25 @@ class Embedder:
         self._ctx = ctx
         self._batch = C.llama_batch_init(self.n_ctx, 0, 1)
 
-    def _run(self, group: list[list[int]]) -> list[list[float]]:
-        """One llama_decode (or llama_encode) over a group, one sequence id per input."""
+    def _run(self, tokens: list[int]) -> list[float]:
+        """One llama_decode (or llama_encode) over one input, from empty KV cells."""
         ctx, b = self._ctx, self._batch
         assert ctx is not None and b is not None
         mem = C.llama_get_memory(ctx)
         if mem:
-            C.llama_memory_clear(mem, True)  # each batch starts from empty KV
+            C.llama_memory_clear(mem, True)
         token, pos, n_seq, seq, logits = b.token, b.pos, b.n_seq_id, b.seq_id, b.logits
-        i = 0
-        for seq_id, tokens in enumerate(group):
-            for p, t in enumerate(tokens):
-                token[i] = t
-                pos[i] = p
-                n_seq[i] = 1
-                seq[i][0] = seq_id
-                logits[i] = 1  # pooling reads every token's hidden state
-                i += 1
-        b.n_tokens = i
+        for p, t in enumerate(tokens):
+            token[p] = t
+            pos[p] = p
+            n_seq[p] = 1
+            seq[p][0] = 0
+            logits[p] = 1  # pooling reads every token's hidden state
+        b.n_tokens = len(tokens)
         rc = C.llama_encode(ctx, b) if self._encoder_only else C.llama_decode(ctx, b)
         if rc != 0:
             raise RuntimeError(f"llama.cpp failed to compute embeddings (code {rc})")
-        vectors = []
-        for seq_id in range(len(group)):
-            ptr = C.llama_get_embeddings_seq(ctx, seq_id)
-            if not ptr:
-                raise RuntimeError(f"llama.cpp returned no pooled embedding for sequence {seq_id}")
-            vectors.append(ptr[: self.n_embd])
-        return vectors
+        ptr = C.llama_get_embeddings_seq(ctx, 0)
+        if not ptr:
+            raise RuntimeError("llama.cpp returned no pooled embedding")
+        return ptr[: self.n_embd]  # type: ignore[no-any-return]

@@ -15,6 +15,9 @@ from lokal.engine.llama_model import LlamaModel, SamplerChain
 from lokal.engine.sampling import SamplingParams
 from lokal.engine.scheduler import Admission, QueueFull, Scheduler
 from lokal.engine.sequence import Delta, FinishReason, Sequence, SequenceStatus
+from lokal.options import MAX_SEED
+
+MAX_CHOICES = 16  # n of one request (OpenAI's n); beyond the free slots, siblings wait in the queue
 
 
 class PromptTooLong(ValueError):
@@ -106,14 +109,30 @@ class Engine:
             self.model.check_grammar(params.grammar)  # GrammarError (a ValueError) if llama.cpp refuses it
         return Sequence(prompt=prompt, params=params, max_context=n_ctx)
 
-    def enqueue(self, seq: Sequence) -> int:
-        """Hand a sequence to the engine thread (QueueFull when too many already wait). Returns
-        how many sequences were waiting ahead of it."""
+    def new_group(self, prompt: list[int], params: SamplingParams, n: int) -> list[Sequence]:
+        """n checked sequences for one prompt (an n > 1 request): the first reads the prompt, the
+        others copy its KV cells once it has (``Sequence.leader``) and then decode on their own.
+        With a seed, sibling i samples with seed + i, so that seed and n reproduce every choice."""
+        if not 1 <= n <= MAX_CHOICES:
+            raise ValueError(f"n must be between 1 and {MAX_CHOICES}")
+        first = self.new_sequence(prompt, params)
+        group = [first]
+        for i in range(1, n):
+            seed = None if params.seed is None else (params.seed + i) % (MAX_SEED + 1)
+            sibling = Sequence(prompt=prompt, params=params.model_copy(update={"seed": seed}),
+                               max_context=first.max_context, leader=first)
+            group.append(sibling)
+        return group
+
+    def enqueue(self, seq: Sequence | list[Sequence]) -> int:
+        """Hand a sequence (or an n > 1 group, all at once) to the engine thread (QueueFull when
+        too many already wait). Returns how many sequences were waiting ahead of it."""
+        seqs = seq if isinstance(seq, list) else [seq]
         with self._lock:
             ahead = len(self._inbox) + len(self.scheduler.waiting)
-            if self.scheduler.queued_beyond_slots(len(self._inbox) + 1) > self.scheduler.max_queue:
+            if self.scheduler.queued_beyond_slots(len(self._inbox) + len(seqs)) > self.scheduler.max_queue:
                 raise QueueFull(ahead)
-            self._inbox.append(seq)
+            self._inbox.extend(seqs)
             return ahead
 
     def abort(self, seq_id: int) -> None:
@@ -157,6 +176,8 @@ class Engine:
         for seq, index in to_sample:
             assert isinstance(seq.sampler, SamplerChain)
             token = self.model.sample(seq.sampler, index)
+            if seq.params.logprobs is not None:  # only sequences that asked pay for the log-softmax
+                seq.pending_logprobs.append(self.model.logprobs(index, token, seq.params.logprobs))
             self._accept(seq, token, now, out)
         self._record_step(now, len(to_sample))
         return out
@@ -229,6 +250,8 @@ class Engine:
             seq.first_token_at = now
             self._recent_ttft.append(now - seq.arrived_at)
         if self.model.is_eog(token) and not seq.params.ignore_eos:
+            if seq.pending_logprobs and seq.pending_logprobs[-1].token == token:
+                seq.pending_logprobs.pop()  # the end-of-generation token is not part of the answer
             self._finish(seq, FinishReason.STOP, out)
             return
         seq.tokens.append(token)
@@ -242,7 +265,7 @@ class Engine:
         elif len(seq.tokens) >= seq.max_context:
             self._finish(seq, FinishReason.LENGTH, out, text=text)
         elif text:
-            out.append((seq, Delta(text=text, token_ids=(token,))))
+            out.append((seq, Delta(text=text, token_ids=(token,), logprobs=seq.take_logprobs())))
 
     def _finish(
         self,
@@ -268,9 +291,8 @@ class Engine:
             self.scheduler.release(seq, keep_cache=keep)
             if not self.scheduler.prefix_cache or not keep:
                 self.model.forget(seq.slot, 0)
-        out.append(
-            (seq, Delta(text=text, finish_reason=reason, usage=seq.usage(), timings=seq.timings(), error=error))
-        )
+        out.append((seq, Delta(text=text, finish_reason=reason, usage=seq.usage(), timings=seq.timings(),
+                               error=error, logprobs=seq.take_logprobs())))
 
     def _record_step(self, now: float, n_tokens: int) -> None:
         steps = self._recent_steps

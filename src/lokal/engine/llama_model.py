@@ -15,6 +15,7 @@ import llama_cpp as C
 import numpy as np
 
 from lokal.engine.sampling import SamplingParams
+from lokal.engine.sequence import TokenLogprob
 
 _backend_lock = threading.Lock()
 _backend_ready = False
@@ -123,6 +124,7 @@ class LlamaModel:
         self._batch = C.llama_batch_init(shape.n_batch, 0, 1)
         self._max_token_bytes = 0
         self._pieces: dict[int, bytes] = {}
+        self._texts: dict[int, bytes] = {}
         self.add_bos = bool(C.llama_vocab_get_add_bos(self._vocab))
         self.bos_text = self._special_text(C.llama_vocab_bos(self._vocab))
         self.eos_text = self._special_text(C.llama_vocab_eos(self._vocab))
@@ -180,6 +182,13 @@ class LlamaModel:
                C.llama_vocab_fim_mid(self._vocab))
         return None if any(t < 0 for t in ids) else (int(ids[0]), int(ids[1]), int(ids[2]))
 
+    def token_text(self, token: int) -> bytes:
+        """The bytes of a token as logprobs show it: special tokens' text included."""
+        cached = self._texts.get(token)
+        if cached is None:
+            cached = self._texts[token] = self._piece(token, special=True)
+        return cached
+
     def max_token_bytes(self) -> int:
         """The longest text one token stands for, special tokens' included (read once)."""
         if not self._max_token_bytes:
@@ -225,6 +234,21 @@ class LlamaModel:
         if sampler.grammar is None:
             return int(C.llama_sampler_sample(sampler.ptr, self._ctx, batch_index))
         return sampler.sample_constrained(C.llama_get_logits_ith(self._ctx, batch_index))
+
+    def logprobs(self, batch_index: int, token: int, top: int) -> TokenLogprob:
+        """``token``'s log-probability in this row's raw distribution (log-softmax of the logits,
+        in float64), and the ``top`` most likely tokens (ties: lower id first)."""
+        row = np.ctypeslib.as_array(C.llama_get_logits_ith(self._ctx, batch_index), shape=(self.n_vocab,))
+        logits = row.astype(np.float64)
+        peak = logits.max()
+        log_z = peak + np.log(np.exp(logits - peak).sum())
+        best: tuple[tuple[int, float], ...] = ()
+        if top > 0:
+            k = min(top, self.n_vocab)
+            ids = np.argpartition(-logits, k - 1)[:k]
+            ids = ids[np.lexsort((ids, -logits[ids]))]
+            best = tuple((int(i), float(logits[i] - log_z)) for i in ids)
+        return TokenLogprob(token, float(logits[token] - log_z), best)
 
     # ---- KV memory ------------------------------------------------------------------------
     def forget(self, seq_id: int, from_pos: int = 0) -> bool:

@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lokal.options import BY_NAME, OptionError, check
 
+MAX_TOP_LOGPROBS = 20  # OpenAI's bound on top_logprobs
+
 
 def _bounds(name: str) -> dict[str, Any]:
     return dict(BY_NAME[name].bounds())
@@ -33,6 +35,8 @@ class SamplingParams(BaseModel):
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     grammar: str | None = Field(default=None, description="GBNF (root rule 'root') the output must match")
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS,
+                                 description="None: none; k: each token's logprob and the k most likely")
 
     @field_validator("stop", "logit_bias", mode="before")
     @classmethod

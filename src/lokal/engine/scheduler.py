@@ -84,10 +84,15 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def admit(self) -> list[Admission]:
-        """Give free slots to waiting sequences, first come first served."""
+        """Give free slots to waiting sequences, first come first served. A sibling of an n > 1
+        request waits until its leader has read the prompt, then copies the leader's cells."""
         admitted = []
+        held: list[Sequence] = []
         while self.waiting and self.free_slots:
             seq = self.waiting.popleft()
+            if seq.leader is not None and seq.leader.status in (SequenceStatus.WAITING, SequenceStatus.PREFILLING):
+                held.append(seq)
+                continue
             a = self._place(seq)
             self.free_slots.remove(a.slot)
             seq.slot = a.slot
@@ -96,12 +101,19 @@ class Scheduler:
             seq.admitted_at = time.perf_counter()
             self.running.append(seq)
             admitted.append(a)
+        self.waiting.extendleft(reversed(held))
         return admitted
 
     def _place(self, seq: Sequence) -> Admission:
         """Pick a free slot and the longest reusable prefix for seq's prompt: a free slot's own
         cells, a running sequence's, or an entry of the host tier."""
         limit = seq.n_prompt - 1  # at least one prompt token must be decoded to get logits
+        leader = seq.leader
+        if leader is not None and leader.slot is not None and leader.status is SequenceStatus.DECODING:
+            # A sibling shares its leader's prompt cells, with the prefix cache on or off.
+            n = min(common_prefix(leader.tokens[: leader.n_past], seq.prompt), limit)
+            if n > 0:
+                return Admission(seq, min(self.free_slots, key=self._slot_preference), leader.slot, n)
         if not self.prefix_cache or limit <= 0:
             return Admission(seq, min(self.free_slots, key=self._slot_preference), None, 0)
         best_free, best_free_n = -1, -1

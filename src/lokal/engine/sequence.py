@@ -46,8 +46,21 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability under the model's raw distribution (the log-softmax
+    of its logits row, before bias, penalties, temperature or truncation: vLLM's default), and the
+    ``top`` most likely (token id, logprob) pairs at that position, most likely first."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class Delta:
-    """What a step produced for one sequence: new text, and on the last one why and how much."""
+    """What a step produced for one sequence: new text, and on the last one why and how much.
+    ``logprobs``: one entry per token since the previous delta (a token whose text is held back,
+    an incomplete UTF-8 character or a possible stop string, reports with the next delta)."""
 
     text: str = ""
     token_ids: tuple[int, ...] = ()
@@ -56,6 +69,7 @@ class Delta:
     timings: Timings | None = None
     error: str | None = None
     started: bool = False  # the sequence has just taken a slot (no text, no token)
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 DeltaSink = Callable[[Delta], None]
@@ -83,6 +97,8 @@ class Sequence:
     admitted_at: float | None = None
     first_token_at: float | None = None
     finished_at: float | None = None
+    leader: Sequence | None = None  # n > 1: the sibling that reads the shared prompt; this one copies its cells
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet reported in a Delta
 
     def __post_init__(self) -> None:
         self.tokens = list(self.prompt)
@@ -96,6 +112,14 @@ class Sequence:
     def pending(self) -> int:
         """Tokens known but not yet in the KV cache (prompt left to read, or the last sample)."""
         return len(self.tokens) - self.n_past
+
+    def take_logprobs(self) -> tuple[TokenLogprob, ...]:
+        """The logprobs not yet reported, for the delta about to go out."""
+        if not self.pending_logprobs:
+            return ()
+        taken = tuple(self.pending_logprobs)
+        self.pending_logprobs.clear()
+        return taken
 
     @property
     def is_finished(self) -> bool:
