@@ -229,7 +229,10 @@ def _post(keyed: KeyedServer, body: Any, path: str = "/v1/responses") -> httpx.R
     ({"model": MODEL, "input": "hi", "previous_response_id": "resp_nowhere"}, 404, "previous_response_id"),
     ({"model": MODEL, "input": "hi", "max_output_tokens": 0}, 400, "max_output_tokens"),
     ({"model": MODEL, "input": "hi", "temperature": -1}, 400, "temperature"),
-    ({"model": MODEL, "input": "hi", "background": True}, 400, "background"),
+    ({"model": MODEL, "input": "hi", "background": True, "stream": True}, 400, "stream"),
+    ({"model": MODEL, "input": "hi", "background": True, "store": False}, 400, "background"),
+    ({"model": MODEL, "input": "hi " * 1500}, 400, "input"),
+    ({"model": MODEL, "input": "hi", "tools": [{"type": "function", "name": "bad name!"}]}, 400, "tools"),
     ({"model": MODEL, "input": "hi", "metadata": {"k": "v" * 513}}, 400, "metadata"),
     ({"model": MODEL, "input": "hi", "text": {"format": {"type": "json_schema", "name": "x"}}}, 400,
      "text.format.schema"),
@@ -255,6 +258,21 @@ def test_cancel_a_synchronous_response_is_refused(client: openai.OpenAI, keyed: 
     got = httpx.get(f"{keyed.url}/v1/responses/{r.id}/input_items", params={"after": "msg_nowhere"},
                     headers={"Authorization": f"Bearer {keyed.keys['alice']}"})
     assert got.status_code == 400 and got.json()["error"]["param"] == "after"
+
+
+def test_background_response_runs_on_and_can_be_cancelled(client: openai.OpenAI) -> None:
+    quick = client.responses.create(model=MODEL, input="Say hi.", background=True, max_output_tokens=8, temperature=0)
+    assert quick.background is True and quick.status in ("queued", "in_progress") and not quick.output
+    deadline = time.monotonic() + 120
+    while (got := client.responses.retrieve(quick.id)).status in ("queued", "in_progress"):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert got.status in ("completed", "incomplete") and got.output_text and got.usage and got.usage.output_tokens
+    assert client.responses.cancel(quick.id).status == got.status  # over already: returned as it is
+    long = client.responses.create(model=MODEL, input="Write a long story about a dragon.", background=True,
+                                   max_output_tokens=400)
+    cancelled = client.responses.cancel(long.id)
+    assert cancelled.status == "cancelled" and client.responses.retrieve(long.id).status == "cancelled"
 
 
 def test_agents_sdk_runs_a_tool_using_agent(keyed: KeyedServer) -> None:

@@ -6,11 +6,12 @@ messages, the events become the response object or its event stream."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -18,10 +19,10 @@ from fastapi.responses import Response, StreamingResponse
 
 from lokal.options import OptionError, from_openai
 from lokal.runtime.errors import ClientDisconnected, InvalidRequest, LokalError
-from lokal.runtime.events import Delta, Event, Failed, Finished
+from lokal.runtime.events import Delta, Event, Failed, Finished, finished
 from lokal.runtime.request import GenerateRequest, JsonOutput, ToolUse
 from lokal.runtime.runtime import Runtime
-from lokal.runtime.tools import argument_fragments, chosen_tools, parse_tools
+from lokal.runtime.tools import Tool, argument_fragments, chosen_tools, parse_tools
 from lokal.server.errors import APIError, api_error
 from lokal.server.generation import caller, collect, get_runtime, option_error
 from lokal.server.responses import items as it
@@ -39,6 +40,7 @@ from lokal.server.security.tracking import current_request
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 _SURROGATE = re.compile("[\ud800-\udfff]")
+RUNNING = ("queued", "in_progress")
 
 
 def get_store(request: Request) -> ResponseStore:
@@ -70,8 +72,11 @@ def _refuse_unsupported(req: ResponseRequest) -> None:
     for field in ("conversation", "prompt"):
         if getattr(req, field) is not None:
             raise APIError(400, f"{field} is not supported by lokal", param=field)
-    if req.background:
-        raise APIError(400, "background responses are not supported by lokal", param="background")
+    if req.background and req.stream:
+        raise APIError(400, "a background response cannot be streamed by lokal; poll GET /v1/responses/{id}",
+                       param="stream")
+    if req.background and not req.store:
+        raise APIError(400, "background responses must be stored (store: true)", param="background")
     meta = req.metadata or {}
     if len(meta) > MAX_METADATA_KEYS or any(len(k) > MAX_METADATA_KEY or len(v) > MAX_METADATA_VALUE
                                             for k, v in meta.items()):
@@ -88,6 +93,19 @@ def _text_format(fmt: TextFormat) -> JsonOutput | None:
                                  code="invalid_schema")
         return JsonOutput(fmt.json_schema, "text.format")
     return None
+
+
+def _tools(req: ResponseRequest) -> list[Tool]:
+    """Checked function tools; errors name Responses' flat fields (``tools[0].name``)."""
+    if not req.tools:
+        return []
+    try:
+        return parse_tools(it.function_tools(req.tools))
+    except InvalidRequest as exc:
+        exc.message = exc.message.replace(".function.", ".")
+        exc.args = (exc.message,)
+        exc.param = (exc.param or "tools").replace(".function.", ".")
+        raise
 
 
 def _options(req: ResponseRequest) -> dict[str, Any]:
@@ -117,22 +135,30 @@ async def create_response(
         if previous is None:
             raise APIError(404, f"Previous response with id '{req.previous_response_id}' not found.",
                            param="previous_response_id", code="previous_response_not_found")
+        if previous.body.get("status") in RUNNING:
+            raise APIError(400, f"Previous response with id '{req.previous_response_id}' is still in progress.",
+                           param="previous_response_id")
         history = previous.conversation + previous.body.get("output", [])
     conversation = history + it.stored_items(req.input)
     if not any(item["type"] != "reasoning" for item in conversation):
         raise APIError(400, "input is required: a string or a list of input items", param="input")
     messages = it.chat_messages(conversation, req.instructions, first_new=len(history))
-    tools = parse_tools(it.function_tools(req.tools)) if req.tools else []
+    tools = _tools(req)
     choice = it.chat_tool_choice(req.tool_choice)
     offered, forced = chosen_tools(tools, choice) if tools else ([], False)
     fmt = (req.text.format if req.text else None) or TextFormat()
-    stream = await runtime.generate(GenerateRequest(
-        model=req.model, messages=messages, options=_options(req), output=_text_format(fmt),
-        tools=ToolUse(tuple(tools if choice != "none" else ()), tuple(offered), forced), caller=caller(request),
-    ))
+    try:
+        stream = await runtime.generate(GenerateRequest(
+            model=req.model, messages=messages, options=_options(req), output=_text_format(fmt),
+            tools=ToolUse(tuple(tools if choice != "none" else ()), tuple(offered), forced), caller=caller(request),
+        ))
+    except LokalError as exc:
+        if exc.param == "messages":  # the runtime's word for the conversation: this API's is input
+            exc.param = "input"
+        raise
     body: dict[str, Any] = {
         "id": it.new_id("resp"), "object": "response", "created_at": int(time.time()), "status": "in_progress",
-        "background": False, "error": None, "incomplete_details": None, "instructions": req.instructions,
+        "background": req.background, "error": None, "incomplete_details": None, "instructions": req.instructions,
         "max_output_tokens": req.max_output_tokens, "model": runtime.canonical_name(req.model), "output": [],
         "parallel_tool_calls": req.parallel_tool_calls, "previous_response_id": req.previous_response_id,
         "reasoning": {"effort": None, "summary": None}, "store": req.store, "temperature": req.temperature,
@@ -145,6 +171,10 @@ async def create_response(
         if req.store:
             await asyncio.to_thread(store.save, who, final, conversation)
 
+    if req.background:
+        await save(body)  # in_progress, at once: GET and cancel see it while it runs
+        _background(request, body["id"], _run_in_background(stream, body, req.parallel_tool_calls, save))
+        return Response(_json(body), media_type="application/json")
     if req.stream:
         events = _events(stream, body, req.parallel_tool_calls, save)
         return StreamingResponse(events, media_type="text/event-stream",
@@ -159,6 +189,39 @@ async def create_response(
     _finish(body, done, it.output_items(done, it.new_id("msg"), it.new_id("rs"), req.parallel_tool_calls))
     await save(body)
     return Response(_json(body), media_type="application/json")
+
+
+def _tasks(request: Request) -> dict[str, asyncio.Task[None]]:
+    """The background responses running in this process, by id."""
+    tasks: dict[str, asyncio.Task[None]] | None = getattr(request.app.state, "response_tasks", None)
+    if tasks is None:
+        tasks = request.app.state.response_tasks = {}
+    return tasks
+
+
+def _background(request: Request, response_id: str, work: Coroutine[Any, Any, None]) -> None:
+    """Run a background response's generation as a task of the app, cancellable by its id."""
+    tasks = _tasks(request)
+    task = asyncio.create_task(work)
+    tasks[response_id] = task
+    task.add_done_callback(lambda _: tasks.pop(response_id, None))
+
+
+async def _run_in_background(stream: AsyncGenerator[Event, None], body: dict[str, Any], parallel: bool,
+                             save: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+    """Generate to the end and store the final state: completed, incomplete, failed, or cancelled
+    (``POST .../cancel`` cancels this task, which closes the stream and frees the slot)."""
+    try:
+        done = await finished(stream)
+    except LokalError as exc:
+        await save(_failed(body, exc))
+        return
+    except asyncio.CancelledError:
+        body["status"] = "cancelled"
+        await asyncio.shield(save(body))
+        raise
+    _finish(body, done, it.output_items(done, it.new_id("msg"), it.new_id("rs"), parallel))
+    await save(body)
 
 
 def _tool_choice_echo(req: ResponseRequest) -> str | dict[str, Any]:
@@ -320,10 +383,10 @@ async def _stored_or_404(store: ResponseStore, response_id: str) -> StoredRespon
 
 
 @router.get("/responses/{response_id}", response_model=None)
-async def get_response(response_id: str, store: ResponseStore = Depends(get_store)) -> Response:
-    """A stored response, as it was served."""
+async def get_response(response_id: str, request: Request, store: ResponseStore = Depends(get_store)) -> Response:
+    """A stored response, as it was served (a background one: as it stands now)."""
     found = await _stored_or_404(store, response_id)
-    return Response(_json(found.body), media_type="application/json")
+    return Response(_json(await _settled(store, found, request)), media_type="application/json")
 
 
 @router.delete("/responses/{response_id}", response_model=DeletedResponse)
@@ -335,11 +398,30 @@ async def delete_response(response_id: str, store: ResponseStore = Depends(get_s
 
 
 @router.post("/responses/{response_id}/cancel", response_model=None)
-async def cancel_response(response_id: str, store: ResponseStore = Depends(get_store)) -> Response:
-    """Cancel a background response. lokal runs none, so a stored response is refused as OpenAI
-    refuses a synchronous one."""
-    await _stored_or_404(store, response_id)
-    raise APIError(400, "Cannot cancel a synchronous response.", param="response_id")
+async def cancel_response(response_id: str, request: Request, store: ResponseStore = Depends(get_store)) -> Response:
+    """Cancel a background response that is still running (one that has ended is returned as it
+    is); a synchronous one is refused, as OpenAI refuses it."""
+    found = await _stored_or_404(store, response_id)
+    if not found.body.get("background"):
+        raise APIError(400, "Cannot cancel a synchronous response.", param="response_id")
+    task = _tasks(request).get(response_id)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    found = await _stored_or_404(store, response_id)
+    return Response(_json(await _settled(store, found, request)), media_type="application/json")
+
+
+async def _settled(store: ResponseStore, found: StoredResponse, request: Request) -> dict[str, Any]:
+    """A stored response's body; one stored as running that no task of this process runs (the
+    server stopped under it) is failed, and stored so."""
+    body = found.body
+    if body.get("status") in RUNNING and found.id not in _tasks(request):
+        body.update(status="failed", error={"code": "server_error",
+                                            "message": "the server stopped before this response finished"})
+        await asyncio.to_thread(store.save, found.owner, body, found.conversation)
+    return body
 
 
 @router.get("/responses/{response_id}/input_items", response_model=InputItemList)

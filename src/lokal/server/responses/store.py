@@ -100,7 +100,7 @@ class ResponseStore:
     def save(self, owner: str, body: dict[str, Any], conversation: list[dict[str, Any]]) -> None:
         """Store one response (a new one, or replace one by id), and purge expired ones."""
         row = (body["id"], owner, float(body["created_at"]), str(body["status"]),
-               json.dumps(body, ensure_ascii=False), json.dumps(conversation, ensure_ascii=False))
+               json.dumps(body), json.dumps(conversation))  # ASCII: a lone surrogate is stored escaped
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
