@@ -5,19 +5,19 @@
 - ``tools``: the chat template renders ``tools`` itself (lokal still answers a tools request to
   any other model, through its fallback block: see docs/api.md, "Tools without native support");
 - ``insert``: the vocabulary has llama.cpp's fill-in-the-middle tokens (prefix, suffix, middle);
-- ``thinking``: the template knows a reasoning part (``enable_thinking``, ``reasoning_content``,
-  ``<think>``);
+- ``thinking``: the template is a thinking model's (``lokal.runtime.reasoning.supports_thinking``:
+  the same test that decides whether ``think: true`` is accepted);
 - ``vision``: never, as lokal loads no vision projector and refuses images.
 """
 
 from __future__ import annotations
 
 import mmap
-import re
 import struct
 from functools import lru_cache
 from pathlib import Path
 
+from lokal.runtime.reasoning import supports_thinking
 from lokal.runtime.tools import has_native_tools
 from lokal.store.gguf_facts import GgufFacts
 from lokal.templates.chat_template import CHATML_TEMPLATE, FALLBACK_BY_ARCHITECTURE
@@ -34,17 +34,11 @@ FIM_TEXTS = (
     ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>", "<|code_middle|>"),
 )
 VOCAB_SCAN_BYTES = 64 * 2**20  # the vocabulary sits in the header, well inside this
-_THINKING = re.compile(r"enable_thinking|reasoning_content|<think>|\.Thinking\b|\.IsThinkSet\b")
 
 
 def template_source(template: str | None, facts: GgufFacts) -> str:
     """The chat template lokal renders for this model (the one ``LoadedModel`` uses)."""
     return template or facts.chat_template or FALLBACK_BY_ARCHITECTURE.get(facts.architecture or "", CHATML_TEMPLATE)
-
-
-def template_thinks(source: str) -> bool:
-    """Whether a chat template has a reasoning part the model is trained to fill."""
-    return _THINKING.search(source) is not None
 
 
 def capabilities(facts: GgufFacts, template: str | None, gguf: Path | None) -> list[str]:
@@ -60,7 +54,7 @@ def capabilities(facts: GgufFacts, template: str | None, gguf: Path | None) -> l
         caps.append("insert")
     if f"{arch}.pooling_type" in facts.metadata:
         caps.append("embedding")
-    if template_thinks(source):
+    if supports_thinking(source):
         caps.append("thinking")
     return caps
 
