@@ -61,12 +61,15 @@ class TokenLogprob:
 class Delta:
     """New answer text (tool-call text is held back and reported in ``Finished``). ``reasoning``:
     new text of the model's thinking (inside its think tags), never part of ``text``.
-    ``logprobs``: one entry per token of this delta, when the request asked for them."""
+    ``logprobs``: one entry per token of this delta, when the request asked for them (a token whose
+    text is held back reports in a later delta, so every token's is in exactly one). ``index``: the
+    choice it belongs to, when the request asked for n > 1."""
 
     text: str
     token_ids: tuple[int, ...] = ()
     reasoning: str = ""
     logprobs: tuple[TokenLogprob, ...] = ()
+    index: int = 0
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class Finished:
     context: tuple[int, ...] | None = None  # prompt + answer tokens, when the request asked for them
     reasoning: str = ""  # the model's thinking, split from ``content`` (empty when it does not think)
     logprobs: tuple[TokenLogprob, ...] = ()  # every generated token's, when the request asked for them
+    index: int = 0  # the choice, when the request asked for n > 1 (one Finished per choice)
 
 
 @dataclass(frozen=True)

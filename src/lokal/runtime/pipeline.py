@@ -14,13 +14,24 @@ from dataclasses import dataclass, replace
 from pydantic import ValidationError
 
 from lokal.config import Settings
+from lokal.engine.engine import MAX_CHOICES
 from lokal.engine.grammar import SchemaError, json_object_grammar, schema_grammar
-from lokal.engine.sampling import SamplingParams
+from lokal.engine.sampling import MAX_TOP_LOGPROBS, SamplingParams
 from lokal.engine.sequence import Delta as EngineDelta
 from lokal.engine.sequence import FinishReason, Timings, Usage
+from lokal.engine.sequence import TokenLogprob as EngineLogprob
 from lokal.options import BY_NAME, OptionError, check
 from lokal.runtime.errors import ContextLengthExceeded, GenerationFailed, InvalidRequest, RequestTimedOut
-from lokal.runtime.events import Delta, Event, Failed, Finished, FirstToken, GenerationRecord, Started
+from lokal.runtime.events import (
+    Delta,
+    Event,
+    Failed,
+    Finished,
+    FirstToken,
+    GenerationRecord,
+    Started,
+    TokenLogprob,
+)
 from lokal.runtime.loaded_model import LoadedModel
 from lokal.runtime.reasoning import ReasoningSplitter, opens_thinking, supports_thinking, template_variables
 from lokal.runtime.request import GenerateRequest, JsonOutput
@@ -79,7 +90,14 @@ def prepare(loaded: LoadedModel, req: GenerateRequest, settings: Settings) -> Pr
     if thinks and req.messages is not None:
         think_open = opens_thinking(b"".join(loaded.model.special_piece(t) for t in prompt[-16:]).decode(
             "utf-8", "replace"))
-    return Prepared(prompt, within_limits(settings, prompt, params), think_open, dropped)
+    params = within_limits(settings, prompt, params)
+    if req.logprobs is not None:
+        if not 0 <= req.logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidRequest(f"top logprobs must be between 0 and {MAX_TOP_LOGPROBS}", param="top_logprobs")
+        params = params.model_copy(update={"logprobs": req.logprobs})
+    if not 1 <= req.n <= MAX_CHOICES:
+        raise InvalidRequest(f"n must be between 1 and {MAX_CHOICES}", param="n")
+    return Prepared(prompt, params, think_open, dropped)
 
 
 def _thinks(loaded: LoadedModel, req: GenerateRequest) -> bool:
@@ -234,19 +252,29 @@ def within_limits(settings: Settings, prompt: list[int], params: SamplingParams)
 async def events(
     loaded: LoadedModel, req: GenerateRequest, prompt: list[int], deltas: AsyncGenerator[EngineDelta, None],
     record: GenerationRecord, timeout_s: float, publish: Callable[[GenerationRecord, Event], None],
-    finish: Callable[[], Awaitable[None]], think_open: bool | None = None,
+    finish: Callable[[], Awaitable[None]], think_open: bool | None = None, index: int = 0,
 ) -> AsyncGenerator[Event, None]:
     """The engine's deltas as events, each also handed to ``publish``. ``finish`` runs once at the
     end, however the stream ends (the model's hold is released there). ``think_open`` (not None):
-    the model's reasoning is split from its answer (``Prepared.think_open``)."""
+    the model's reasoning is split from its answer (``Prepared.think_open``). ``index``: the
+    choice these events belong to (n > 1)."""
     tools = req.tools
     sniffer = CallSniffer(list(tools.callable), tools.forced) if tools.callable else None
     splitter = ReasoningSplitter(think_open) if think_open is not None else None
     parts: list[str] = []
     last: Event | None = None
+    logprobs: list[TokenLogprob] = []  # every token's, for Finished
+    unsent = 0  # how many of them no Delta has carried yet
 
     def emit(event: Event) -> Event:
-        nonlocal last
+        nonlocal last, unsent
+        if isinstance(event, Delta) and unsent:
+            event = replace(event, logprobs=tuple(logprobs[len(logprobs) - unsent:]))
+            unsent = 0
+        elif isinstance(event, Finished) and logprobs:
+            event = replace(event, logprobs=tuple(logprobs))
+        if index and isinstance(event, Delta | Finished):
+            event = replace(event, index=index)
         last = event
         if isinstance(event, Finished | Failed):
             record.duration_s = time.perf_counter() - record.arrived
@@ -271,6 +299,9 @@ async def events(
                 else:
                     record.inter_token_s.append(now - record.last_token)
                 record.last_token = now
+            if d.logprobs:
+                logprobs.extend(_logprob_events(loaded, d.logprobs))
+                unsent += len(d.logprobs)
             parts.append(d.text)
             thought, said = splitter.feed(d.text) if splitter is not None and d.text else ("", d.text)
             text = sniffer.feed(said) if sniffer is not None and said else said
@@ -291,6 +322,8 @@ async def events(
                     if rest:
                         yield emit(Delta(rest))
                     calls = tuple(found if tools.parallel is not False else found[:1])
+                if unsent:  # tokens whose text was held back or dropped (a stop string) still report
+                    yield emit(Delta(""))
                 answer = "".join(splitter.answer) if splitter is not None else whole
                 reasoning = "".join(splitter.reasoning) if splitter is not None else ""
                 content = answer
@@ -317,6 +350,13 @@ async def events(
         elif record.prompt_tokens == 0:
             record.prompt_tokens = len(prompt)
         await finish()
+
+
+def _logprob_events(loaded: LoadedModel, found: tuple[EngineLogprob, ...]) -> list[TokenLogprob]:
+    def text(token: int) -> str:
+        return loaded.model.token_text(token).decode("utf-8", "replace")
+
+    return [TokenLogprob(text(lp.token), lp.logprob, tuple((text(t), p) for t, p in lp.top)) for lp in found]
 
 
 def _partial_timings(record: GenerationRecord) -> Timings:

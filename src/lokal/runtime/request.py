@@ -51,7 +51,10 @@ class GenerateRequest:
     read it. A thinking model's reasoning is reported apart from its answer either way.
     ``truncate``: a chat longer than the context loses its oldest turns (system messages, tools
     and the latest turn are kept; ``Queued.dropped_messages`` says how many) instead of being
-    refused."""
+    refused. ``logprobs``: None for none, k (0 to 20) for each generated token's logprob and the
+    k most likely alternatives (the model's raw distribution; ``Delta.logprobs``). ``n``: that
+    many answers to one prompt (1 to 16), read once and sampled apart (seed + i); their ``Delta``
+    and ``Finished`` events carry ``index``."""
 
     model: str
     messages: list[dict[str, Any]] | None = None
@@ -68,6 +71,8 @@ class GenerateRequest:
     think: bool | None = None
     reasoning_effort: str | None = None
     truncate: bool = False  # a chat too long for the context drops its oldest turns (Ollama's) instead of a 400
+    logprobs: int | None = None
+    n: int = 1
     timeout_s: float | None = None
     keep_alive: float | None = None
     caller: Caller = Caller()

@@ -28,7 +28,7 @@ from lokal.engine.llama_model import ContextShape, ModelLoadError
 from lokal.engine.sampling import SamplingParams
 from lokal.engine.scheduler import QueueFull
 from lokal.runtime import errors
-from lokal.runtime.events import Event, GenerationRecord, Queued, Subscriber
+from lokal.runtime.events import Event, Failed, FirstToken, GenerationRecord, Queued, Started, Subscriber
 from lokal.runtime.keep_alive import FOREVER
 from lokal.runtime.loaded_model import LoadedModel
 from lokal.runtime.pipeline import events, prepare
@@ -145,27 +145,32 @@ class Runtime:
             # Templates are rendered and prompts tokenized off the event loop: a slow one stalls
             # only its own request.
             prepared = await asyncio.to_thread(prepare, loaded, req, self.settings)
-            submission = self._submit(loaded, prepared.prompt, prepared.params)
+            submissions = self._submit(loaded, prepared.prompt, prepared.params, req.n)
         except BaseException:
             await hold.release()
             raise
-        record = GenerationRecord(model=loaded.name, caller=req.caller, arrived=arrived,
-                                  prompt_tokens=len(prepared.prompt))
-        queued = Queued(position=submission.position, load_s=load_s, dropped_messages=prepared.dropped_messages)
+        holds = [hold, *(self.hold(loaded.name) for _ in submissions[1:])]  # one per choice's events
+        records = [GenerationRecord(model=loaded.name, caller=req.caller, arrived=arrived,
+                                    prompt_tokens=len(prepared.prompt)) for _ in submissions]
+        queued = Queued(position=submissions[0].position, load_s=load_s,
+                        dropped_messages=prepared.dropped_messages)
         timeout_s = self.settings.request_timeout if req.timeout_s is None else req.timeout_s
-        stream = _first(queued, events(loaded, req, prepared.prompt, submission.deltas, record, timeout_s,
-                                       self._publish, hold.release, prepared.think_open))
-        self._publish(record, queued)
-        # A stream dropped before it is read has no frame to run its finally: release the hold then.
-        weakref.finalize(stream, hold.drop)
+        choices = [events(loaded, req, prepared.prompt, sub.deltas, record, timeout_s, self._publish, h.release,
+                          prepared.think_open, index=i)
+                   for i, (sub, record, h) in enumerate(zip(submissions, records, holds, strict=True))]
+        stream = _first(queued, choices[0] if len(choices) == 1 else _merged(choices))
+        self._publish(records[0], queued)
+        # A stream dropped before it is read has no frame to run its finally: release the holds then.
+        for h in holds:
+            weakref.finalize(stream, h.drop)
         return stream
 
     @staticmethod
-    def _submit(loaded: LoadedModel, prompt: list[int], params: SamplingParams) -> Submission:
+    def _submit(loaded: LoadedModel, prompt: list[int], params: SamplingParams, n: int = 1) -> list[Submission]:
         if loaded.runner is None:
             raise RuntimeError("this model is stepped by its owner; it has no engine thread")
         try:
-            return loaded.runner.submit(prompt, params)
+            return loaded.runner.submit_group(prompt, params, n)
         except PromptTooLong as exc:
             raise errors.ContextLengthExceeded(str(exc), param="messages") from exc
         except QueueFull as exc:
@@ -507,6 +512,33 @@ class Runtime:
                 await self._reaper
         for key in list(self._loaded):
             await self.unload(key)
+
+
+async def _merged(choices: list[AsyncGenerator[Event, None]]) -> AsyncGenerator[Event, None]:
+    """The events of an n > 1 request's choices as they come (their ``Delta`` and ``Finished``
+    carry ``index``; ``Started`` and ``FirstToken`` only from choice 0); a ``Failed`` ends them
+    all. Closing it closes every choice."""
+    pending = {asyncio.ensure_future(anext(c)): i for i, c in enumerate(choices)}
+    try:
+        while pending:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for future in sorted(done, key=pending.__getitem__):
+                i = pending.pop(future)
+                try:
+                    event = future.result()
+                except StopAsyncIteration:
+                    continue
+                if i == 0 or not isinstance(event, Started | FirstToken):
+                    yield event
+                if isinstance(event, Failed):
+                    return
+                pending[asyncio.ensure_future(anext(choices[i]))] = i
+    finally:
+        for future in pending:
+            future.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for choice in choices:
+            await choice.aclose()
 
 
 async def _first(event: Event, rest: AsyncGenerator[Event, None]) -> AsyncGenerator[Event, None]:
