@@ -143,7 +143,7 @@ def test_a_stop_sequence_ends_the_answer_and_is_named(client: anthropic.Anthropi
 
 @pytest.mark.slow
 def test_stop_sequences_that_never_come_end_the_turn(client: anthropic.Anthropic) -> None:
-    msg = client.messages.create(model=MODEL, max_tokens=40, extra_body=T0, stop_sequences=["zzzq-never"],
+    msg = client.messages.create(model=MODEL, max_tokens=16, extra_body=T0, stop_sequences=["zzzq-never"],
                                  messages=[{"role": "user", "content": "Say hello."}])
     assert msg.stop_reason in ("end_turn", "max_tokens") and msg.stop_sequence is None
 
@@ -163,7 +163,7 @@ def test_tools_round_trip(client: anthropic.Anthropic, choice: dict[str, Any]) -
     history = [*ask, {"role": "assistant", "content": [b.model_dump() for b in first.content]},
                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": c.id, "content": "18 C and sunny"}
                                             for c in calls]}]
-    final = client.messages.create(model=MODEL, max_tokens=40, extra_body=T0, tools=[WEATHER],  # type: ignore[list-item]
+    final = client.messages.create(model=MODEL, max_tokens=16, extra_body=T0, tools=[WEATHER],  # type: ignore[list-item]
                                    messages=history)  # type: ignore[arg-type]
     assert final.stop_reason in ("end_turn", "max_tokens", "tool_use")
     assert final.content and final.usage.output_tokens > 0
