@@ -24,7 +24,8 @@ from lokal.runtime.tools import (
     parse_tools,
 )
 from lokal.server.errors import APIError, api_error
-from lokal.server.generation import caller, collect, get_runtime, openai_finish_reason, option_error
+from lokal.server.generation import caller, get_runtime, openai_finish_reason, option_error
+from lokal.server.openai.choices import chat_logprobs, collect_choices, completion_logprobs, total_usage
 from lokal.server.openai.constraints import output_constraint
 from lokal.server.openai.schemas import (
     ChatCompletionRequest,
@@ -93,9 +94,11 @@ def _messages(req: ChatCompletionRequest) -> list[dict[str, Any]]:
     return out
 
 
-def _unsupported(req: ChatCompletionRequest) -> None:
-    if req.logprobs:
-        raise APIError(400, "logprobs are not supported yet", param="logprobs")
+def _top_logprobs(req: ChatCompletionRequest) -> int | None:
+    """What the runtime's ``logprobs`` is for a chat request (None: none asked)."""
+    if req.top_logprobs is not None and not req.logprobs:
+        raise APIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs")
+    return (req.top_logprobs or 0) if req.logprobs else None
 
 
 def response_format(fmt: dict[str, Any] | None) -> JsonOutput | None:
@@ -136,7 +139,7 @@ def _options(req: SamplingFields) -> dict[str, Any]:
 async def chat_completions(
     req: ChatCompletionRequest, request: Request, runtime: Runtime = Depends(get_runtime)
 ) -> dict[str, Any] | StreamingResponse:
-    _unsupported(req)
+    top_logprobs = _top_logprobs(req)
     messages = _messages(req)
     tools = parse_tools(req.tools) if req.tools else []
     offered, forced = chosen_tools(tools, req.tool_choice)  # a required or named choice needs tools
@@ -148,62 +151,74 @@ async def chat_completions(
         options=_options(req),
         output=output, grammar=grammar,
         tools=ToolUse(tuple(shown), tuple(offered), forced, parallel), caller=caller(request),
-        **reasoning_fields(req.reasoning_effort),
+        **reasoning_fields(req.reasoning_effort), logprobs=top_logprobs, n=req.n,
     ))
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": rid, "created": created, "model": runtime.canonical_name(req.model), "system_fingerprint": "lokal"}
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return _sse_response(_chat_chunks(stream, head, include_usage))
-    done = await collect(stream, request)
+        return _sse_response(_chat_chunks(stream, head, include_usage, req.n, top_logprobs is not None))
+    dones = await collect_choices(stream, request, req.n)
+    return {
+        **head,
+        "object": "chat.completion",
+        "choices": [_chat_choice(done, top_logprobs is not None) for done in dones],
+        "usage": usage_body(total_usage([d.usage for d in dones])),
+    }
+
+
+def _chat_choice(done: Finished, logprobs: bool) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": done.content}
     if done.tool_calls:
         message = {"role": "assistant", "content": done.content or None,
                    "tool_calls": [c.openai() for c in done.tool_calls]}
     if done.reasoning:
         message["reasoning_content"] = done.reasoning  # vLLM's and DeepSeek's field
-    return {
-        **head,
-        "object": "chat.completion",
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": openai_finish_reason(done)}],
-        "usage": usage_body(done.usage),
-    }
+    return {"index": done.index, "message": message, "logprobs": chat_logprobs(done.logprobs) if logprobs else None,
+            "finish_reason": openai_finish_reason(done)}
 
 
 def _error_chunk(event: Failed) -> bytes:
     return sse(api_error(event.error).openai_body())
 
 
-async def _chat_chunks(stream: AsyncGenerator[Event, None], head: dict[str, Any], include_usage: bool
-                       ) -> AsyncIterator[bytes]:
+async def _chat_chunks(stream: AsyncGenerator[Event, None], head: dict[str, Any], include_usage: bool,
+                       n: int = 1, logprobs: bool = False) -> AsyncIterator[bytes]:
     base = {**head, "object": "chat.completion.chunk"}
+    usages: list[Usage] = []
 
-    def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    def chunk(delta: dict[str, Any], finish: str | None, index: int = 0,
+              probs: dict[str, Any] | None = None) -> bytes:
+        choice = {"index": index, "delta": delta, "logprobs": probs, "finish_reason": finish}
         return sse({**base, "choices": [choice], **({"usage": None} if include_usage else {})})
 
-    yield chunk({"role": "assistant", "content": ""}, None)
+    for index in range(n):
+        yield chunk({"role": "assistant", "content": ""}, None, index)
     try:
         async for event in stream:
             if isinstance(event, Failed):
                 yield _error_chunk(event)
                 break
             if isinstance(event, Delta):
+                at = event.index
                 if event.reasoning:
-                    yield chunk({"reasoning_content": event.reasoning}, None)
-                if event.text:
-                    yield chunk({"content": event.text}, None)
+                    yield chunk({"reasoning_content": event.reasoning}, None, at)
+                if event.text or (logprobs and event.logprobs):
+                    probs = chat_logprobs(event.logprobs) if logprobs else None
+                    yield chunk({"content": event.text}, None, at, probs)
             elif isinstance(event, Finished):
+                at = event.index
                 for i, call in enumerate(event.tool_calls):
                     # OpenAI's shape: id, type and name first with empty arguments, then fragments.
                     first = call.openai(i)
                     first["function"]["arguments"] = ""
-                    yield chunk({"tool_calls": [first]}, None)
+                    yield chunk({"tool_calls": [first]}, None, at)
                     for piece in argument_fragments(call.arguments_json()):
-                        yield chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}, None)
-                yield chunk({}, openai_finish_reason(event))
-                if include_usage:
-                    yield sse({**base, "choices": [], "usage": usage_body(event.usage)})
+                        yield chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}, None, at)
+                yield chunk({}, openai_finish_reason(event), at)
+                usages.append(event.usage)
+                if include_usage and len(usages) == n:
+                    yield sse({**base, "choices": [], "usage": usage_body(total_usage(usages))})
         yield sse("[DONE]")
     finally:
         await stream.aclose()
@@ -226,14 +241,12 @@ def _completion_prompt(req: CompletionRequest) -> str | list[int]:
 async def completions(
     req: CompletionRequest, request: Request, runtime: Runtime = Depends(get_runtime)
 ) -> dict[str, Any] | StreamingResponse:
-    if req.logprobs:
-        raise APIError(400, "logprobs are not supported yet", param="logprobs")
     raw = _completion_prompt(req)
     # suffix: fill-in-the-middle with the model's FIM tokens (400 for a model without them)
     output, grammar = output_constraint(req.constraint_fields(), None)
     stream = await runtime.generate(GenerateRequest(
         model=req.model, prompt=raw, options=_options(req), caller=caller(request), output=output, grammar=grammar,
-        suffix=req.suffix or None,
+        suffix=req.suffix or None, logprobs=req.logprobs, n=req.n,
     ))
     echo = raw if req.echo and isinstance(raw, str) else ""
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
@@ -241,37 +254,47 @@ async def completions(
             "system_fingerprint": "lokal"}
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return _sse_response(_completion_chunks(stream, head, echo, include_usage))
-    done = await collect(stream, request)
+        return _sse_response(_completion_chunks(stream, head, echo, include_usage, req.n,
+                                                req.logprobs is not None))
+    dones = await collect_choices(stream, request, req.n)
     return {
         **head,
         "choices": [
-            {"index": 0, "text": echo + done.text, "logprobs": None, "finish_reason": openai_finish_reason(done)}
+            {"index": done.index, "text": echo + done.text, "finish_reason": openai_finish_reason(done),
+             "logprobs": completion_logprobs(done.logprobs, len(echo)) if req.logprobs is not None else None}
+            for done in dones
         ],
-        "usage": usage_body(done.usage),
+        "usage": usage_body(total_usage([d.usage for d in dones])),
     }
 
 
 async def _completion_chunks(
-    stream: AsyncGenerator[Event, None], head: dict[str, Any], echo: str, include_usage: bool
+    stream: AsyncGenerator[Event, None], head: dict[str, Any], echo: str, include_usage: bool, n: int = 1,
+    logprobs: bool = False,
 ) -> AsyncIterator[bytes]:
-    def chunk(text: str, finish: str | None) -> bytes:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+    usages: list[Usage] = []
+    offsets = [len(echo)] * n  # where each choice's next token starts in its text
+
+    def chunk(text: str, finish: str | None, index: int = 0, probs: dict[str, Any] | None = None) -> bytes:
+        choice = {"index": index, "text": text, "logprobs": probs, "finish_reason": finish}
         return sse({**head, "choices": [choice], **({"usage": None} if include_usage else {})})
 
-    if echo:
-        yield chunk(echo, None)
+    for index in range(n if echo else 0):
+        yield chunk(echo, None, index)
     try:
         async for event in stream:
             if isinstance(event, Failed):
                 yield _error_chunk(event)
                 break
             if isinstance(event, Delta):
-                yield chunk(event.text, None)
+                probs = completion_logprobs(event.logprobs, offsets[event.index]) if logprobs else None
+                offsets[event.index] += sum(len(lp.token) for lp in event.logprobs)
+                yield chunk(event.text, None, event.index, probs)
             elif isinstance(event, Finished):
-                yield chunk("", openai_finish_reason(event))
-                if include_usage:
-                    yield sse({**head, "choices": [], "usage": usage_body(event.usage)})
+                yield chunk("", openai_finish_reason(event), event.index)
+                usages.append(event.usage)
+                if include_usage and len(usages) == n:
+                    yield sse({**head, "choices": [], "usage": usage_body(total_usage(usages))})
         yield sse("[DONE]")
     finally:
         await stream.aclose()

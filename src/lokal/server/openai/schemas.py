@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from lokal.engine.engine import MAX_CHOICES
+from lokal.engine.sampling import MAX_TOP_LOGPROBS
 from lokal.options import BY_OPENAI
 
 
@@ -64,7 +66,7 @@ class SamplingFields(_Request):
     stop: str | list[str] | None = None
     logit_bias: dict[str, float] | None = None
     ignore_eos: bool | None = None  # vLLM / llama.cpp extension, used by benchmarks
-    n: int = Field(default=1, ge=1, le=1)
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)  # choices from one prompt (openai.choices)
     user: str | None = None
     # Output constraints of llama.cpp's server (grammar: GBNF; json_schema) and vLLM's
     # (structured_outputs, and its older guided_* names); checked in openai.constraints.
@@ -95,6 +97,7 @@ class ChatCompletionRequest(SamplingFields):
     parallel_tool_calls: bool | None = None  # ToolUse.parallel: False one call, True several, absent see there
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
     logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
 
 class CompletionRequest(SamplingFields):
@@ -102,7 +105,7 @@ class CompletionRequest(SamplingFields):
     max_tokens: int | None = 16
     echo: bool = False
     suffix: str | None = None
-    logprobs: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=5)  # OpenAI's bound for completions
 
 
 class PromptTokensDetails(BaseModel):
