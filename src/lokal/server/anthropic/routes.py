@@ -229,7 +229,7 @@ async def create_message(
     content: list[ThinkingOut | TextOut | ToolUseOut] = []
     if done.reasoning:
         content.append(ThinkingOut(thinking=done.reasoning))
-    if done.content or not done.tool_calls:
+    if done.content.strip() or not done.tool_calls:
         content.append(TextOut(text=done.content))
     content += [ToolUseOut(id=tool_use_id(c), name=c.name, input=c.arguments) for c in done.tool_calls]
     return MessageResponse(id=head["id"], model=head["model"], content=content, stop_reason=reason,  # type: ignore[arg-type]
