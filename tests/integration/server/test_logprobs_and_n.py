@@ -127,3 +127,35 @@ def test_out_of_range_n_and_logprobs_are_a_400_naming_the_field(server, path, bo
     r = httpx.post(server.url + path, json={"model": MODEL, "max_tokens": 2, **body}, timeout=60)
     assert r.status_code == 400, r.text
     assert param in r.text
+
+
+# ---- Ollama's logprobs and top_logprobs (/api/generate, /api/chat), through the ollama client ----
+
+@pytest.fixture(scope="module")
+def ollama_client(server):
+    import ollama
+
+    return ollama.Client(host=server.url, timeout=180)
+
+
+def test_ollama_generate_reports_each_tokens_logprob_and_alternatives(ollama_client):
+    r = ollama_client.generate(model=MODEL, prompt="Name three colors.", logprobs=True, top_logprobs=2,
+                               options={"temperature": 0, "num_predict": 6, "repeat_penalty": 1.0})
+    assert len(r.logprobs) == r.eval_count
+    assert "".join(lp.token for lp in r.logprobs) == r.response
+    for lp in r.logprobs:
+        assert lp.logprob <= 0 and len(lp.top_logprobs) == 2
+        assert (lp.top_logprobs[0].token, lp.top_logprobs[0].logprob) == (lp.token, lp.logprob)
+
+
+def test_ollama_chat_streams_logprobs_with_the_text_they_describe(ollama_client):
+    tokens, text = [], ""
+    for chunk in ollama_client.chat(model=MODEL, messages=ASK, logprobs=True, stream=True,
+                                    options={"temperature": 0, "num_predict": 6}):
+        text += chunk.message.content or ""
+        tokens.extend(chunk.logprobs or [])
+    assert len(tokens) == 6
+    assert "".join(t.token for t in tokens) == text
+    assert all(t.logprob <= 0 and not t.top_logprobs for t in tokens)
+    plain = ollama_client.chat(model=MODEL, messages=ASK, options={"temperature": 0, "num_predict": 2})
+    assert plain.logprobs is None

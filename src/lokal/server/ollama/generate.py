@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 
 from lokal.options import OptionError, from_ollama
 from lokal.runtime.errors import InvalidRequest
-from lokal.runtime.events import Delta, Event, Failed, Finished, Queued
+from lokal.runtime.events import Delta, Event, Failed, Finished, Queued, TokenLogprob
 from lokal.runtime.keep_alive import parse_keep_alive
 from lokal.runtime.reasoning import EFFORTS
 from lokal.runtime.request import GenerateRequest as Generation
@@ -76,9 +76,17 @@ def thinking_piece(shape: Callable[[str, dict[str, Any]], dict[str, Any]], think
     return piece
 
 
-def _refuse_common(model: str, think: bool | str | None, logprobs: bool | None) -> None:
-    if logprobs:
-        raise InvalidRequest("logprobs are not supported yet", param="logprobs")
+def _top_logprobs(logprobs: bool | None, top: int | None) -> int | None:
+    """The runtime's ``logprobs`` for Ollama's ``logprobs`` and ``top_logprobs`` (None: none)."""
+    return (top or 0) if logprobs else None
+
+
+def ollama_logprobs(logprobs: tuple[TokenLogprob, ...]) -> list[dict[str, Any]]:
+    """Ollama's ``logprobs``: per token its text, logprob and bytes, and the top alternatives."""
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+    return [{**entry(lp.token, lp.logprob), "top_logprobs": [entry(t, p) for t, p in lp.top]} for lp in logprobs]
 
 
 def _no_images(model: str, images: list[str] | None) -> None:
@@ -107,7 +115,7 @@ async def generate(
 ) -> dict[str, Any] | StreamingResponse:
     started = time.perf_counter()
     _no_images(req.model, req.images)
-    _refuse_common(req.model, req.think, req.logprobs)
+    top = _top_logprobs(req.logprobs, req.top_logprobs)
     output = json_format(req.format)
     keep_alive = keep_alive_seconds(req.keep_alive)
     if not req.prompt:
@@ -122,9 +130,10 @@ async def generate(
     stream = await runtime.generate(Generation(
         model=req.model, **shape, context=req.context, options=_options(req.options), output=output,
         return_context=not req.raw, keep_alive=keep_alive, caller=caller(request), **think_fields(req.think),
+        logprobs=top,
     ))
     piece = thinking_piece(lambda text, thinking: {"response": text, **thinking}, req.think)
-    return await _respond(req.model, stream, started, request, req.stream, piece)
+    return await _respond(req.model, stream, started, request, req.stream, piece, top is not None)
 
 
 # ---- /api/chat -------------------------------------------------------------------------------
@@ -134,7 +143,7 @@ async def chat(
     req: ChatRequest, request: Request, runtime: Runtime = Depends(get_runtime)
 ) -> dict[str, Any] | StreamingResponse:
     started = time.perf_counter()
-    _refuse_common(req.model, req.think, req.logprobs)
+    top = _top_logprobs(req.logprobs, req.top_logprobs)
     output = json_format(req.format)
     tools = tuple(parse_tools(req.tools)) if req.tools else ()
     messages = _chat_messages(req.model, req.messages or [])
@@ -145,10 +154,11 @@ async def chat(
         model=req.model, messages=messages, options=_options(req.options), output=output,
         tools=ToolUse(tools, tools), keep_alive=keep_alive, caller=caller(request), **think_fields(req.think),
         truncate=req.truncate is not False,  # Ollama's default: drop the oldest turns rather than fail
+        logprobs=top,
     ))
     piece = thinking_piece(lambda text, thinking: {"message": {"role": "assistant", "content": text, **thinking}},
                            req.think)
-    return await _respond(req.model, stream, started, request, req.stream, piece)
+    return await _respond(req.model, stream, started, request, req.stream, piece, top is not None)
 
 
 def _chat_messages(model: str, messages: list[Message]) -> list[dict[str, Any]]:
@@ -170,9 +180,9 @@ def _chat_messages(model: str, messages: list[Message]) -> list[dict[str, Any]]:
 # ---- one generation, streamed or not ---------------------------------------------------------
 
 async def _respond(model: str, stream: AsyncGenerator[Event, None], started: float, request: Request,
-                   streaming: bool, piece: Piece) -> dict[str, Any] | StreamingResponse:
+                   streaming: bool, piece: Piece, logprobs: bool = False) -> dict[str, Any] | StreamingResponse:
     if streaming:
-        return ndjson_response(_chunks(model, stream, started, piece))
+        return ndjson_response(_chunks(model, stream, started, piece, logprobs))
     first = await anext(stream)
     queued = first if isinstance(first, Queued) else NOT_QUEUED
     done = await collect(stream, request)
@@ -180,11 +190,13 @@ async def _respond(model: str, stream: AsyncGenerator[Event, None], started: flo
     if done.tool_calls:
         body = {"message": {**piece(done.content, done.reasoning)["message"],
                             "tool_calls": [c.ollama() for c in done.tool_calls]}}
+    if logprobs:
+        body["logprobs"] = ollama_logprobs(done.logprobs)
     return {"model": model, "created_at": rfc3339(), **body, "done": True, **_summary(done, started, queued)}
 
 
-async def _chunks(model: str, stream: AsyncGenerator[Event, None], started: float, piece: Piece
-                  ) -> AsyncIterator[dict[str, Any]]:
+async def _chunks(model: str, stream: AsyncGenerator[Event, None], started: float, piece: Piece,
+                  logprobs: bool = False) -> AsyncIterator[dict[str, Any]]:
     try:
         queued = NOT_QUEUED
         async for event in stream:
@@ -194,7 +206,9 @@ async def _chunks(model: str, stream: AsyncGenerator[Event, None], started: floa
                 yield {"error": api_error(event.error).ollama_body()["error"]}
                 return
             elif isinstance(event, Delta):
-                yield {"model": model, "created_at": rfc3339(), **piece(event.text, event.reasoning), "done": False}
+                probs = {"logprobs": ollama_logprobs(event.logprobs)} if logprobs and event.logprobs else {}
+                yield {"model": model, "created_at": rfc3339(), **piece(event.text, event.reasoning), **probs,
+                       "done": False}
             elif isinstance(event, Finished):
                 if event.tool_calls:
                     # Ollama streams a tool call whole, in one message, before the final chunk.

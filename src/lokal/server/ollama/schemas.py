@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from lokal.engine.sampling import MAX_TOP_LOGPROBS
+
 KeepAliveValue = float | int | str | None
 
 
@@ -51,6 +53,7 @@ class GenerateRequest(_NamedRequest):
     keep_alive: KeepAliveValue = None
     think: bool | str | None = None
     logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
 
 class ChatRequest(_NamedRequest):
@@ -63,6 +66,7 @@ class ChatRequest(_NamedRequest):
     keep_alive: KeepAliveValue = None
     think: bool | str | None = None
     logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
 
 class ShowRequest(_NamedRequest):
