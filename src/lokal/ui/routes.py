@@ -70,7 +70,7 @@ def _database(path: Path) -> UiDatabase:
 
 def _db(request: Request) -> UiDatabase:
     settings: Settings = request.app.state.settings
-    return _database(Path(settings.home) / "ui.sqlite3")
+    return _database(settings.database_path)  # the file stored Responses API responses share
 
 
 def request_log(request: Request) -> RequestLog:
