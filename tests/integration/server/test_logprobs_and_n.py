@@ -4,6 +4,7 @@ with the real smollm2."""
 from __future__ import annotations
 
 import math
+import time
 
 import httpx
 import openai
@@ -159,3 +160,28 @@ def test_ollama_chat_streams_logprobs_with_the_text_they_describe(ollama_client)
     assert all(t.logprob <= 0 and not t.top_logprobs for t in tokens)
     plain = ollama_client.chat(model=MODEL, messages=ASK, options={"temperature": 0, "num_predict": 2})
     assert plain.logprobs is None
+
+
+def _running(server) -> int:
+    return httpx.get(server.url + "/health", timeout=10).json()["loaded"][0]["running"]
+
+
+def _wait_idle(server) -> int:
+    deadline = time.monotonic() + 10
+    while _running(server) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _running(server)
+
+
+def test_a_client_that_goes_away_cancels_every_choice(server):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a very long story."}], "n": 3,
+            "stream": True, "max_tokens": 800, "ignore_eos": True, "temperature": 1.0}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as r:
+        lines = r.iter_lines()
+        for _ in range(12):
+            next(lines)
+        assert _running(server) == 3
+    assert _wait_idle(server) == 0
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/chat/completions", json={**body, "stream": False}, timeout=2)
+    assert _wait_idle(server) == 0
