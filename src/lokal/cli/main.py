@@ -396,7 +396,7 @@ def run(
     temperature: Annotated[float | None, typer.Option(help="sampling temperature (0 = greedy)")] = None,
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="stop after this many tokens")] = None,
     seed: Annotated[int | None, typer.Option(help="random seed")] = None,
-    ctx_size: Annotated[int | None, typer.Option("--ctx-size", help="context length")] = None,
+    ctx_size: Annotated[int | None, typer.Option("--ctx-size", help="context length (default: automatic)")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads")] = None,
     format: Annotated[str | None, typer.Option("--format", help='"json": answer with one JSON object')] = None,
     schema: Annotated[
@@ -443,7 +443,9 @@ def serve(
     parallel: Annotated[
         int | None, typer.Option(help="sequences decoded together (slots); 0 = as many as memory allows, max 8")
     ] = None,
-    ctx_size: Annotated[int | None, typer.Option("--ctx-size", help="context length per slot")] = None,
+    ctx_size: Annotated[int | None, typer.Option(
+        "--ctx-size", help="context length per slot; 0 (default) = automatic: the model's trained length within "
+        "4096..16384 as memory allows, and a request's num_ctx may reload the model larger")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads")] = None,
     max_queue: Annotated[int | None, typer.Option("--max-queue", help="waiting requests before 503")] = None,
     no_preload: Annotated[bool, typer.Option("--no-preload", help="load models only on first request")] = False,
