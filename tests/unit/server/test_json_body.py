@@ -92,3 +92,19 @@ def test_push_is_refused_with_ollamas_error_shape_not_a_404(client: TestClient) 
     r = client.post("/api/push", content=b'{"name": "me/model:latest", "stream": true}')  # legacy name, no type
     assert r.status_code == 400 and "me/model:latest" in r.json()["error"]
     assert client.post("/api/push", json={}).status_code == 400  # no model at all: still a 400
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/messages", {"model": "nope:latest", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}),
+    ("/v1/messages/count_tokens", {"model": "nope:latest", "messages": [{"role": "user", "content": "hi"}]}),
+    ("/v1/responses", {"model": "nope:latest", "input": "hi"}),
+    ("/tokenize", {"model": "nope:latest", "content": "hi"}),
+    ("/v1/rerank", {"model": "nope:latest", "query": "a", "documents": ["b"]}),
+    ("/api/embed", {"model": "nope:latest", "input": "hi"}),
+])
+def test_every_other_json_route_answers_a_form_typed_body_as_it_answers_json(
+        client: TestClient, path: str, body: dict[str, object]) -> None:
+    as_json = post(client, path, body, "application/json")
+    for content_type in CARELESS:
+        r = post(client, path, body, content_type)
+        assert (r.status_code, r.json()) == (as_json.status_code, as_json.json()), content_type
