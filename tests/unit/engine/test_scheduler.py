@@ -106,3 +106,25 @@ def test_a_reusable_prefix_still_beats_contiguity():
     s.add(seq([4, 5, 6, 8]))
     (adm,) = s.admit()
     assert adm.slot == 3 and adm.source == 3 and adm.n_reused == 3
+
+
+def test_siblings_wait_for_their_leaders_prompt_then_copy_its_cells_without_blocking_others():
+    s = Scheduler(n_slots=4, token_budget=64, max_queue=8, prefix_cache=False)
+    prompt = list(range(10, 30))
+    leader = seq(prompt)
+    siblings = [Sequence(prompt=list(prompt), params=SamplingParams(), max_context=4096, leader=leader)
+                for _ in range(2)]
+    other = seq([7, 8, 9])
+    for q in [leader, *siblings, other]:
+        s.add(q)
+    first = s.admit()
+    assert [a.seq for a in first] == [leader, other]  # the siblings are held, the later request is not
+    assert list(s.waiting) == siblings
+    assert s.admit() == []  # the leader is still reading its prompt
+    leader.n_past = len(prompt)
+    leader.tokens.append(99)
+    leader.status = SequenceStatus.DECODING
+    second = s.admit()
+    assert [a.seq for a in second] == siblings
+    assert all(a.source == leader.slot and a.n_reused == len(prompt) - 1 for a in second)
+    assert not s.waiting
