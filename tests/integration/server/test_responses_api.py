@@ -133,11 +133,11 @@ def test_tool_call_then_its_output_gets_an_answer(client: openai.OpenAI) -> None
     result = {"type": "function_call_output", "call_id": calls[0].call_id, "output": '{"temperature_c": 21}'}
     # Statefully, through previous_response_id ...
     answer = client.responses.create(model=MODEL, previous_response_id=called.id, input=[result],  # type: ignore
-                                     tools=[WEATHER], tool_choice="none", max_output_tokens=32, temperature=0)
+                                     tools=[WEATHER], tool_choice="none", max_output_tokens=16, temperature=0)
     assert answer.output[0].type == "message" and answer.output_text.strip()
     # ... and statelessly, every item sent back, as the Agents SDK does: the same prompt, the same answer.
     again = client.responses.create(model=MODEL, input=[*ask, calls[0].model_dump(), result], store=False,  # type: ignore
-                                    tools=[WEATHER], tool_choice="none", max_output_tokens=32, temperature=0)
+                                    tools=[WEATHER], tool_choice="none", max_output_tokens=16, temperature=0)
     assert again.output_text == answer.output_text
     assert again.usage and answer.usage and again.usage.input_tokens == answer.usage.input_tokens
 
