@@ -297,7 +297,16 @@ class Runtime:
     def planned_context(self, manifest: Manifest) -> int:
         """The context of one slot of a stored model: its loaded one, else the one it would load with."""
         loaded = self._loaded.get(manifest.name)
-        return loaded.context_length if loaded is not None else self.shape(manifest.facts).slot_ctx
+        return loaded.context_length if loaded is not None else self.load_shape(manifest).slot_ctx
+
+    def load_shape(self, manifest: Manifest) -> ContextShape:
+        """The shape a stored model is loaded with: in automatic mode its Modelfile's ``num_ctx``
+        (clamped to the trained length) when it has one, as Ollama loads it; else ``shape``."""
+        num_ctx = (manifest.parameters or {}).get("num_ctx")
+        if self.settings.ctx_size or not isinstance(num_ctx, int) or isinstance(num_ctx, bool) or num_ctx < 64:
+            return self.shape(manifest.facts)
+        trained = manifest.facts.context_length
+        return self.shape(manifest.facts, slot_ctx=min(num_ctx, trained) if trained else num_ctx)
 
     def load_sync(self, name: str, start_thread: bool = True, shape: ContextShape | None = None) -> LoadedModel:
         """Load a model in this thread (the CLI's `run` and the offline LLM use this)."""
@@ -308,7 +317,7 @@ class Runtime:
             key,
             manifest,
             path,
-            shape or self.shape(manifest.facts),
+            shape or self.load_shape(manifest),
             self.settings.max_queue,
             self.settings.prefix_cache,
             start_thread,
@@ -432,7 +441,7 @@ class Runtime:
         loaded = self._loaded.get(manifest.name)
         if loaded is not None:
             return self.memory_bytes(loaded)
-        return model_memory_bytes(manifest, self.shape(manifest.facts), self.store.home)
+        return model_memory_bytes(manifest, self.load_shape(manifest), self.store.home)
 
     def hold(self, name: str) -> ModelHold:
         """Claim a loaded model for one request (call right after get, with no await between)."""

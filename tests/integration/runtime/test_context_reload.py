@@ -70,3 +70,30 @@ async def _rest(first: object, stream: AsyncIterator[object]) -> AsyncIterator[o
     yield first
     async for e in stream:
         yield e
+
+
+async def test_a_modelfile_num_ctx_is_the_load_context_in_automatic_mode(model_home: Path, tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    from lokal.store.model_store import ModelStore
+
+    src, dst = ModelStore(model_home), ModelStore(tmp_path)
+    smol = src.get("smollm2:135m")
+    dst.blobs_dir.mkdir(parents=True)
+    try:
+        os.link(src.blob_path(smol.digest), dst.blob_path(smol.digest))
+    except OSError:
+        shutil.copyfile(src.blob_path(smol.digest), dst.blob_path(smol.digest))
+    dst.write_manifest(smol.model_copy(update={"name": "short:latest", "parameters": {"num_ctx": 2048}}))
+    dst.write_manifest(smol.model_copy(update={"name": "long:latest", "parameters": {"num_ctx": 100_000}}))
+    auto = Runtime(Settings(home=tmp_path, parallel=1))
+    fixed = Runtime(Settings(home=tmp_path, parallel=1, ctx_size=1024))
+    try:
+        assert auto.planned_context(dst.get("short")) == 2048
+        assert auto.planned_context(dst.get("long")) == 8192  # clamped to the trained length
+        assert (await auto.get("short")).context_length == 2048
+        assert fixed.planned_context(dst.get("short")) == 1024  # --ctx-size wins
+    finally:
+        await auto.close()
+        await fixed.close()
