@@ -116,7 +116,13 @@ class Embedder:
             if not token_lists:
                 return EmbedResult([], 0)
             self._ensure_context()
-            vectors = [self._run(tokens) for tokens in token_lists]
+            done: dict[tuple[int, ...], list[float]] = {}  # an input repeated in one request is computed once
+            vectors = []
+            for tokens in token_lists:
+                key = tuple(tokens)
+                if key not in done:
+                    done[key] = self._run(tokens)
+                vectors.append(list(done[key]))
         if normalize:
             vectors = [l2_normalize(v) for v in vectors]
         return EmbedResult(vectors, sum(len(t) for t in token_lists))
