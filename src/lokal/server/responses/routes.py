@@ -150,7 +150,8 @@ async def create_response(
     try:
         stream = await runtime.generate(GenerateRequest(
             model=req.model, messages=messages, options=_options(req), output=_text_format(fmt),
-            tools=ToolUse(tuple(tools if choice != "none" else ()), tuple(offered), forced), caller=caller(request),
+            tools=ToolUse(tuple(tools if choice != "none" else ()), tuple(offered), forced, req.parallel_tool_calls),
+            caller=caller(request),
         ))
     except LokalError as exc:
         if exc.param == "messages":  # the runtime's word for the conversation: this API's is input
@@ -160,12 +161,14 @@ async def create_response(
         "id": it.new_id("resp"), "object": "response", "created_at": int(time.time()), "status": "in_progress",
         "background": req.background, "error": None, "incomplete_details": None, "instructions": req.instructions,
         "max_output_tokens": req.max_output_tokens, "model": runtime.canonical_name(req.model), "output": [],
-        "parallel_tool_calls": req.parallel_tool_calls, "previous_response_id": req.previous_response_id,
+        "parallel_tool_calls": req.parallel_tool_calls is not False, "previous_response_id": req.previous_response_id,
         "reasoning": {"effort": None, "summary": None}, "store": req.store, "temperature": req.temperature,
         "text": {"format": fmt.echo()}, "tool_choice": _tool_choice_echo(req),
         "tools": [it.tool_echo(t) for t in tools],
         "top_p": req.top_p, "truncation": "disabled", "usage": None, "user": req.user, "metadata": req.metadata or {},
     }
+
+    parallel = req.parallel_tool_calls is not False
 
     async def save(final: dict[str, Any]) -> None:
         if req.store:
@@ -173,10 +176,10 @@ async def create_response(
 
     if req.background:
         await save(body)  # in_progress, at once: GET and cancel see it while it runs
-        _background(request, body["id"], _run_in_background(stream, body, req.parallel_tool_calls, save))
+        _background(request, body["id"], _run_in_background(stream, body, parallel, save))
         return Response(_json(body), media_type="application/json")
     if req.stream:
-        events = _events(stream, body, req.parallel_tool_calls, save)
+        events = _events(stream, body, parallel, save)
         return StreamingResponse(events, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     try:
@@ -186,7 +189,7 @@ async def create_response(
     except LokalError as exc:
         await save(_failed(body, exc))
         raise
-    _finish(body, done, it.output_items(done, it.new_id("msg"), it.new_id("rs"), req.parallel_tool_calls))
+    _finish(body, done, it.output_items(done, it.new_id("msg"), it.new_id("rs"), parallel))
     await save(body)
     return Response(_json(body), media_type="application/json")
 

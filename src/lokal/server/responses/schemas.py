@@ -123,7 +123,7 @@ class ResponseRequest(_Body):
     instructions: str | None = None
     tools: list[FunctionTool | OtherTool] | None = None
     tool_choice: Literal["none", "auto", "required"] | FunctionChoice | dict[str, Any] | None = None
-    parallel_tool_calls: bool = True
+    parallel_tool_calls: bool | None = None  # absent: the runtime's default (a forced answer is one call)
     text: TextConfig | None = None
     max_output_tokens: int | None = None
     temperature: float | None = None
