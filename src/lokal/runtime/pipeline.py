@@ -330,7 +330,7 @@ async def events(
                 if calls:
                     content, _ = parse_calls(answer, list(tools.callable))
                 context = tuple(prompt + loaded.plain_tokens(whole)) if req.return_context else None
-                record.prompt_tokens = d.usage.prompt_tokens
+                record.prompt_tokens = d.usage.prompt_tokens if index == 0 else 0  # n > 1: the prompt counts once
                 record.completion_tokens = d.usage.completion_tokens
                 record.outcome = d.finish_reason.value
                 yield emit(Finished(d.finish_reason, d.usage, d.timings, whole, content, calls, context,
@@ -343,11 +343,11 @@ async def events(
         await deltas.aclose()
         if not isinstance(last, Finished | Failed):  # the caller stopped reading
             record.duration_s = time.perf_counter() - record.arrived
-            record.prompt_tokens = record.prompt_tokens or len(prompt)
+            record.prompt_tokens = record.prompt_tokens or (len(prompt) if index == 0 else 0)
             record.outcome = FinishReason.CANCELLED.value
             publish(record, Finished(FinishReason.CANCELLED, Usage(len(prompt), record.completion_tokens),
                                      _partial_timings(record), "".join(parts), "".join(parts)))
-        elif record.prompt_tokens == 0:
+        elif record.prompt_tokens == 0 and index == 0:
             record.prompt_tokens = len(prompt)
         await finish()
 

@@ -150,8 +150,10 @@ class Runtime:
             await hold.release()
             raise
         holds = [hold, *(self.hold(loaded.name) for _ in submissions[1:])]  # one per choice's events
+        # n > 1: the prompt is read once, so only choice 0's record counts it (metrics, rate limits)
         records = [GenerationRecord(model=loaded.name, caller=req.caller, arrived=arrived,
-                                    prompt_tokens=len(prepared.prompt)) for _ in submissions]
+                                    prompt_tokens=len(prepared.prompt) if i == 0 else 0)
+                   for i in range(len(submissions))]
         queued = Queued(position=submissions[0].position, load_s=load_s,
                         dropped_messages=prepared.dropped_messages)
         timeout_s = self.settings.request_timeout if req.timeout_s is None else req.timeout_s

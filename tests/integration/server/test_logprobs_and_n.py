@@ -185,3 +185,18 @@ def test_a_client_that_goes_away_cancels_every_choice(server):
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(server.url + "/v1/chat/completions", json={**body, "stream": False}, timeout=2)
     assert _wait_idle(server) == 0
+
+
+def _counter(server, name: str) -> float:
+    for line in httpx.get(server.url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(f'{name}_total{{model="{MODEL}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_count_the_prompt_of_an_n_request_once_and_every_choices_tokens(client, server):
+    prompt_before = _counter(server, "lokal_prompt_tokens")
+    generated_before = _counter(server, "lokal_generation_tokens")
+    r = client.chat.completions.create(model=MODEL, messages=ASK, temperature=1.0, seed=5, max_tokens=6, n=3)
+    assert _counter(server, "lokal_prompt_tokens") - prompt_before == r.usage.prompt_tokens
+    assert _counter(server, "lokal_generation_tokens") - generated_before == r.usage.completion_tokens
