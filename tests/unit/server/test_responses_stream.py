@@ -93,3 +93,19 @@ def test_a_failed_generation_ends_with_response_failed_and_is_stored_failed() ->
     assert [e["type"] for e in sent][-1] == "response.failed"
     assert "error" not in [e["type"] for e in sent]  # a timeout is the server's doing, not the request's
     assert saved[0]["status"] == "failed" and saved[0]["error"]["message"] == "request timed out after 1 s"
+
+
+def test_every_item_the_events_opened_is_in_the_output_at_its_index() -> None:
+    """Streamed text the final answer lacks (whitespace before a call) and thinking that comes
+    after the answer started: the output lists items in the order the events gave them."""
+    call = ToolCall("get_weather", {"city": "Oslo"})
+    done = Finished(FinishReason.STOP, Usage(20, 9), TIMINGS, text="", content="", tool_calls=(call,),
+                    reasoning="late")
+    sent, saved = _run([Delta("\n"), Delta("", reasoning="late"), done])
+    added = [(e["output_index"], e["item"]["type"]) for e in sent if e["type"] == "response.output_item.added"]
+    output = saved[0]["output"]
+    assert [(i, o["type"]) for i, o in enumerate(output)] == added == [(0, "message"), (1, "reasoning"),
+                                                                          (2, "function_call")]
+    assert output[0]["content"][0]["text"] == "\n" and output[2]["name"] == "get_weather"
+    done_items = [e["item"]["id"] for e in sent if e["type"] == "response.output_item.done"]
+    assert sorted(done_items) == sorted(o["id"] for o in output)

@@ -141,6 +141,15 @@ def tool_echo(tool: Tool) -> dict[str, Any]:
             "parameters": tool.parameters, "strict": False}
 
 
+def text_item(kind: str, message_id: str, reasoning_id: str, text: str, status: str) -> dict[str, Any]:
+    """A ``reasoning`` or assistant ``message`` output item holding ``text``."""
+    if kind == "reasoning":
+        return {"type": "reasoning", "id": reasoning_id, "summary": [], "status": status,
+                "content": [{"type": "reasoning_text", "text": text}]}
+    return {"type": "message", "id": message_id, "status": status, "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]}
+
+
 def output_items(done: Finished, message_id: str, reasoning_id: str, parallel: bool) -> list[dict[str, Any]]:
     """A finished generation's output items: its reasoning (when the model thought), its message
     (unless it only called functions) and its function calls."""
@@ -148,11 +157,9 @@ def output_items(done: Finished, message_id: str, reasoning_id: str, parallel: b
     calls = list(done.tool_calls) if parallel else list(done.tool_calls[:1])
     items: list[dict[str, Any]] = []
     if done.reasoning:
-        items.append({"type": "reasoning", "id": reasoning_id, "summary": [], "status": status,
-                      "content": [{"type": "reasoning_text", "text": done.reasoning}]})
+        items.append(text_item("reasoning", message_id, reasoning_id, done.reasoning, status))
     if done.content or not calls:
-        items.append({"type": "message", "id": message_id, "status": status, "role": "assistant",
-                      "content": [{"type": "output_text", "text": done.content, "annotations": [], "logprobs": []}]})
+        items.append(text_item("message", message_id, reasoning_id, done.content, status))
     for call in calls:
         items.append({"type": "function_call", "id": new_id("fc"), "call_id": call.id, "name": call.name,
                       "arguments": call.arguments_json(), "status": "completed"})

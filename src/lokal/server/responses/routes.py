@@ -264,6 +264,7 @@ async def _events(
     message_id, reasoning_id = it.new_id("msg"), it.new_id("rs")
     opened: list[str] = []  # "reasoning", "message" or a call's id: the items whose events have started, in order
     closed: set[str] = set()  # a reasoning item is done once the answer starts
+    finals: dict[int, dict[str, Any]] = {}  # output index -> the item as done: the response's output, in event order
     text, thought = "", ""
 
     def event(kind: str, **fields: Any) -> bytes:
@@ -289,6 +290,7 @@ async def _events(
 
     def close_item(item: dict[str, Any]) -> list[bytes]:
         index = opened.index(item["type"])
+        finals[index] = item
         part = item["content"][0]
         if item["type"] == "reasoning":
             done = event("response.reasoning_text.done", item_id=item["id"], output_index=index, content_index=0,
@@ -325,9 +327,8 @@ async def _events(
                 if ev.text:
                     if "reasoning" in opened and "reasoning" not in closed:
                         closed.add("reasoning")
-                        for chunk in close_item({"type": "reasoning", "id": reasoning_id, "summary": [],
-                                                 "status": "completed",
-                                                 "content": [{"type": "reasoning_text", "text": thought}]}):
+                        for chunk in close_item(it.text_item("reasoning", message_id, reasoning_id, thought,
+                                                               "completed")):
                             yield chunk
                     if "message" not in opened:
                         for chunk in open_item("message"):
@@ -368,7 +369,15 @@ async def _events(
                     yield event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
                                 name=item["name"], arguments=item["arguments"])
                     yield event("response.output_item.done", output_index=index, item=item)
-                _finish(body, ev, output)
+                    finals[index] = item
+                # An item the deltas opened that the final answer lacks (text that turned out to be a
+                # call's whitespace) is closed as it was streamed, so every index in the events is in the output.
+                status = "incomplete" if ev.reason.value == "length" else "completed"
+                for kind, streamed in (("reasoning", thought), ("message", text)):
+                    if kind in opened and opened.index(kind) not in finals:
+                        for chunk in close_item(it.text_item(kind, message_id, reasoning_id, streamed, status)):
+                            yield chunk
+                _finish(body, ev, [finals[i] for i in sorted(finals)])
                 await save(body)
                 kind = {"completed": "response.completed", "incomplete": "response.incomplete"}.get(
                     body["status"], "response.failed")
