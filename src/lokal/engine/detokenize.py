@@ -13,22 +13,23 @@ class StopMatcher:
         self.stops = stops
         self._pending = ""
 
-    def feed(self, text: str) -> tuple[str, bool]:
-        """Add text; return (text safe to emit, whether a stop string was hit)."""
+    def feed(self, text: str) -> tuple[str, str | None]:
+        """Add text; return (text safe to emit, the stop string hit or None). Of two stop strings
+        in the text, the one that starts first is hit (the longer one where both start there)."""
         if not self.stops:
-            return text, False
+            return text, None
         buf = self._pending + text
-        hit = -1
+        hit, matched = -1, None
         for stop in self.stops:
             at = buf.find(stop)
-            if at != -1 and (hit == -1 or at < hit):
-                hit = at
-        if hit != -1:
+            if at != -1 and (hit == -1 or at < hit or (at == hit and len(stop) > len(matched or ""))):
+                hit, matched = at, stop
+        if matched is not None:
             self._pending = ""
-            return buf[:hit], True
+            return buf[:hit], matched
         keep = self._held_suffix(buf)
         self._pending = buf[len(buf) - keep :] if keep else ""
-        return buf[: len(buf) - keep], False
+        return buf[: len(buf) - keep], None
 
     def flush(self) -> str:
         """Release held-back text when generation ends without a stop string."""
@@ -53,12 +54,12 @@ class Detokenizer:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stops = StopMatcher(stops)
 
-    def feed(self, piece: bytes) -> tuple[str, bool]:
-        """Add one token's bytes; return (new text to emit, stop string hit)."""
+    def feed(self, piece: bytes) -> tuple[str, str | None]:
+        """Add one token's bytes; return (new text to emit, the stop string hit or None)."""
         return self._stops.feed(self._decoder.decode(piece))
 
     def flush(self) -> str:
         """End of generation: emit whatever is held back (an incomplete UTF-8 tail becomes U+FFFD)."""
         tail = self._decoder.decode(b"", final=True)
         text, hit = self._stops.feed(tail)
-        return text if hit else text + self._stops.flush()
+        return text if hit is not None else text + self._stops.flush()

@@ -258,8 +258,8 @@ class Engine:
         seq.n_generated += 1
         self.n_generated += 1
         text, stopped = seq.detokenizer.feed(self.model.piece(token))
-        if stopped:
-            self._finish(seq, FinishReason.STOP, out, text=text, flush=False)
+        if stopped is not None:
+            self._finish(seq, FinishReason.STOP, out, text=text, flush=False, stop=stopped)
         elif seq.params.max_tokens is not None and seq.n_generated >= seq.params.max_tokens:
             self._finish(seq, FinishReason.LENGTH, out, text=text)
         elif len(seq.tokens) >= seq.max_context:
@@ -275,6 +275,7 @@ class Engine:
         text: str = "",
         flush: bool = True,
         error: str | None = None,
+        stop: str | None = None,
     ) -> None:
         if seq.is_finished:
             return
@@ -292,7 +293,7 @@ class Engine:
             if not self.scheduler.prefix_cache or not keep:
                 self.model.forget(seq.slot, 0)
         out.append((seq, Delta(text=text, finish_reason=reason, usage=seq.usage(), timings=seq.timings(),
-                               error=error, logprobs=seq.take_logprobs())))
+                               error=error, logprobs=seq.take_logprobs(), stop=stop)))
 
     def _record_step(self, now: float, n_tokens: int) -> None:
         steps = self._recent_steps

@@ -68,6 +68,7 @@ class Delta:
     usage: Usage | None = None
     timings: Timings | None = None
     error: str | None = None
+    stop: str | None = None  # the stop string that ended the sequence, if one did
     started: bool = False  # the sequence has just taken a slot (no text, no token)
     logprobs: tuple[TokenLogprob, ...] = ()
 

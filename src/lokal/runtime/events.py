@@ -33,6 +33,7 @@ class Queued:
     position: int
     load_s: float  # time spent waiting for the model to load
     dropped_messages: int = 0  # oldest chat messages left out to fit the context (GenerateRequest.truncate)
+    prompt_tokens: int = 0  # the prompt as the model reads it (cached tokens included)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class Finished:
     tool_calls: tuple[ToolCall, ...] = ()
     context: tuple[int, ...] | None = None  # prompt + answer tokens, when the request asked for them
     reasoning: str = ""  # the model's thinking, split from ``content`` (empty when it does not think)
+    stop_sequence: str | None = None  # the request's stop string that ended it, if one did
     logprobs: tuple[TokenLogprob, ...] = ()  # every generated token's, when the request asked for them
     index: int = 0  # the choice, when the request asked for n > 1 (one Finished per choice)
 

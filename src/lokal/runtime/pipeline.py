@@ -334,7 +334,7 @@ async def events(
                 record.completion_tokens = d.usage.completion_tokens
                 record.outcome = d.finish_reason.value
                 yield emit(Finished(d.finish_reason, d.usage, d.timings, whole, content, calls, context,
-                                    reasoning=reasoning))
+                                    reasoning=reasoning, stop_sequence=d.stop))
                 return
     except RequestTimedOut as exc:
         record.outcome = "timeout"

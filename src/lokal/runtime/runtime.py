@@ -155,7 +155,7 @@ class Runtime:
                                     prompt_tokens=len(prepared.prompt) if i == 0 else 0)
                    for i in range(len(submissions))]
         queued = Queued(position=submissions[0].position, load_s=load_s,
-                        dropped_messages=prepared.dropped_messages)
+                        dropped_messages=prepared.dropped_messages, prompt_tokens=len(prepared.prompt))
         timeout_s = self.settings.request_timeout if req.timeout_s is None else req.timeout_s
         choices = [events(loaded, req, prepared.prompt, sub.deltas, record, timeout_s, self._publish, h.release,
                           prepared.think_open, index=i)

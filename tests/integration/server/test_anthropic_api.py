@@ -295,15 +295,17 @@ def test_the_sdk_raises_its_own_errors(client: anthropic.Anthropic, server: Live
 
 def test_a_failure_mid_stream_is_an_error_event_in_anthropics_shape() -> None:
     async def failing() -> AsyncGenerator[Event, None]:
-        yield Queued(position=0, load_s=0.0)
+        yield Queued(position=0, load_s=0.0, prompt_tokens=7)
         yield Failed(GenerationFailed("generation failed: the engine stopped"))
 
     async def read() -> list[bytes]:
-        return [chunk async for chunk in _events(None, failing(), {"id": "msg_1", "model": MODEL}, None)]  # type: ignore[arg-type]
+        return [chunk async for chunk in _events(failing(), {"id": "msg_1", "model": MODEL})]
 
     chunks = asyncio.run(read())
     names = [c.decode().split("\n")[0] for c in chunks]
     assert names == ["event: message_start", "event: ping", "event: error"]
+    start = json.loads(chunks[0].decode().split("\n")[1].removeprefix("data: "))
+    assert start["message"]["usage"]["input_tokens"] == 7
     error = json.loads(chunks[-1].decode().split("\n")[1].removeprefix("data: "))
     assert error == {"type": "error",
                      "error": {"type": "api_error", "message": "generation failed: the engine stopped"}}

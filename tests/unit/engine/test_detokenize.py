@@ -69,5 +69,14 @@ def test_stop_string_with_multibyte_characters_split_across_tokens():
 
 def test_stop_matcher_without_stops_passes_everything_through():
     m = StopMatcher(())
-    assert m.feed("abc") == ("abc", False)
+    assert m.feed("abc") == ("abc", None)
     assert m.flush() == ""
+
+
+def test_the_stop_string_hit_is_named() -> None:
+    # The one that starts first wins; of two starting at the same place, the longer one.
+    det = Detokenizer(stops=("world", "lo w"))
+    assert det.feed(b"hello world") == ("hel", "lo w")
+    det = Detokenizer(stops=("ab", "abc"))
+    assert det.feed(b"xx") == ("xx", None)
+    assert det.feed(b"abcd") == ("", "abc")

@@ -21,7 +21,7 @@ from fastapi.responses import StreamingResponse
 from lokal.engine.sequence import FinishReason, Usage
 from lokal.options import BY_NAME, OptionError, check
 from lokal.runtime.errors import InvalidRequest
-from lokal.runtime.events import Delta, Event, Failed, Finished
+from lokal.runtime.events import Delta, Event, Failed, Finished, Queued
 from lokal.runtime.pipeline import prepare
 from lokal.runtime.request import GenerateRequest, JsonOutput, ToolUse
 from lokal.runtime.runtime import Runtime
@@ -183,26 +183,15 @@ def tool_use_id(call: ToolCall) -> str:
     return "toolu_" + call.id.removeprefix("call_")
 
 
-async def stop_reason(runtime: Runtime, model: str, done: Finished, stops: list[str] | None
-                      ) -> tuple[str, str | None]:
-    """(stop_reason, stop_sequence). The engine cuts a stop sequence out of the text without saying
-    which one ended it (or whether the end-of-turn token did): a stop sequence ended it when the
-    generated tokens are more than the text's own (the last one held the sequence). Which one is
-    told when only one fits."""
+def stop_reason(done: Finished) -> tuple[str, str | None]:
+    """(stop_reason, stop_sequence): which of the request's stop sequences ended it, as the engine saw."""
     if done.tool_calls:
         return "tool_use", None
     if done.reason is FinishReason.LENGTH:
         return "max_tokens", None
-    if not stops or done.reason is not FinishReason.STOP:
-        return "end_turn", None
-    spelled = len(await runtime.tokenize(model, done.text, special=False)) if done.text else 0
-    if done.usage.completion_tokens <= spelled:
-        return "end_turn", None
-    if len(stops) == 1:
-        return "stop_sequence", stops[0]
-    fits = [s for s in stops if len(await runtime.tokenize(model, done.text + s, special=False))
-            == done.usage.completion_tokens]
-    return "stop_sequence", fits[0] if len(fits) == 1 else None
+    if done.stop_sequence is not None:
+        return "stop_sequence", done.stop_sequence
+    return "end_turn", None
 
 
 def message_id() -> str:
@@ -218,14 +207,10 @@ async def create_message(
     stream = await runtime.generate(generate_request(req, request))
     head = {"id": message_id(), "model": runtime.canonical_name(req.model)}
     if req.stream:
-        return StreamingResponse(_events(runtime, stream, head, req.stop_sequences), media_type="text/event-stream",
+        return StreamingResponse(_events(stream, head), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    hold = runtime.hold(head["model"])  # loaded (the stream holds it): kept for stop_reason's tokenizer
-    try:
-        done = await collect(stream, request)
-        reason, sequence = await stop_reason(runtime, head["model"], done, req.stop_sequences)
-    finally:
-        await hold.release()
+    done = await collect(stream, request)
+    reason, sequence = stop_reason(done)
     content: list[ThinkingOut | TextOut | ToolUseOut] = []
     if done.reasoning:
         content.append(ThinkingOut(thinking=done.reasoning))
@@ -288,13 +273,14 @@ _EMPTY: dict[str, dict[str, Any]] = {"text": {"type": "text", "text": ""},
                                      "thinking": {"type": "thinking", "thinking": "", "signature": ""}}
 
 
-async def _events(runtime: Runtime, stream: AsyncGenerator[Event, None], head: dict[str, str],
-                  stops: list[str] | None) -> AsyncIterator[bytes]:
+async def _events(stream: AsyncGenerator[Event, None], head: dict[str, str]) -> AsyncIterator[bytes]:
     """message_start, ping, the content blocks' start / delta / stop, message_delta, message_stop;
     a failure after the start is an ``error`` event. A ping goes out every PING_EVERY_S while the
     request waits for its slot or its prompt is read."""
+    first = await anext(stream)  # Queued: the prompt's length, for message_start's usage
+    prompt = first.prompt_tokens if isinstance(first, Queued) else 0
     message: dict[str, Any] = {**head, "type": "message", "role": "assistant", "content": [], "stop_reason": None,
-               "stop_sequence": None, "usage": UsageOut(input_tokens=0, output_tokens=0).model_dump()}
+               "stop_sequence": None, "usage": UsageOut(input_tokens=prompt, output_tokens=0).model_dump()}
     yield sse("message_start", {"message": message})
     yield sse("ping", {})
     blocks = _Blocks()
@@ -335,8 +321,7 @@ async def _events(runtime: Runtime, stream: AsyncGenerator[Event, None], head: d
                                                           "delta": {"type": "input_json_delta", "partial_json": piece}})
                 for chunk in blocks.stop():
                     yield chunk
-                # the stream is still open, so the model is still held for the tokenizer
-                reason, sequence = await stop_reason(runtime, head["model"], event, stops)
+                reason, sequence = stop_reason(event)
                 yield sse("message_delta", {"delta": {"stop_reason": reason, "stop_sequence": sequence},
                                             "usage": usage_out(event.usage).model_dump()})
                 yield sse("message_stop", {})
