@@ -10,12 +10,19 @@ pydantic's ``model_json_schema()`` emits for two models, one with ``Field(ge=0)`
   pays when the pick is allowed (most steps of a model that follows the format).
 - ``llguidance``: llguidance 1.9 compiling the same schema itself and filling a full token
   bitmask (``LLMatcher``, one stream at a time, and ``LLExecutor`` for all 8 at once).
+- ``llguidance gbnf``: llguidance on lokal's own GBNF (through its ``gbnf_to_lark``), the same
+  grammar llama.cpp runs: what swapping only the mask engine would cost.
+
+``--engine`` runs 8 constrained streams of smollm2 itself through lokal's engine (real logits,
+temperature 0.7) and reports how often the chain's pick is refused and the time spent in
+``SamplerChain.sample_constrained`` per token (the chain's own sampling included).
 
 Each stream samples uniformly among allowed tokens (random logits, the mask on every step: the
 worst case for the lazy check), so every engine walks states of the same kind. The table gives
 the median over reps of the mask time per generated token.
 
     python benchmarks/grammar_mask.py --model smollm2:135m --streams 8 --reps 3
+    python benchmarks/grammar_mask.py --model smollm2:135m --engine
 """
 
 from __future__ import annotations
@@ -99,14 +106,21 @@ def llama_cpp_run(model: LlamaModel, grammar: str, streams: int, max_tokens: int
 
 
 def llguidance_run(model: LlamaModel, schema: dict, streams: int, max_tokens: int, seed: int,
-                   batched: bool) -> tuple[float, int]:
+                   batched: bool, gbnf: str | None = None) -> tuple[float, int]:
     import llguidance
     import llguidance.numpy as lln
+    from llguidance.gbnf_to_lark import gbnf_to_lark
     from llguidance.llamacpp import lltokenizer_from_vocab
 
     tok = _lltokenizer(model, lltokenizer_from_vocab)
-    grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema), defaults={"whitespace_flexible": True})
+    if gbnf is not None:
+        grammar = llguidance.LLMatcher.grammar_from_lark(gbnf_to_lark(gbnf))
+    else:
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema),
+                                                                defaults={"whitespace_flexible": True})
     matchers = [llguidance.LLMatcher(tok, grammar, log_level=0) for _ in range(streams)]
+    if matchers[0].is_error():
+        raise RuntimeError(matchers[0].get_error())
     executor = llguidance.LLExecutor()
     rng = np.random.default_rng(seed)
     mask = lln.allocate_token_bitmask(streams, model.n_vocab)
@@ -141,14 +155,63 @@ def _lltokenizer(model: LlamaModel, make: Callable[..., object]) -> object:
     return _TOKENIZERS[id(model)]
 
 
+def engine_run(path: Path, streams: int) -> None:
+    """Real constrained streams through lokal's engine, with the sampler's grammar step timed."""
+    import lokal.engine.llama_model as llama_model
+    from lokal.engine.engine import Engine
+    from lokal.engine.sampling import SamplingParams
+
+    stats = {"tokens": 0, "refused": 0, "seconds": 0.0}
+    sample, pick = llama_model.SamplerChain.sample_constrained, llama_model.SamplerChain._pick
+
+    def timed_sample(self: llama_model.SamplerChain, logits: ctypes._Pointer) -> int:  # type: ignore[type-arg]
+        t0 = time.perf_counter()
+        token = sample(self, logits)
+        stats["seconds"] += time.perf_counter() - t0
+        stats["tokens"] += 1
+        return token
+
+    def counted_pick(self: llama_model.SamplerChain, logits: ctypes._Pointer, *args: object,  # type: ignore[type-arg]
+                     **kwargs: object) -> int:
+        mask = (args or tuple(kwargs.values()))[0]  # a mask, or (lokal before llguidance) with_grammar
+        stats["refused"] += mask is not None and mask is not False
+        return pick(self, logits, *args, **kwargs)  # type: ignore[arg-type]
+
+    llama_model.SamplerChain.sample_constrained = timed_sample  # type: ignore[method-assign]
+    llama_model.SamplerChain._pick = counted_pick  # type: ignore[method-assign]
+    model = LlamaModel(path, ContextShape(slot_ctx=512, n_slots=streams, n_batch=512, n_threads=2))
+    engine = Engine(model, prefix_cache=False)
+    print(f"\n{path.name}, lokal's engine, {streams} streams\n")
+    print("| schema | tokens | refused picks | sample_constrained ms/token | wall ms/token |\n|---|---|---|---|---|")
+    for name, schema in SCHEMAS.items():
+        grammar = schema_grammar(schema)
+        stats.update(tokens=0, refused=0, seconds=0.0)
+        started = time.perf_counter()
+        for i in range(streams):
+            prompt = model.tokenize(f"<|im_start|>user\nDescribe example {i} as JSON with the fields of "
+                                    f"{json.dumps(schema)[:300]}<|im_end|>\n<|im_start|>assistant\n", True, True)
+            engine.add(prompt, SamplingParams(grammar=grammar, temperature=0.7, seed=i, max_tokens=120))
+        while engine.has_work():
+            engine.step()
+        wall = time.perf_counter() - started
+        n = max(stats["tokens"], 1)
+        print(f"| {name} | {stats['tokens']} | {stats['refused'] / n:.1%} | {stats['seconds'] / n * 1000:.2f} | "
+              f"{wall / n * 1000:.1f} |")
+    model.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2:135m")
     ap.add_argument("--streams", type=int, default=8)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=80)
+    ap.add_argument("--engine", action="store_true", help="real streams through lokal's engine instead")
     args = ap.parse_args()
     store = ModelStore(Path(Settings().home))
+    if args.engine:
+        engine_run(store.gguf_path(args.model), args.streams)
+        return
     model = LlamaModel(store.gguf_path(args.model), ContextShape(slot_ctx=64, n_slots=1, n_batch=64, n_threads=1))
     rows = []
     for name, schema in SCHEMAS.items():
@@ -161,6 +224,8 @@ def main() -> None:
             "llguidance": lambda seed, s=schema: llguidance_run(model, s, args.streams, args.max_tokens, seed, False),
             "llguidance par": lambda seed, s=schema: llguidance_run(model, s, args.streams, args.max_tokens, seed,
                                                                     True),
+            "llguidance gbnf": lambda seed, s=schema, g=grammar: llguidance_run(model, s, args.streams,
+                                                                                args.max_tokens, seed, False, g),
         }
         for engine, run in candidates.items():
             per_token = []

@@ -12,6 +12,7 @@ request gets a ``SchemaError`` naming the feature instead of an answer that does
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import jsonschema
@@ -225,15 +226,31 @@ class _Converter(SchemaConverter):
     def __init__(self) -> None:
         super().__init__(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)  # type: ignore[no-untyped-call]
 
+    def _add_rule(self, name: str, rule: str) -> str:
+        """The port's, with names unique regardless of case: llguidance's GBNF reader upper-cases
+        some rules, so ``Color`` (a $defs entry) and ``color`` (a property) would collide."""
+        base = re.sub(r"[^a-zA-Z0-9-]+", "-", name)
+        rules: dict[str, str] = self._rules
+        lower = {k.lower(): k for k in rules}
+
+        def free(key: str) -> bool:
+            return key.lower() not in lower or rules.get(key) == rule
+
+        key, i = base, 0
+        while not free(key):
+            key, i = f"{base}{i}", i + 1
+        rules[key] = rule
+        return key
+
     def visit(self, schema: dict[str, Any], name: str) -> str:
         rule_name = name + "-" if name in RESERVED_NAMES else name or "root"
         t = schema.get("type")
         if t in ("integer", "number") and any(k in schema for k in _BOUNDS):
             rule = number_rule(*_bounds(schema), integer=t == "integer")
-            return self._add_rule(rule_name, f"({rule}) space")  # type: ignore[no-untyped-call,no-any-return]
+            return self._add_rule(rule_name, f"({rule}) space")
         fmt = schema.get("format")
         if t in (None, "string") and fmt in _FORMAT_RULES and "pattern" not in schema:
-            return self._add_rule(rule_name, f'"\\"" ({_FORMAT_RULES[fmt]}) "\\"" space')  # type: ignore[no-untyped-call,no-any-return]
+            return self._add_rule(rule_name, f'"\\"" ({_FORMAT_RULES[fmt]}) "\\"" space')
         if schema.get("uniqueItems") is True:
             return self._unique_items(schema, rule_name)
         return super().visit(schema, name)  # type: ignore[no-untyped-call,no-any-return]
@@ -249,6 +266,7 @@ class _Converter(SchemaConverter):
         def feasible(i: int, c: int) -> bool:
             return bool(c <= high and c + (k - i) >= low)
 
+        names: dict[tuple[int, int], str] = {}
         for i in range(k, -1, -1):
             for c in range(min(i, high), -1, -1):
                 if not feasible(i, c):
@@ -256,11 +274,11 @@ class _Converter(SchemaConverter):
                 alts = ['""'] if c >= low else []
                 if i < k and feasible(i + 1, c + 1):
                     sep = '"," space ' if c else ""
-                    alts.append(f"{sep}{literals[i]} space {rule_name}-u{i + 1}-{c + 1}")
+                    alts.append(f"{sep}{literals[i]} space {names[i + 1, c + 1]}")
                 if i < k and feasible(i + 1, c):
-                    alts.append(f"{rule_name}-u{i + 1}-{c}")
-                self._add_rule(f"{rule_name}-u{i}-{c}", " | ".join(alts))  # type: ignore[no-untyped-call]
-        return self._add_rule(rule_name, f'"[" space {rule_name}-u0-0 "]" space')  # type: ignore[no-untyped-call,no-any-return]
+                    alts.append(names[i + 1, c])
+                names[i, c] = self._add_rule(f"{rule_name}-u{i}-{c}", " | ".join(alts))
+        return self._add_rule(rule_name, f'"[" space {names[0, 0]} "]" space')
 
 
 def _bounds(schema: dict[str, Any]) -> tuple[Bound | None, Bound | None]:

@@ -12,10 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp as C
+import llguidance
 import numpy as np
 
+from lokal.engine.gbnf import check_gbnf
 from lokal.engine.sampling import SamplingParams
 from lokal.engine.sequence import TokenLogprob
+from lokal.engine.token_mask import GrammarError, TokenMask
+from lokal.engine.token_mask import check_grammar as check_compiled_grammar
+
+__all__ = ["GrammarError"]  # re-exported: raised by check_grammar
 
 _backend_lock = threading.Lock()
 _backend_ready = False
@@ -58,10 +64,6 @@ def system_info() -> str:
     """llama.cpp's build and CPU feature line (SIMD flags, LLAMAFILE, threads support)."""
     raw = C.llama_print_system_info()
     return raw.decode("utf-8", "replace") if raw else ""
-
-
-class GrammarError(ValueError):
-    """llama.cpp could not compile a grammar (it logs the parse error and returns NULL)."""
 
 
 class ModelLoadError(RuntimeError):
@@ -123,6 +125,8 @@ class LlamaModel:
         self._mem = C.llama_get_memory(ctx)
         self._batch = C.llama_batch_init(shape.n_batch, 0, 1)
         self._max_token_bytes = 0
+        self._lltokenizer: llguidance.LLTokenizer | None = None  # built on the first grammar
+        self._lltokenizer_lock = threading.Lock()
         self._pieces: dict[int, bytes] = {}
         self._texts: dict[int, bytes] = {}
         self.add_bos = bool(C.llama_vocab_get_add_bos(self._vocab))
@@ -287,8 +291,35 @@ class LlamaModel:
         return ptr  # type: ignore[no-any-return]
 
     def check_grammar(self, grammar: str) -> None:
-        """Compile and drop a grammar, so a bad one is refused before its request is queued."""
-        C.llama_sampler_free(self.grammar_sampler(grammar))
+        """Check and compile a grammar, so a bad one is refused (GbnfError or GrammarError, both
+        ValueErrors) before its request is queued. The first grammar of a model also builds the
+        vocabulary llguidance masks (about a second per 50k tokens), here rather than on the
+        engine thread."""
+        check_gbnf(grammar)
+        check_compiled_grammar(self.grammar_tokenizer(), grammar)
+
+    def grammar_mask(self, grammar: str) -> TokenMask:
+        """A sequence's grammar state (``check_grammar`` first)."""
+        return TokenMask(self.grammar_tokenizer(), self.n_vocab, grammar)
+
+    def grammar_tokenizer(self) -> llguidance.LLTokenizer:
+        """The vocabulary as llguidance reads it: every token's bytes (control tokens marked, as
+        llguidance's own llama.cpp adapter marks them) and every end-of-generation token as EOS."""
+        with self._lltokenizer_lock:
+            if self._lltokenizer is None:
+                tokens = []
+                for t in range(self.n_vocab):
+                    piece = self._piece(t, special=True)
+                    attr = C.llama_vocab_get_attr(self._vocab, t)
+                    if attr & C.LLAMA_TOKEN_ATTR_CONTROL or (attr & C.LLAMA_TOKEN_ATTR_USER_DEFINED
+                                                             and piece.startswith(b"<") and piece.endswith(b">")):
+                        piece = b"\xff" + piece
+                    tokens.append(piece)
+                eog = [t for t in range(self.n_vocab) if self.is_eog(t)] or [int(C.llama_vocab_eos(self._vocab))]
+                tokenize = ctypes.cast(C.llama_cpp._lib.llama_tokenize, ctypes.c_void_p).value
+                self._lltokenizer = llguidance.LLTokenizer.from_llamacpp(  # type: ignore[attr-defined]
+                    tokens=tokens, vocab_ptr=self._vocab, tokenize_fptr=tokenize, eos_token=eog, slices=None)
+            return self._lltokenizer
 
     def new_sampler(self, params: SamplingParams, recent: list[int]) -> SamplerChain:
         return SamplerChain(self, params, recent)
@@ -308,10 +339,10 @@ class LlamaModel:
 
 class SamplerChain:
     """llama.cpp's native sampler chain for one request: bias, penalties, top-k/p, min-p,
-    temperature, then dist or greedy; plus, for structured output, a grammar sampler kept beside
-    the chain and applied as llama.cpp's common sampler does: sample, check the one token against
-    the grammar, and only if it is refused mask the whole vocabulary and sample again (masking
-    every step costs tens of ms per token on a 50k-262k vocabulary)."""
+    temperature, then dist or greedy; plus, for structured output, a grammar (llguidance's
+    ``TokenMask``) kept beside the chain and applied as llama.cpp's common sampler does: sample,
+    check the one token against the grammar, and only if it is refused mask the whole vocabulary
+    and sample again."""
 
     def __init__(self, model: LlamaModel, params: SamplingParams, recent: list[int]) -> None:
         chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
@@ -335,7 +366,7 @@ class SamplerChain:
             for tok in recent:
                 C.llama_sampler_accept(penalties, tok)
             add(chain, penalties)
-        self.grammar = model.grammar_sampler(p.grammar) if p.grammar is not None else None
+        self.grammar = model.grammar_mask(p.grammar) if p.grammar is not None else None
         self._candidates = np.zeros(0, dtype=_TOKEN_DATA)
         self.n_vocab = model.n_vocab
         # Greedy without a grammar is picked in numpy (LlamaModel.sample): the same float32
@@ -385,34 +416,34 @@ class SamplerChain:
 
     def sample_constrained(self, logits: ctypes._Pointer) -> int:  # type: ignore[type-arg]
         """One token the grammar allows, from this row's logits; both samplers accept it."""
-        token = self._pick(logits, with_grammar=False)
-        one = np.array([(token, 0.0, 0.0)], dtype=_TOKEN_DATA)
-        C.llama_sampler_apply(self.grammar, ctypes.byref(_token_array(one)))
-        if not np.isfinite(one["logit"][0]):  # refused: mask everything the grammar forbids, then pick
-            token = self._pick(logits, with_grammar=True)
-        C.llama_sampler_accept(self.grammar, token)
+        assert self.grammar is not None
+        token = self._pick(logits, None)
+        if not self.grammar.consume(token):  # refused: mask everything the grammar forbids, then pick
+            token = self._pick(logits, self.grammar.allowed())
+            if not self.grammar.consume(token):
+                raise RuntimeError("the grammar refused the token its own mask allowed")
         C.llama_sampler_accept(self.ptr, token)
         return token
 
-    def _pick(self, logits: ctypes._Pointer, with_grammar: bool) -> int:  # type: ignore[type-arg]
+    def _pick(self, logits: ctypes._Pointer, allowed: np.ndarray | None) -> int:  # type: ignore[type-arg]
         if len(self._candidates) != self.n_vocab:
             self._candidates = np.zeros(self.n_vocab, dtype=_TOKEN_DATA)
         cand = self._candidates
         cand["id"] = np.arange(self.n_vocab, dtype=np.int32)
         cand["logit"] = np.ctypeslib.as_array(logits, shape=(self.n_vocab,))
         cand["p"] = 0.0
+        if allowed is not None:
+            if not allowed.any():
+                raise RuntimeError("the grammar allows no token")
+            cand["logit"][~allowed] = -np.inf
         arr = _token_array(cand)
-        if with_grammar:
-            C.llama_sampler_apply(self.grammar, ctypes.byref(arr))
         C.llama_sampler_apply(self.ptr, ctypes.byref(arr))
         if not 0 <= arr.selected < arr.size:
             raise RuntimeError("the sampler chain selected no token")
         return int(arr.data[arr.selected].id)
 
     def free(self) -> None:
-        if self.grammar:
-            C.llama_sampler_free(self.grammar)
-            self.grammar = None
+        self.grammar = None
         if self.ptr:
             C.llama_sampler_free(self.ptr)
             self.ptr = None

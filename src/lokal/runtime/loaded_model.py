@@ -65,6 +65,8 @@ class LoadedModel:
         """The sampler's settings for options already merged by ``options()`` (None: the model's
         defaults), lokal's under those. Raises pydantic's ValidationError for a value out of range."""
         fields = {k: v for k, v in (self.defaults if merged is None else merged).items() if k in SAMPLING_NAMES}
+        if grammar is not None:  # built once per model (seconds for a 262k vocabulary): here, off the event loop
+            self.model.grammar_tokenizer()
         return SamplingParams(**fields, grammar=grammar)
 
     def with_system(self, messages: list[dict[str, Any]], turns: bool = True) -> list[dict[str, Any]]:

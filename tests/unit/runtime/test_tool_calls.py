@@ -38,12 +38,13 @@ def test_tools_are_parsed_and_checked() -> None:
         parse_tools([{"type": "function", "function": {"name": "has space"}}])
 
 
-def test_a_tool_with_an_unsupported_schema_feature_is_refused_by_name() -> None:
+def test_a_tool_with_an_unsupported_schema_feature_is_refused_by_name_when_a_call_is_forced() -> None:
     bad = {"type": "function", "function": {"name": "f", "parameters": {
-        "type": "object", "properties": {"n": {"type": "integer", "maximum": 3}}}}}
+        "type": "object", "properties": {"n": {"type": "integer", "multipleOf": 3}}}}}
+    tools = parse_tools([bad])  # tool_choice auto: no grammar, nothing to refuse
     with pytest.raises(InvalidRequest) as info:
-        parse_tools([bad])
-    assert "maximum" in str(info.value.message)
+        call_grammar(tools)
+    assert "multipleOf" in str(info.value.message)
 
 
 def test_tool_choice_variants() -> None:
