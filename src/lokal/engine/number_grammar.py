@@ -3,8 +3,9 @@
 A number is written without an exponent, as ``-?(0|[1-9][0-9]*)(\\.[0-9]+)?``, and split into its
 sign, integer part and fraction; each part is bounded digit by digit, as llama.cpp's converter
 bounds integers (``_generate_min_max_int``), extended to fractions. The grammar only has to
-produce valid numbers, not every valid spelling: no exponents, no ``-0``, and at most
-``FRACTION_DIGITS`` digits after the point (enough for a double to keep a strict bound strict)."""
+produce valid numbers, not every valid spelling: no exponents, no ``-0``, at most
+``FRACTION_DIGITS`` digits after the point (enough for a double to keep a strict bound strict)
+and, without an upper bound, at most ``MAX_DIGITS`` before it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from decimal import Decimal, InvalidOperation
 
 FRACTION_DIGITS = 12
 MAX_BOUND_DIGITS = 40  # digits of a bound's integer part: the grammar grows with them
+MAX_DIGITS = 16  # an integer part with no upper bound: at most this many digits, as llama.cpp's converter
 
 
 class RangeError(ValueError):
@@ -197,8 +199,9 @@ def _int_alternatives(lo: int, hi: int | None) -> str:
         b = min(hi, 10**n - 1) if hi is not None else 10**n - 1
         if a <= b:
             alts.append(_same_length(str(a), str(b)))
-    if hi is None:
-        alts.append(f"[1-9] [0-9]{{{n_lo}}} [0-9]*")
+    if hi is None:  # longer numbers, up to MAX_DIGITS (a model left free writes digits forever)
+        more = max(MAX_DIGITS - n_lo - 1, 0)
+        alts.append(f"[1-9] [0-9]{{{n_lo}}}" + (f" [0-9]{{0,{more}}}" if more else ""))
     return _alt(alts)
 
 

@@ -47,7 +47,7 @@ def test_run_warns_on_stderr_when_the_token_limit_cuts_the_json(model_home: Path
 
 def test_run_refuses_a_schema_it_cannot_enforce_in_one_line(model_home: Path, tmp_path: Path) -> None:
     schema = tmp_path / "bounded.json"
-    schema.write_text(json.dumps({"type": "integer", "minimum": 3}))
+    schema.write_text(json.dumps({"type": "integer", "multipleOf": 3}))
     r = lokal(model_home, "run", MODEL, "A number.", "--schema", str(schema))
     assert r.returncode != 0
-    assert "minimum" in r.stderr and "Traceback" not in r.stderr
+    assert "multipleOf" in r.stderr and "Traceback" not in r.stderr
