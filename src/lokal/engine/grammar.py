@@ -245,7 +245,7 @@ class _Converter(SchemaConverter):
     def visit(self, schema: dict[str, Any], name: str) -> str:
         rule_name = name + "-" if name in RESERVED_NAMES else name or "root"
         t = schema.get("type")
-        if t in ("integer", "number") and any(k in schema for k in _BOUNDS):
+        if t in ("integer", "number") and any(k in schema for k in _BOUNDS) and not {"enum", "const"} & set(schema):
             rule = number_rule(*_bounds(schema), integer=t == "integer")
             return self._add_rule(rule_name, f"({rule}) space")
         fmt = schema.get("format")
@@ -448,6 +448,11 @@ def _check_node(node: Any, where: str, depth: int, for_grammar: bool) -> list[tu
                                "use anyOf with one schema per type instead")
         return children + _defs(node, where, depth)
     if "const" in node or "enum" in node:
+        if keys & set(_BOUNDS):  # the grammar writes the listed values: each must be within the bounds
+            bounds = jsonschema.Draft202012Validator({k: node[k] for k in _BOUNDS if k in node})
+            values = [node["const"]] if "const" in node else node["enum"]
+            if not all(bounds.is_valid(v) for v in values):
+                raise _unsupported("enum values outside minimum/maximum", where, "list only values within the bounds")
         return children + _defs(node, where, depth)  # the grammar emits exactly one of the listed values
     if keys & set(_BOUNDS):
         if t not in ("integer", "number"):

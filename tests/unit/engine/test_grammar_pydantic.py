@@ -183,3 +183,9 @@ def test_bounds_with_too_many_digits_are_refused() -> None:
         bound(10**50, True, "minimum")
     with pytest.raises(SchemaError):
         schema_grammar({"type": "number", "minimum": 0.1234567890123456})
+
+
+def test_enum_values_are_written_as_listed_and_must_lie_within_the_bounds() -> None:
+    assert '"1" | "2"' in schema_grammar({"type": "integer", "enum": [1, 2], "minimum": 0})
+    with pytest.raises(SchemaError, match="enum values outside minimum/maximum"):
+        schema_grammar({"type": "integer", "enum": [1, 20], "maximum": 5})
