@@ -23,12 +23,12 @@ class GbnfError(ValueError):
     """GBNF text lokal will not hand to llama.cpp."""
 
 
-def check_gbnf(text: str) -> None:
-    """GbnfError unless ``text`` is a GBNF grammar with a ``root`` rule, every referenced rule
-    defined, groups nested at most MAX_PATTERN_DEPTH deep and repetition counts m <= n <=
-    MAX_REPETITION."""
-    if len(text) > MAX_GRAMMAR_CHARS:
-        raise GbnfError(f"the grammar is {len(text)} characters, limit {MAX_GRAMMAR_CHARS}")
+def check_gbnf(text: str, limit: int = MAX_GRAMMAR_CHARS) -> None:
+    """GbnfError unless ``text`` is a GBNF grammar of at most ``limit`` characters with a ``root``
+    rule, every referenced rule defined, groups nested at most MAX_PATTERN_DEPTH deep and
+    repetition counts m <= n <= MAX_REPETITION."""
+    if len(text) > limit:
+        raise GbnfError(f"the grammar is {len(text)} characters, limit {limit}")
     _Reader(text).grammar()
 
 

@@ -5,6 +5,7 @@ Everything here runs on the engine thread (except tokenization, which only reads
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import logging
 import threading
 from collections import Counter, deque
@@ -127,6 +128,7 @@ class LlamaModel:
         self._max_token_bytes = 0
         self._lltokenizer: llguidance.LLTokenizer | None = None  # built on the first grammar
         self._lltokenizer_lock = threading.Lock()
+        self._grammars_ok: dict[bytes, None] = {}  # digests of grammars checked, the latest last
         self._pieces: dict[int, bytes] = {}
         self._texts: dict[int, bytes] = {}
         self.add_bos = bool(C.llama_vocab_get_add_bos(self._vocab))
@@ -295,8 +297,14 @@ class LlamaModel:
         ValueErrors) before its request is queued. The first grammar of a model also builds the
         vocabulary llguidance masks (about a second per 50k tokens), here rather than on the
         engine thread."""
+        digest = hashlib.sha256(grammar.encode("utf-8", "surrogatepass")).digest()
+        if digest in self._grammars_ok:
+            return
         check_gbnf(grammar)
         check_compiled_grammar(self.grammar_tokenizer(), grammar)
+        self._grammars_ok[digest] = None
+        if len(self._grammars_ok) > 256:
+            self._grammars_ok.pop(next(iter(self._grammars_ok)), None)
 
     def grammar_mask(self, grammar: str) -> TokenMask:
         """A sequence's grammar state (``check_grammar`` first)."""

@@ -13,7 +13,7 @@ from lokal.engine.engine import Engine
 from lokal.engine.llama_model import ContextShape, LlamaModel
 from lokal.engine.sampling import SamplingParams
 from lokal.options import SAMPLING_NAMES, from_ollama
-from lokal.runtime.errors import ContextLengthExceeded
+from lokal.runtime.errors import ContextLengthExceeded, InvalidRequest
 from lokal.store.create import prepare_template
 from lokal.store.manifest import Manifest
 from lokal.templates.chat_template import ChatTemplate
@@ -65,8 +65,14 @@ class LoadedModel:
         """The sampler's settings for options already merged by ``options()`` (None: the model's
         defaults), lokal's under those. Raises pydantic's ValidationError for a value out of range."""
         fields = {k: v for k, v in (self.defaults if merged is None else merged).items() if k in SAMPLING_NAMES}
-        if grammar is not None:  # built once per model (seconds for a 262k vocabulary): here, off the event loop
-            self.model.grammar_tokenizer()
+        if grammar is not None:
+            # Checked and compiled here, on a worker thread: the first grammar builds the model's
+            # vocabulary for llguidance (seconds for 262k tokens), a large one takes a while to
+            # compile; the engine's own check on the event loop then finds it done.
+            try:
+                self.model.check_grammar(grammar)
+            except ValueError as exc:
+                raise InvalidRequest(str(exc), param="grammar", code="invalid_grammar") from exc
         return SamplingParams(**fields, grammar=grammar)
 
     def with_system(self, messages: list[dict[str, Any]], turns: bool = True) -> list[dict[str, Any]]:

@@ -287,6 +287,7 @@ def test_other_servers_constraint_fields_are_enforced(tools_server, route: str, 
     ({"grammar": 'root ::= "a"{2,1}'}, "grammar", "minimum above its maximum"),  # llama.cpp loops forever on it
     ({"grammar": "root ::= " + "(" * 200 + '"a"' + ")" * 200}, "grammar", "nest deeper"),  # its stack overflows
     ({"grammar": "root ::= [z-a]"}, "grammar", "range ends below its start"),  # no token left to sample
+    ({"grammar": "root ::= " + '"a" ' * 20_000}, "grammar", "limit 65536"),  # seconds of compiling
     ({"grammar": "root ::= undefined-rule"}, "grammar", "not defined"),
     ({"grammar": 7}, "grammar", "GBNF"),
     ({"json_schema": {"type": "strng"}}, "json_schema", "invalid JSON schema"),

@@ -21,6 +21,9 @@ _STRUCTURED = ("json", "regex", "choice", "grammar", "json_object")
 # Keys that only tune how vLLM's backends run, with nothing to enforce.
 _STRUCTURED_HINTS = ("disable_fallback", "disable_any_whitespace", "disable_additional_properties", "backend")
 GUIDED = ("guided_json", "guided_regex", "guided_choice", "guided_grammar")
+# A client's GBNF is compiled by pure-Python code before llguidance sees it (about 0.5 s for
+# 64 KB); lokal's own grammars from schemas, bounded by the schema's limits, may be larger.
+MAX_CLIENT_GRAMMAR_CHARS = 64 * 1024
 
 
 def output_constraint(fields: dict[str, Any], response_format: JsonOutput | None
@@ -80,7 +83,7 @@ def _one(kind: str, value: Any, param: str) -> tuple[JsonOutput | None, str | No
     if not isinstance(value, str):
         raise InvalidRequest(f"{param} must be a GBNF grammar (a string)", param=param, code="invalid_grammar")
     try:
-        check_gbnf(value)
+        check_gbnf(value, MAX_CLIENT_GRAMMAR_CHARS)
     except GbnfError as exc:
         raise InvalidRequest(f"{param}: {exc}", param=param, code="invalid_grammar") from exc
     return None, value
