@@ -16,6 +16,7 @@ import re
 from typing import Any
 
 import jsonschema
+from llama_cpp import llama_grammar
 from llama_cpp.llama_grammar import NON_LITERAL_SET, RESERVED_NAMES, SchemaConverter
 
 from lokal.engine.number_grammar import Bound, RangeError, bound, number_rule
@@ -218,6 +219,31 @@ _FORMAT_RULES = {
            '("/" [A-Za-z0-9._~-]{0,16}){0,8}',
 }
 _FORMAT_LENGTHS = {"email": (6, 127), "uri": (8, 216)}
+
+
+def _build_repetition(item_rule: str, min_items: int, max_items: int | None, separator_rule: str | None = None,
+                      item_rule_is_literal: bool = False) -> str:
+    """A repetition as GBNF's ``{m,n}`` (llama.cpp's current converter), where the port writes
+    one nested optional group per count: a ``maxLength`` of 1000 nested 1000 groups deep, which
+    a grammar reader that recurses (lokal's check, llguidance's GBNF reader) cannot take."""
+    del item_rule_is_literal  # a literal is one item either way
+    if max_items == 0:
+        return ""
+    if min_items == 0 and max_items == 1:
+        return f"{item_rule}?"
+    if not separator_rule:
+        if min_items == 1 and max_items is None:
+            return f"{item_rule}+"
+        if min_items == 0 and max_items is None:
+            return f"{item_rule}*"
+        return f"{item_rule}{{{min_items},{'' if max_items is None else max_items}}}"
+    rest = _build_repetition(f"({separator_rule} {item_rule})", max(min_items - 1, 0),
+                             None if max_items is None else max_items - 1)
+    result = f"{item_rule} {rest}".rstrip()
+    return f"({result})?" if min_items == 0 else result
+
+
+llama_grammar._build_repetition = _build_repetition  # the port's methods look it up at call time
 
 
 class _Converter(SchemaConverter):
