@@ -30,9 +30,9 @@ MAX_SCHEMA_DEPTH = 32  # subschemas inside subschemas, $ref hops included
 MAX_JSON_DEPTH = 2 * MAX_SCHEMA_DEPTH + 8
 MAX_SCHEMA_NODES = 2**20  # values in a schema, $ref expansions included (a bound on the work)
 MAX_PATTERN_DEPTH = MAX_SCHEMA_DEPTH  # groups inside groups in a pattern: re and the converter recurse
-# The converter writes a repetition (minLength/maxLength, minItems/maxItems, a pattern's {m,n}) as
-# one copy or one nested optional group per count; llama.cpp refuses a grammar beyond about a
-# thousand nested groups and overflows its stack (the whole process dies) at tens of thousands.
+# Repetition counts (minLength/maxLength, minItems/maxItems, a pattern's {m,n}): written as {m,n}
+# (``_build_repetition``), but a grammar engine may still expand them into one copy per count
+# (llama.cpp's parser does, and overflowed its stack at tens of thousands).
 MAX_REPETITION = 1000
 # The converter recurses once per optional property of an object, and does quadratic work.
 MAX_OPTIONAL_PROPERTIES = 256
