@@ -22,7 +22,8 @@ from lokal.ui.presets import PARAMETERS, PresetError, PresetStore
 
 
 def test_the_samplers_fields_are_exactly_the_vocabularys_sampling_options() -> None:
-    assert set(SamplingParams.model_fields) - {"grammar"} == SAMPLING_NAMES
+    # grammar and logprobs are per request (an output constraint, what to report), never a model's option
+    assert set(SamplingParams.model_fields) - {"grammar", "logprobs"} == SAMPLING_NAMES
     assert len({o.name for o in OPTIONS}) == len(OPTIONS)  # one entry per name
 
 

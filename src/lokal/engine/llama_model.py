@@ -178,10 +178,6 @@ class LlamaModel:
             cached = self._pieces[token] = self._piece(token, special=False)
         return cached
 
-    def special_piece(self, token: int) -> bytes:
-        """The bytes of a token with a special token's own text (``<|im_end|>``), for showing tokens."""
-        return self._piece(token, special=True)
-
     def fim_tokens(self) -> tuple[int, int, int] | None:
         """The vocabulary's fill-in-the-middle tokens (prefix, suffix, middle); None if it lacks one."""
         ids = (C.llama_vocab_fim_pre(self._vocab), C.llama_vocab_fim_suf(self._vocab),
@@ -189,7 +185,8 @@ class LlamaModel:
         return None if any(t < 0 for t in ids) else (int(ids[0]), int(ids[1]), int(ids[2]))
 
     def token_text(self, token: int) -> bytes:
-        """The bytes of a token as logprobs show it: special tokens' text included."""
+        """The bytes of a token as it is shown (logprobs, /tokenize's pieces), a special token's own
+        text (``<|im_end|>``) included."""
         cached = self._texts.get(token)
         if cached is None:
             cached = self._texts[token] = self._piece(token, special=True)

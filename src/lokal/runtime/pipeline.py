@@ -88,7 +88,7 @@ def prepare(loaded: LoadedModel, req: GenerateRequest, settings: Settings) -> Pr
     params = _fit_to_context(params, len(prompt), options.get("num_ctx"), loaded.context_length)
     think_open = None
     if thinks and req.messages is not None:
-        think_open = opens_thinking(b"".join(loaded.model.special_piece(t) for t in prompt[-16:]).decode(
+        think_open = opens_thinking(b"".join(loaded.model.token_text(t) for t in prompt[-16:]).decode(
             "utf-8", "replace"))
     params = within_limits(settings, prompt, params)
     if req.logprobs is not None:

@@ -247,7 +247,7 @@ class Runtime:
         bad = next((t for t in tokens if not loaded.model.valid_token(t)), None)
         if bad is not None:
             raise errors.InvalidRequest(f"token id {bad} is outside the vocabulary", param="tokens")
-        piece = loaded.model.special_piece if special else loaded.model.piece
+        piece = loaded.model.token_text if special else loaded.model.piece
         return [piece(t) for t in tokens]
 
     async def context_length(self, model: str) -> int:

@@ -43,7 +43,7 @@ def history(turns: int) -> list[dict[str, object]]:
 
 
 def prompt_text(model: LoadedModel, tokens: list[int]) -> str:
-    return b"".join(model.model.special_piece(t) for t in tokens).decode("utf-8", "replace")
+    return b"".join(model.model.token_text(t) for t in tokens).decode("utf-8", "replace")
 
 
 async def test_oldest_whole_turns_go_first_and_the_rest_is_kept(loaded: tuple[Runtime, LoadedModel]) -> None:
