@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from lokal import database
+
 log = logging.getLogger("lokal.ui")
 
 # A JSON object stored in a TEXT column (a conversation's params, a message's stats, a preset):
@@ -155,16 +157,11 @@ class UiDatabase:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
+        with database.connect(self.path) as conn:
             conn.row_factory = sqlite3.Row
             conn.text_factory = _decode_text
             conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("PRAGMA busy_timeout = 30000")
             yield conn
-        finally:
-            conn.close()
 
     def _migrate(self) -> None:
         with self._migrate_lock:
@@ -172,34 +169,18 @@ class UiDatabase:
                 return
             with self._connect() as conn:
                 conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with database.write(conn):
                     version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-                    if version > SCHEMA_VERSION:
-                        raise RuntimeError(f"{self.path} has schema {version}; this lokal knows {SCHEMA_VERSION}")
-                    for script in MIGRATIONS[version:]:
-                        for statement in script.split(";"):
-                            if statement.strip():
-                                conn.execute(statement)
+                    database.migrate(conn, MIGRATIONS, version, str(self.path))
                     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
             self._migrated = True
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A connection inside a write transaction: committed on success, rolled back on error."""
         self._migrate()
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._connect() as conn, database.write(conn):
+            yield conn
 
     @contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import ctypes
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from lokal.engine.gbnf import GbnfError, check_gbnf
 from lokal.engine.grammar import choice_grammar, json_object_grammar, regex_grammar, schema_grammar
-from lokal.engine.llama_model import ContextShape, GrammarError, LlamaModel
+from lokal.engine.llama_model import GrammarError, LlamaModel
 from lokal.engine.sampling import SamplingParams
-from lokal.store.model_store import ModelStore
 
 
 @pytest.mark.parametrize(("grammar", "words"), [
@@ -54,14 +51,6 @@ def test_every_grammar_lokal_writes_passes() -> None:
                     regex_grammar("[0-9]{3}-[a-z]+"), choice_grammar(['a "quoted"', "back\\slash", "new\nline"]),
                     schema_grammar({"type": "array", "items": {"enum": [1, 2, 3]}, "uniqueItems": True})):
         check_gbnf(grammar)
-
-
-@pytest.fixture(scope="module")
-def llama(model_home: Path) -> Iterator[LlamaModel]:
-    m = LlamaModel(ModelStore(model_home).gguf_path("smollm2:135m"),
-                   ContextShape(slot_ctx=64, n_slots=1, n_batch=64, n_threads=1))
-    yield m
-    m.close()
 
 
 def test_check_grammar_refuses_before_anything_runs(llama: LlamaModel) -> None:

@@ -4,8 +4,7 @@ a grammar llama.cpp cannot parse (or crashes on), or a converter that never retu
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,12 +18,11 @@ from lokal.engine.grammar import (
     check_schema,
     schema_grammar,
 )
-from lokal.engine.llama_model import ContextShape, LlamaModel
+from lokal.engine.llama_model import LlamaModel
 from lokal.runtime.errors import InvalidRequest
 from lokal.runtime.pipeline import output_grammar
 from lokal.runtime.request import JsonOutput
 from lokal.runtime.tools import MAX_ARGUMENT_DEPTH, Tool, call_grammar, call_message, parse_calls, parse_tools
-from lokal.store.model_store import ModelStore
 
 TOO_DEEP = f"nests deeper than {MAX_SCHEMA_DEPTH} levels"
 
@@ -165,14 +163,6 @@ def test_patterns_the_converter_would_loop_on_forever_are_refused(pattern: str, 
                                      "^a{1000}$", "^\"q\"$"])
 def test_ordinary_patterns_still_convert(pattern: str) -> None:
     assert "root ::=" in run_with_timeout(lambda: schema_grammar({"type": "string", "pattern": pattern}))
-
-
-@pytest.fixture(scope="module")
-def llama(model_home: Path) -> Iterator[LlamaModel]:
-    m = LlamaModel(ModelStore(model_home).gguf_path("smollm2:135m"),
-                   ContextShape(slot_ctx=64, n_slots=1, n_batch=64, n_threads=1))
-    yield m
-    m.close()
 
 
 def test_grammars_at_the_limits_compile_in_llama_cpp(llama: LlamaModel) -> None:

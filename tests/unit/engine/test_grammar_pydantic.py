@@ -9,11 +9,9 @@ import ctypes
 import json
 import random
 import re
-from collections.abc import Iterator
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
-from pathlib import Path
 from typing import Literal
 from uuid import UUID
 
@@ -23,10 +21,9 @@ import pytest
 from pydantic import BaseModel, Field, HttpUrl
 
 from lokal.engine.grammar import SchemaError, schema_grammar
-from lokal.engine.llama_model import ContextShape, LlamaModel
+from lokal.engine.llama_model import LlamaModel
 from lokal.engine.number_grammar import RangeError, bound, number_rule
 from lokal.engine.sampling import SamplingParams
-from lokal.store.model_store import ModelStore
 
 
 class Color(StrEnum):
@@ -63,14 +60,6 @@ class Everything(BaseModel):
     contact: str = Field(json_schema_extra={"format": "email"})
     home: HttpUrl
     anything: object = None
-
-
-@pytest.fixture(scope="module")
-def llama(model_home: Path) -> Iterator[LlamaModel]:
-    m = LlamaModel(ModelStore(model_home).gguf_path("smollm2:135m"),
-                   ContextShape(slot_ctx=64, n_slots=1, n_batch=64, n_threads=1))
-    yield m
-    m.close()
 
 
 def random_sentences(llama: LlamaModel, grammar: str, n: int, max_tokens: int = 300) -> list[str]:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lokal import database
+
 COMPONENT = "responses"
 # Each entry upgrades this table's schema by one version; never edit a shipped one.
 MIGRATIONS: list[str] = [
@@ -59,39 +61,22 @@ class ResponseStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            conn.execute("PRAGMA busy_timeout = 30000")
+        with database.connect(self.path) as conn:
             if not self._migrated:
                 self._migrate(conn)
             yield conn
-        finally:
-            conn.close()
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         with self._lock:
             if self._migrated:
                 return
             conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with database.write(conn):
                 conn.execute("CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, "
                              "version INTEGER NOT NULL)")
                 row = conn.execute("SELECT version FROM schema_versions WHERE component = ?", (COMPONENT,)).fetchone()
-                version = int(row[0]) if row else 0
-                if version > len(MIGRATIONS):
-                    raise RuntimeError(f"{self.path}: stored responses have schema {version}; "
-                                       f"this lokal knows {len(MIGRATIONS)}")
-                for script in MIGRATIONS[version:]:
-                    for statement in script.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
+                database.migrate(conn, MIGRATIONS, int(row[0]) if row else 0, f"{self.path}: stored responses")
                 conn.execute("INSERT OR REPLACE INTO schema_versions VALUES (?, ?)", (COMPONENT, len(MIGRATIONS)))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
             self._migrated = True
 
     def _oldest_kept(self) -> float:
@@ -101,16 +86,10 @@ class ResponseStore:
         """Store one response (a new one, or replace one by id), and purge expired ones."""
         row = (body["id"], owner, float(body["created_at"]), str(body["status"]),
                json.dumps(body), json.dumps(conversation))  # ASCII: a lone surrogate is stored escaped
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute("INSERT OR REPLACE INTO responses (id, owner, created_at, status, body, conversation) "
-                             "VALUES (?, ?, ?, ?, ?, ?)", row)
-                conn.execute("DELETE FROM responses WHERE created_at < ?", (self._oldest_kept(),))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._connect() as conn, database.write(conn):
+            conn.execute("INSERT OR REPLACE INTO responses (id, owner, created_at, status, body, conversation) "
+                         "VALUES (?, ?, ?, ?, ?, ?)", row)
+            conn.execute("DELETE FROM responses WHERE created_at < ?", (self._oldest_kept(),))
 
     def get(self, response_id: str, owner: str) -> StoredResponse | None:
         """The response, if it exists, has not expired and belongs to ``owner``."""
@@ -125,13 +104,7 @@ class ResponseStore:
 
     def delete(self, response_id: str, owner: str) -> bool:
         """Whether a response of ``owner`` was deleted."""
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                cur = conn.execute("DELETE FROM responses WHERE id = ? AND owner = ? AND created_at >= ?",
-                                   (response_id, owner, self._oldest_kept()))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._connect() as conn, database.write(conn):
+            cur = conn.execute("DELETE FROM responses WHERE id = ? AND owner = ? AND created_at >= ?",
+                               (response_id, owner, self._oldest_kept()))
         return cur.rowcount > 0
