@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Coroutine
+from typing import Any, TypeVar
 
 from fastapi import Request
 
@@ -16,6 +17,7 @@ from lokal.runtime.runtime import Runtime
 from lokal.server.security.tracking import current_request, identity
 
 DISCONNECT_POLL_S = 0.25
+T = TypeVar("T")
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -41,7 +43,14 @@ async def collect(stream: AsyncGenerator[Event, None], request: Request | None =
     Raises the LokalError of a failed generation."""
     if request is None:
         return await finished(stream)
-    task = asyncio.ensure_future(finished(stream))
+    return await unless_disconnected(finished(stream), stream, request)
+
+
+async def unless_disconnected(work: Coroutine[Any, Any, T], stream: AsyncGenerator[Event, None],
+                              request: Request) -> T:
+    """Await ``work`` (which reads ``stream``) while the client is there; if it goes away, cancel
+    the work and close the stream, which cancels the generation, and raise ClientDisconnected."""
+    task = asyncio.ensure_future(work)
     while not task.done():
         done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
         if not done and await request.is_disconnected():

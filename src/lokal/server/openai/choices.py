@@ -5,17 +5,14 @@ one stream (their events carry ``index``), their summed usage, and token logprob
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from fastapi import Request
 
 from lokal.engine.sequence import Usage
-from lokal.runtime.errors import ClientDisconnected
 from lokal.runtime.events import Event, Failed, Finished, TokenLogprob
-from lokal.server.generation import DISCONNECT_POLL_S, collect
+from lokal.server.generation import collect, unless_disconnected
 
 
 async def collect_choices(stream: AsyncGenerator[Event, None], request: Request, n: int) -> list[Finished]:
@@ -36,15 +33,7 @@ async def collect_choices(stream: AsyncGenerator[Event, None], request: Request,
             await stream.aclose()
         return sorted(done, key=lambda f: f.index)
 
-    task = asyncio.ensure_future(read())
-    while not task.done():
-        finished, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
-        if not finished and await request.is_disconnected():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            raise ClientDisconnected("client disconnected")
-    return task.result()
+    return await unless_disconnected(read(), stream, request)
 
 
 def total_usage(usages: Sequence[Usage]) -> Usage:
