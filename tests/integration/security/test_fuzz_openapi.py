@@ -105,6 +105,13 @@ HOSTILE_BODIES: list[tuple[str, str, bytes]] = [
     ("/api/chat", "wrong types", b'{"model": 7, "messages": "hi", "stream": "yes", "options": []}'),
     ("/v1/completions", "wrong types", b'{"model": "smollm2:135m", "prompt": {"a": 1}, "max_tokens": "many"}'),
     ("/api/show", "path in model name", b'{"model": "../../../../etc/passwd"}'),
+    ("/v1/messages", "deep nesting", f'{{"model": "{MODEL}", "max_tokens": 4, "messages": {DEEP}}}'.encode()),
+    ("/v1/messages", "invalid UTF-8", b'{"model": "smollm2:135m", "max_tokens": 4, '
+                                      b'"messages": [{"role": "user", "content": "\xff\xfe"}]}'),
+    ("/v1/responses", "deep nesting", f'{{"model": "{MODEL}", "input": {DEEP}}}'.encode()),
+    ("/v1/responses", "wrong types", b'{"model": "smollm2:135m", "input": 7, "tools": "all", "store": "maybe"}'),
+    ("/tokenize", "deep nesting", f'{{"model": "{MODEL}", "messages": {DEEP}}}'.encode()),
+    ("/v1/rerank", "wrong types", b'{"model": "smollm2:135m", "query": ["a"], "documents": "b", "top_n": -1}'),
     ("/api/generate", "template override", b'{"model": "smollm2:135m", "prompt": "hi", '
                                           b'"template": "{{ cycler.__init__.__globals__.os.popen(\'id\').read() }}"}'),
 ]
