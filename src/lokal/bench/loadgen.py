@@ -26,6 +26,8 @@ class RequestRecord:
     chunks: int = 0
     usage_tokens: int | None = None  # completion tokens the server reported (usage / eval_count)
     prompt_tokens: int | None = None
+    draft_tokens: int | None = None  # speculative tokens drafted / accepted, where the stream reports them
+    draft_accepted: int | None = None  # (llama-server's timings.draft_n / draft_n_accepted)
     error: str | None = None
 
     @property
@@ -126,6 +128,10 @@ def _parse_line(line: str, api: str, rec: RequestRecord) -> tuple[str, bool]:
     obj = json.loads(data)
     if obj.get("error"):
         raise ValueError(str(obj["error"]))
+    timings = obj.get("timings")
+    if isinstance(timings, dict) and "draft_n" in timings:
+        rec.draft_tokens = int(timings["draft_n"])
+        rec.draft_accepted = int(timings.get("draft_n_accepted") or 0)
     usage = obj.get("usage")
     if usage:
         rec.usage_tokens = usage.get("completion_tokens")

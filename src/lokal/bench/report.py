@@ -111,9 +111,35 @@ def prefix_table(doc: dict[str, Any]) -> Table | None:
     return t
 
 
+def workload_table(doc: dict[str, Any]) -> Table | None:
+    """A workload scenario (code-edit, summarize, chat): what one user waits for, per system."""
+    workload = doc["config"].get("workload")
+    if not workload:
+        return None
+    base = baseline_row(doc) or {}
+    t = Table(title=f"{escape(workload)}: one user, median of {doc['config']['reps']} rep(s) "
+                    "(end-to-end ratio: baseline seconds / these seconds, > 1 is faster)", title_justify="left")
+    for col in ("system", "TTFT p50 ms", "decode tok/s", "end-to-end s p50", "tokens/req", "spec. acceptance",
+                f"e2e vs {escape(str(doc.get('baseline')))}"):
+        t.add_column(col, justify="left" if col == "system" else "right")
+    for row in doc["targets"]:
+        first = min(row["levels"], key=lambda lv: lv["concurrency"]) if row["levels"] else None
+        spec = (first or {}).get("speculative")
+        acc = "—" if not spec else (f"{spec['accepted']}/{spec['drafted']}" +
+                                    (f" ({spec['acceptance']:.0%})" if spec["acceptance"] is not None else ""))
+        e2e, base_e2e = row.get("e2e_p50_s"), base.get("e2e_p50_s")
+        t.add_row(escape(row["name"]), fmt(row.get("ttft_p50_ms"), ".0f"), fmt(row.get("single_stream_tok_s")),
+                  fmt(e2e, ".2f"), fmt(first["tokens_per_req"] if first else None, ".0f"), acc,
+                  ratio(base_e2e, e2e) if e2e else "—")
+    return t
+
+
 def render(doc: dict[str, Any], console: Console) -> None:
     """Print every table of a bench document, then its failures."""
     console.print(summary_table(doc))
+    wt = workload_table(doc)
+    if wt is not None:
+        console.print(wt)
     if any(row["levels"] for row in doc["targets"]):
         console.print(concurrency_table(doc))
     pt = prefix_table(doc)

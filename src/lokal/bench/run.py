@@ -20,11 +20,11 @@ from typing import Any
 
 import psutil
 
-from lokal.bench import SCHEMA_VERSION
+from lokal.bench import SCHEMA_VERSION, speculative
 from lokal.bench.loadgen import RequestOptions, RequestRecord, run_closed_loop, stream_request
 from lokal.bench.memory import MemorySampler, pid_for_url
 from lokal.bench.metrics import merge_reps, summarize
-from lokal.bench.scenarios import Prompt, Scenario, builtin_prompts, cycle, system_prompt
+from lokal.bench.scenarios import Prompt, Scenario, builtin_prompts, cycle, system_prompt, workload_prompts
 from lokal.bench.targets import Target
 
 
@@ -60,6 +60,8 @@ def level_prompts(cfg: RunConfig, concurrency: int, salt: int, rep: int = 0) -> 
     n = concurrency * cfg.scenario.rounds_at(concurrency)
     if cfg.user_prompts:
         return cycle(cfg.user_prompts, n, offset=cfg.seed + rep * n)
+    if cfg.scenario.workload:
+        return workload_prompts(cfg.scenario.workload, n, cfg.seed, round_no=rep)
     system = system_prompt(cfg.scenario.shared_prefix_tokens, salt) if cfg.scenario.shared_prefix_tokens else None
     return builtin_prompts(n, cfg.seed + concurrency, cfg.scenario.prompt_tokens, system, round_no=rep)
 
@@ -128,13 +130,15 @@ def run_bench(targets: list[Target], cfg: RunConfig, events: BenchEvents | None 
     doc: dict[str, Any] = {
         "schema": SCHEMA_VERSION, "created": datetime.now(UTC).isoformat(timespec="seconds"), "interrupted": False,
         "machine": machine(),
-        "config": {"scenario": sc.name, "concurrency": sc.concurrency, "rounds": sc.rounds,
+        "config": {"scenario": sc.name, "workload": sc.workload or None, "ignore_eos": sc.ignore_eos,
+                   "concurrency": sc.concurrency, "rounds": sc.rounds,
                    "max_tokens": cfg.max_tokens, "reps": cfg.reps, "seed": cfg.seed, "prompts": cfg.prompts_source,
                    "prompt_tokens": sc.prompt_tokens, "shared_prefix_tokens": sc.shared_prefix_tokens, **cfg.meta},
         "baseline": cfg.baseline or (targets[0].name if targets else None),
         "targets": list(rows.values()), "failures": failures,
     }
-    opts = {t.name: RequestOptions(max_tokens=cfg.max_tokens, seed=cfg.seed) for t in targets}
+    opts = {t.name: RequestOptions(max_tokens=cfg.max_tokens, seed=cfg.seed, ignore_eos=sc.ignore_eos)
+            for t in targets}
     live: list[Target] = []
     with contextlib.ExitStack() as stack:
         try:
@@ -183,18 +187,23 @@ def _measure(live: list[Target], cfg: RunConfig, opts: dict[str, RequestOptions]
     for c in sc.concurrency:
         reps: dict[str, list[dict[str, Any]]] = {t.name: [] for t in live}
         records: dict[str, list[RequestRecord]] = {t.name: [] for t in live}
+        spec: dict[str, list[dict[str, Any] | None]] = {t.name: [] for t in live}
         for rep in range(cfg.reps):
             prompts = level_prompts(cfg, c, salt + c, rep)
             for t in live:
                 ev.measuring(t.name, c, rep, len(prompts))
+                before = speculative.scrape(t.url) if t.api == "openai" else None
                 recs, wall = asyncio.run(run_closed_loop(t, prompts, c, opts[t.name], ev.record))
+                after = speculative.scrape(t.url) if before is not None else None
+                spec[t.name].append(speculative.summary(before, after, recs))
                 errors = [r.error for r in recs if r.error]
                 if errors:
                     fail(t.name, f"c={c}: {len(errors)}/{len(recs)} requests failed, first: {errors[0]}", fatal=False)
                 reps[t.name].append(summarize(recs, wall))
                 records[t.name].extend(recs)
         for t in live:
-            level = {"concurrency": c, **merge_reps(reps[t.name], records[t.name])}
+            level = {"concurrency": c, **merge_reps(reps[t.name], records[t.name]),
+                     "speculative": speculative.merge(spec[t.name])}
             rows[t.name]["levels"].append(level)
             rows[t.name]["errors"] += level["errors"]
             rows[t.name]["requests"] += level["requests"]
@@ -217,6 +226,9 @@ def _headline(row: dict[str, Any]) -> None:
     mem = row.get("memory") or {}
     row["single_stream_tok_s"] = first["stream_tok_s"] if first else None
     row["ttft_p50_ms"] = first["ttft_ms"]["p50"] if first and first["ttft_ms"] else None
+    row["e2e_p50_s"] = first["latency_s"]["p50"] if first and first["latency_s"] else None
+    spec = first.get("speculative") if first else None
+    row["speculative_acceptance"] = spec["acceptance"] if spec else None
     row["peak_tok_s"] = best["tok_s"] if best else None
     row["peak_tok_s_concurrency"] = best["concurrency"] if best else None
     row["peak_req_s"] = max((lv["req_s"] for lv in levels), default=None)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
 from pathlib import Path
 
 TOPICS = [
@@ -36,6 +39,9 @@ class Scenario:
     prefix_check: bool = False  # also measure cold vs warm TTFT of a repeated system prompt
     description: str = ""
     extra: dict[str, object] = field(default_factory=dict)
+    workload: str = ""  # code-edit | summarize | chat: the prompts come from workload_prompts
+    max_tokens: int | None = None  # the workload's own answer budget, unless the user gives --max-tokens
+    ignore_eos: bool = True  # False for workloads: the answer ends where the model ends it, as a user sees it
 
     def rounds_at(self, concurrency: int) -> int:
         """Requests per client at a level; one client sends at least 3, so its percentiles mean something."""
@@ -48,7 +54,15 @@ SCENARIOS: dict[str, str] = {
     "long-prompt": "one user with a long prompt (--prompt-tokens, default 1500): prompt processing speed",
     "shared-prefix": "every request shares one system prompt (--prefix-tokens): the prefix cache's effect",
     "all": "single, sweep and the cold/warm prefix check",
+    "code-edit": "one user renames a variable in a ~400-token function; the answer repeats the prompt "
+                 "(where speculation pays)",
+    "summarize": "one user: a ~1,500-token built-in text, a short summary (prefill-bound)",
+    "chat": "one user: short questions, answers that repeat nothing (speculation must not slow it)",
 }
+
+# A workload's answer budget: enough to rewrite the whole function, a few sentences, a short reply.
+WORKLOAD_MAX_TOKENS = {"code-edit": 640, "summarize": 96, "chat": 128}
+WORKLOADS = tuple(WORKLOAD_MAX_TOKENS)
 
 
 def make_scenario(
@@ -67,6 +81,9 @@ def make_scenario(
                         prefix_check=True, description=SCENARIOS[name])
     if name == "all":
         return Scenario(name, concurrency or [1, 10, 100], rounds or 2, prefix_check=True, description=SCENARIOS[name])
+    if name in WORKLOAD_MAX_TOKENS:
+        return Scenario(name, concurrency or [1], rounds or 3, description=SCENARIOS[name], workload=name,
+                        max_tokens=WORKLOAD_MAX_TOKENS[name], ignore_eos=False)
     raise ValueError(f"unknown scenario {name!r}: choose from {', '.join(SCENARIOS)}")
 
 
@@ -104,6 +121,68 @@ def builtin_prompts(
         if system:
             messages.insert(0, {"role": "system", "content": system})
         out.append(Prompt(messages))
+    return out
+
+
+@cache
+def builtin_text(name: str) -> str:
+    """A text shipped with lokal (lokal/bench/texts/): `code_edit.py.txt` or `summarize.txt`."""
+    return resources.files("lokal.bench").joinpath("texts", name).read_text(encoding="utf-8")
+
+
+# code-edit: (old name, new name) pairs of variables in the built-in function; each request renames another one
+RENAMES = [("subtotal", "net_amount"), ("entry", "record"), ("customer", "client"), ("quantity", "count"),
+           ("shipping", "delivery_fee"), ("largest", "biggest"), ("result", "by_customer"), ("price", "unit_price"),
+           ("total", "grand_total"), ("code", "voucher")]
+
+CHAT_QUESTIONS = [
+    "What is one good habit for learning to {verb}?", "Give me a tip for someone who wants to {verb}.",
+    "Why do some people find it hard to {verb}?", "How long does it take to learn to {verb}?",
+]
+CHAT_VERBS = ["swim", "cook rice", "play the guitar", "write clearly", "speak French", "ride a bicycle",
+              "draw faces", "sleep well", "bake bread", "read faster", "grow tomatoes", "juggle"]
+
+
+def code_edit_prompt(old: str, new: str, tag: str = "") -> Prompt:
+    """Rename `old` to `new` in the built-in function and output the whole function: the answer is the prompt's
+    code again with one name changed. `tag` goes first, so no two requests share a cached prefix."""
+    code = builtin_text("code_edit.py.txt")
+    text = (f"{tag}Rename the variable `{old}` to `{new}` in this Python function. Change nothing else. "
+            f"Output the whole function in one ```python block, with no explanation.\n\n```python\n{code}```")
+    return Prompt([{"role": "user", "content": text}])
+
+
+def code_edit_answer(old: str, new: str) -> str:
+    """The expected answer of code_edit_prompt: the function with every whole-word `old` renamed (for tests)."""
+    return re.sub(rf"\b{re.escape(old)}\b", new, builtin_text("code_edit.py.txt"))
+
+
+def summarize_prompt(tag: str = "") -> Prompt:
+    text = (f"{tag}Summarize the following text in three sentences.\n\n{builtin_text('summarize.txt')}\n\n"
+            "Summary in three sentences:")
+    return Prompt([{"role": "user", "content": text}])
+
+
+def chat_prompt(i: int, tag: str = "") -> Prompt:
+    q = CHAT_QUESTIONS[i % len(CHAT_QUESTIONS)].format(verb=CHAT_VERBS[(i * 5 + i // 12) % len(CHAT_VERBS)])
+    return Prompt([{"role": "user", "content": f"{tag}{q} Answer in a few sentences."}])
+
+
+def workload_prompts(workload: str, n: int, seed: int, round_no: int = 0) -> list[Prompt]:
+    """n prompts of a workload scenario, the same for every target; each starts with `Request r.i:`, so a
+    repeated measurement (round_no) reads prompts no target has cached."""
+    out = []
+    for i in range(n):
+        k = seed + round_no * n + i
+        tag = f"Request {round_no}.{i}: "
+        if workload == "code-edit":
+            out.append(code_edit_prompt(*RENAMES[k % len(RENAMES)], tag=tag))
+        elif workload == "summarize":
+            out.append(summarize_prompt(tag))
+        elif workload == "chat":
+            out.append(chat_prompt(k, tag))
+        else:
+            raise ValueError(f"unknown workload {workload!r}: choose from {', '.join(WORKLOADS)}")
     return out
 
 

@@ -71,10 +71,14 @@ def run(
              "(OpenAI API; NAME ollama… or URL ollama+http://… for Ollama's /api/chat). Repeat for several.",
     )] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="model for targets started here")] = None,
-    scenario: Annotated[str, typer.Option(help="single | sweep | long-prompt | shared-prefix | all")] = "sweep",
+    scenario: Annotated[str, typer.Option(
+        help="single | sweep | long-prompt | shared-prefix | all (load), or code-edit | summarize | chat "
+             "(one user's workload on built-in texts; see `lokal bench scenarios`)")] = "sweep",
     concurrency: Annotated[str | None, typer.Option(help="levels, e.g. 1,10,100 (default: the scenario's)")] = None,
     rounds: Annotated[int | None, typer.Option(help="requests per client at each level")] = None,
-    max_tokens: Annotated[int, typer.Option(help="completion tokens per request (EOS ignored where supported)")] = 64,
+    max_tokens: Annotated[int | None, typer.Option(
+        help="completion tokens per request (default 64, EOS ignored where supported; code-edit 640, summarize 96, "
+             "chat 128, ending at EOS)")] = None,
     reps: Annotated[int, typer.Option(help="measurements per target and level, interleaved; medians kept")] = 1,
     seed: Annotated[int, typer.Option(help="prompt order and sampling seed")] = 0,
     prompts: Annotated[Path | None, typer.Option(help="JSONL prompts (ShareGPT, messages or prompt)")] = None,
@@ -127,8 +131,10 @@ def run(
         raise _fail(f"two targets share a name: {names}; name URL targets NAME=URL@MODEL")
     if baseline and baseline not in names:
         raise _fail(f"--baseline {baseline!r} is not one of the targets: {', '.join(names)}")
+    if max_tokens is not None and max_tokens < 1:
+        raise _fail("--max-tokens must be ≥ 1")
     cfg = RunConfig(
-        scenario=sc, max_tokens=max_tokens, reps=reps, seed=seed, user_prompts=user_prompts,
+        scenario=sc, max_tokens=max_tokens or sc.max_tokens or 64, reps=reps, seed=seed, user_prompts=user_prompts,
         prompts_source=str(prompts) if prompts else "builtin", prefix_tokens=prefix_tokens, baseline=baseline,
         logs=logs, meta={"model": model_name, "threads": local.threads, "slots": slots, "ctx": ctx},
     )
