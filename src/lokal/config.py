@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,6 +35,9 @@ class Settings(BaseSettings):
     prefix_cache: bool = Field(default=True, description="reuse KV cells of earlier prompts")
     prefix_cache_ram_mib: int = Field(
         default=512, ge=0, description="host memory for prefixes evicted from slots, per model; 0 = slots only"
+    )
+    speculate: Literal["off", "ngram"] = Field(
+        default="off", description="speculative decoding for greedy requests: off, or ngram (prompt lookup)"
     )
     max_loaded_models: int = Field(default=2, ge=1, description="models kept in memory at once")
     keep_alive: str = Field(

@@ -459,6 +459,10 @@ def serve(
             "--prefix-cache-ram", help="MiB of host memory for prefixes evicted from slots (default 512; 0 = off)"
         ),
     ] = None,
+    speculate: Annotated[
+        str | None,
+        typer.Option("--speculate", help="speculative decoding for greedy requests: off (default) or ngram"),
+    ] = None,
 ) -> None:
     """Serve the OpenAI-compatible API (and /docs) on one port."""
 
@@ -468,6 +472,7 @@ def serve(
     settings = _settings(
         host=host, port=port, parallel=parallel, ctx_size=ctx_size, threads=threads, max_queue=max_queue,
         default_model=model, keep_alive=keep_alive, prefix_cache_ram_mib=prefix_cache_ram,
+        speculate=speculate,
     )
     if not no_preload:
         _ensure_pulled(settings, settings.default_model)

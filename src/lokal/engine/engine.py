@@ -15,6 +15,7 @@ from lokal.engine.llama_model import LlamaModel, SamplerChain
 from lokal.engine.sampling import SamplingParams
 from lokal.engine.scheduler import Admission, QueueFull, Scheduler
 from lokal.engine.sequence import Delta, FinishReason, Sequence, SequenceStatus
+from lokal.engine.speculate import PromptLookup, Speculation
 from lokal.options import MAX_SEED
 
 MAX_CHOICES = 16  # n of one request (OpenAI's n); beyond the free slots, siblings wait in the queue
@@ -50,6 +51,8 @@ class EngineStats:
     recent_ttft_s: tuple[float, ...]
     host_prefixes: int = 0  # evicted prefixes kept in host memory
     host_prefix_bytes: int = 0
+    drafted_tokens: int = 0  # speculative draft tokens fed to the model
+    accepted_tokens: int = 0  # of those, the ones the greedy pick confirmed
 
 
 class Engine:
@@ -62,8 +65,11 @@ class Engine:
         prefix_cache: bool = True,
         stats_window_s: float = 10.0,
         host_prefix_bytes: int = 0,
+        speculation: Speculation = Speculation.OFF,
     ) -> None:
         self.model = model
+        # Drafts need their rejected KV cells cut off again: not for recurrent state.
+        self.speculation = speculation if model.can_rewind else Speculation.OFF
         self.host = HostPrefixes(host_prefix_bytes if prefix_cache else 0)
         self.scheduler = Scheduler(
             n_slots=model.shape.n_slots,
@@ -82,6 +88,8 @@ class Engine:
         self.n_generated = 0
         self.n_prompt = 0
         self.n_cached = 0
+        self.n_drafted = 0
+        self.n_accepted = 0
 
     # ---- called from any thread -----------------------------------------------------------
     def add(self, prompt: list[int], params: SamplingParams) -> Sequence:
@@ -156,9 +164,16 @@ class Engine:
             return out
         rows: list[tuple[int, int, int, bool]] = []
         to_sample: list[tuple[Sequence, int]] = []
+        to_verify: list[tuple[Sequence, int, list[int]]] = []
         for seq, n in plan:
             assert seq.slot is not None
             start, toks, slot = seq.n_past, seq.tokens, seq.slot
+            if seq.drafts:  # the last token and its drafts, each with logits (n == 1 + drafts)
+                drafts, seq.drafts = seq.drafts, []
+                to_verify.append((seq, len(rows), drafts))
+                rows.extend((t, start + i, slot, True) for i, t in enumerate([toks[-1], *drafts]))
+                seq.n_past = start + 1
+                continue
             end = start + n
             last = len(toks) - 1
             rows.extend((toks[p], p, slot, p == last) for p in range(start, end))
@@ -179,8 +194,40 @@ class Engine:
             if seq.params.logprobs is not None:  # only sequences that asked pay for the log-softmax
                 seq.pending_logprobs.append(self.model.logprobs(index, token, seq.params.logprobs))
             self._accept(seq, token, now, out)
-        self._record_step(now, len(to_sample))
+        n_out = len(to_sample)
+        for seq, index, drafts in to_verify:
+            n_out += self._verify(seq, index, drafts, now, out)
+        self._record_step(now, n_out)
         return out
+
+    def _verify(self, seq: Sequence, index: int, drafts: list[int], now: float,
+                out: list[tuple[Sequence, Delta]]) -> int:
+        """Accept the longest prefix of ``drafts`` that the sequence's own sampler picks, row by row
+        (the same picks, penalty window included, as decoding one token a step), plus the pick that
+        differs (or follows the last draft). Each goes through ``_accept``, so EOS, stop strings and
+        max_tokens cut exactly where they would; the rejected drafts' KV cells are removed."""
+        assert seq.slot is not None and isinstance(seq.sampler, SamplerChain)
+        slot, start = seq.slot, seq.n_past - 1  # the last token's position; its cell is written
+        n_accepted = 0
+        n_emitted = 0
+        for i in range(len(drafts) + 1):
+            assert isinstance(seq.sampler, SamplerChain)
+            token = self.model.sample(seq.sampler, index + i)
+            if seq.params.logprobs is not None:
+                seq.pending_logprobs.append(self.model.logprobs(index + i, token, seq.params.logprobs))
+            seq.n_past = start + 1 + i  # the cells of the last token and the drafts accepted so far
+            self._accept(seq, token, now, out)
+            n_emitted += 1
+            if seq.is_finished or i == len(drafts) or token != drafts[i]:
+                break
+            n_accepted += 1
+        self.n_drafted += len(drafts)
+        self.n_accepted += n_accepted
+        if seq.lookup is not None:
+            seq.lookup.update(len(drafts), n_accepted)
+        if start + 1 + len(drafts) > seq.n_past and not self.model.forget(slot, seq.n_past):
+            self._finish(seq, FinishReason.ERROR, out, error="could not remove rejected draft tokens")
+        return n_emitted
 
     def _drain_inbox(self, out: list[tuple[Sequence, Delta]]) -> None:
         with self._lock:
@@ -219,6 +266,9 @@ class Engine:
         seq.n_past = seq.n_cached = n
         recent_n = seq.params.repeat_last_n if seq.params.repeat_last_n >= 0 else seq.n_prompt
         seq.sampler = self.model.new_sampler(seq.params, seq.prompt[-recent_n:] if recent_n else [])
+        # Speculation for greedy sequences only: sampled ones would need rejection sampling.
+        if self.speculation is Speculation.NGRAM and seq.params.greedy and seq.params.grammar is None:
+            seq.lookup = PromptLookup()
         self.n_prompt += seq.n_prompt
         self.n_cached += n
 
@@ -325,4 +375,6 @@ class Engine:
             recent_ttft_s=tuple(self._recent_ttft),
             host_prefixes=len(self.host),
             host_prefix_bytes=self.host.used_bytes,
+            drafted_tokens=self.n_drafted,
+            accepted_tokens=self.n_accepted,
         )

@@ -211,6 +211,11 @@ class LlamaModel:
     def is_eog(self, token: int) -> bool:
         return bool(C.llama_vocab_is_eog(self._vocab, token))
 
+    @property
+    def can_rewind(self) -> bool:
+        """Whether a sequence's last cells can be removed (not for recurrent or hybrid models)."""
+        return not (C.llama_model_is_recurrent(self._model) or C.llama_model_is_hybrid(self._model))
+
     def valid_token(self, token: int) -> bool:
         return 0 <= token < self.n_vocab
 

@@ -150,16 +150,25 @@ class Scheduler:
     def schedule(self) -> list[tuple[Sequence, int]]:
         """Rows for the next decode: (sequence, number of its pending tokens to feed).
 
-        Every decoding sequence advances by one token; prompts fill the rest of the budget in
-        arrival order, a long one in several chunks across steps, so no stream stalls. The rows are
-        returned in slot order: llama.cpp puts only ascending, consecutive slots (KV streams) in one
+        Every decoding sequence advances by one token (plus its speculative drafts); prompts fill the
+        rest of the budget in arrival order, a long one in several chunks across steps, so no stream stalls.
+        The rows are returned in slot order: llama.cpp puts only ascending, consecutive slots (KV streams) in one
         micro-batch, so any other order splits a step into several passes over the weights."""
         plan: list[tuple[Sequence, int]] = []
         budget = self.token_budget
-        for seq in self.running:
-            if seq.status is SequenceStatus.DECODING and seq.pending > 0:
-                plan.append((seq, 1))
-                budget -= 1
+        decoding = [s for s in self.running if s.status is SequenceStatus.DECODING and s.pending > 0]
+        budget -= len(decoding)
+        for seq in decoding:
+            # Speculation: a greedy sequence's drafts ride along, within the budget, its slot's
+            # context (the last draft's position < max_context) and what max_tokens leaves.
+            seq.drafts = []
+            if seq.lookup is not None and budget > 0:
+                limit = min(budget, seq.max_context - 1 - seq.n_past)
+                if seq.params.max_tokens is not None:
+                    limit = min(limit, seq.params.max_tokens - seq.n_generated - 1)
+                seq.drafts = seq.lookup.draft(seq.tokens, limit)
+                budget -= len(seq.drafts)
+            plan.append((seq, 1 + len(seq.drafts)))
         for seq in self.running:
             if budget <= 0:
                 break

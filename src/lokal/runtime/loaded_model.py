@@ -12,6 +12,7 @@ from lokal.engine.embedder import Embedder, EmbedResult
 from lokal.engine.engine import Engine
 from lokal.engine.llama_model import ContextShape, LlamaModel
 from lokal.engine.sampling import SamplingParams
+from lokal.engine.speculate import Speculation
 from lokal.options import SAMPLING_NAMES, from_ollama
 from lokal.runtime.errors import ContextLengthExceeded, InvalidRequest
 from lokal.store.create import prepare_template
@@ -36,13 +37,13 @@ class LoadedModel:
     @classmethod
     def load(cls, name: str, manifest: Manifest, path: Path, shape: ContextShape,
              max_queue: int, prefix_cache: bool, start_thread: bool = True,
-             prefix_cache_ram_mib: int = 0) -> LoadedModel:
+             prefix_cache_ram_mib: int = 0, speculate: str = "off") -> LoadedModel:
         """Load weights and start the engine thread (blocking: call it off the event loop)."""
         model = LlamaModel(path, shape)
         source = manifest.template or model.chat_template()
         template = ChatTemplate.for_model(source, model.architecture, model.bos_text, model.eos_text)
         engine = Engine(model, max_queue=max_queue, prefix_cache=prefix_cache,
-                        host_prefix_bytes=prefix_cache_ram_mib * 2**20)
+                        host_prefix_bytes=prefix_cache_ram_mib * 2**20, speculation=Speculation(speculate))
         runner = AsyncEngine(engine, name=f"engine:{name}") if start_thread else None
         # Modelfile parameters, as canonical options (num_predict -1: no limit, as in Ollama's runner)
         defaults = {k: v for k, v in from_ollama(manifest.parameters or {}, prefix="parameters.").items()

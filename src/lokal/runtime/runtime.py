@@ -324,6 +324,7 @@ class Runtime:
             self.settings.prefix_cache,
             start_thread,
             self.settings.prefix_cache_ram_mib,
+            self.settings.speculate,
         )
 
     async def get(self, name: str, keep_alive: float | None = None) -> LoadedModel:

@@ -23,7 +23,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from lokal import __version__
@@ -59,6 +59,10 @@ class EngineCollector(Collector):
         tps = gauge("lokal_generation_tokens_per_second", "generated tokens per second over the engine's window")
         host_n = gauge("lokal_prefix_cache_host_entries", "prefixes evicted from slots and kept in host memory")
         host_b = gauge("lokal_prefix_cache_host_bytes", "host memory held by those prefixes")
+        drafted = CounterMetricFamily("lokal_speculative_drafted_tokens", "speculative draft tokens fed to the model",
+                                      labels=["model"])
+        accepted = CounterMetricFamily("lokal_speculative_accepted_tokens",
+                                       "speculative draft tokens the greedy pick confirmed", labels=["model"])
         for m in self.runtime.status():
             s = m.engine
             name = [m.name]
@@ -73,7 +77,10 @@ class EngineCollector(Collector):
             tps.add_metric(name, s.tokens_per_second)
             host_n.add_metric(name, s.host_prefixes)
             host_b.add_metric(name, s.host_prefix_bytes)
-        yield from (loaded, memory, running, waiting, slots, kv_used, kv_total, kv_usage, tps, host_n, host_b)
+            drafted.add_metric(name, s.drafted_tokens)
+            accepted.add_metric(name, s.accepted_tokens)
+        yield from (loaded, memory, running, waiting, slots, kv_used, kv_total, kv_usage, tps, host_n, host_b,
+                    drafted, accepted)
 
 
 class Metrics:
