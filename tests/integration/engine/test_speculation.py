@@ -121,7 +121,9 @@ def test_max_tokens_cuts_inside_an_accepted_run(model: LlamaModel, cut: int) -> 
 def test_stop_string_cuts_inside_an_accepted_run(model: LlamaModel) -> None:
     plain = run(engine(model, Speculation.OFF), [CODE_EDIT], [GREEDY])
     text: str = plain[0].text  # type: ignore[attr-defined]
-    for stop in ("quantity", "tax_rate\n", "return"):
+    stops = [stop for stop in ("quantity", "tax_rate)", "return", "price") if stop in text]
+    assert stops  # the answer repeats the function, so some of them occur
+    for stop in stops:
         if stop in text:
             fast, _ = both(model, [CODE_EDIT], [SamplingParams(temperature=0, max_tokens=96, stop=[stop])])
             assert fast[0].finish_reason is FinishReason.STOP
