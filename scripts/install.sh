@@ -1,21 +1,19 @@
 #!/usr/bin/env bash
 # Create .venv and install lokal into it. `scripts/install.sh test` adds the test dependencies.
 #
-# llama-cpp-python is compiled from its PyPI source so that batching never changes results
-# (docs/engine.md, "Results that do not depend on load"):
-# - llamafile's sgemm is off: it takes over matrix products of 2+ rows only, so a request decoded
-#   alone (1 row) and the same request in a batch (N rows) would round differently;
-# - scripts/llama_cpp_patch.sh makes ggml's CPU flash attention always use its per-row kernel
-#   (not the tiled or split-KV variants it picks by batch shape), so lokal can turn flash
-#   attention on; the wheel's version gets a "+lokal.N" label, which is how lokal knows.
-# The built wheel is kept in $LOKAL_WHEEL_CACHE (default ~/.cache/lokal/wheels) so the
+# llama-cpp-python is compiled from its PyPI source, patched by scripts/llama_cpp_patch.py so that
+# batching never changes results while prompts get llama.cpp's fast kernels (docs/engine.md,
+# "Results that do not depend on load"): the engine picks ggml's CPU kernels per llama_decode,
+# prompt mode (llamafile sgemm, tiled matmul and tiled flash attention, for every row count) or
+# decode mode (per-row kernels); the wheel's version gets a "+lokal.N" label, which is how lokal
+# knows. The built wheel is kept in $LOKAL_WHEEL_CACHE (default ~/.cache/lokal/wheels) so the
 # 10-20 minute compile happens once per machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 LLAMA_CPP_PYTHON=0.3.36
-BUILD=lokal.1  # bump when FLAGS or the patch change
-FLAGS="-DGGML_LLAMAFILE=OFF"
+BUILD=lokal.2  # bump when FLAGS or the patch change
+FLAGS="-DGGML_LLAMAFILE=ON"
 WHEELS="${LOKAL_WHEEL_CACHE:-$HOME/.cache/lokal/wheels}/$BUILD"
 EXTRAS="[bench]"  # `lokal bench run --html` works after the README's quick start
 if [ "${1:-}" = "test" ]; then EXTRAS="[test,bench]"; fi
@@ -30,7 +28,7 @@ if [ ${#wheel[@]} -eq 0 ]; then
   trap 'rm -rf "$src"' EXIT
   .venv/bin/pip download --quiet --no-deps --no-binary :all: -d "$src" "llama-cpp-python==$LLAMA_CPP_PYTHON"
   tar -xzf "$src"/llama_cpp_python-"$LLAMA_CPP_PYTHON".tar.gz -C "$src"
-  scripts/llama_cpp_patch.sh "$src/llama_cpp_python-$LLAMA_CPP_PYTHON" "$BUILD"
+  python3 scripts/llama_cpp_patch.py "$src/llama_cpp_python-$LLAMA_CPP_PYTHON" "$BUILD"
   CMAKE_ARGS="$FLAGS ${CMAKE_ARGS:-}" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
     .venv/bin/pip wheel --no-cache-dir --no-deps -w "$WHEELS" "$src/llama_cpp_python-$LLAMA_CPP_PYTHON"
   wheel=("$WHEELS"/llama_cpp_python-"$LLAMA_CPP_PYTHON"*.whl)

@@ -24,7 +24,7 @@ from typing import Any
 
 import llama_cpp as C
 
-from lokal.engine.llama_model import LlamaModel, ModelLoadError
+from lokal.engine.llama_model import LlamaModel, ModelLoadError, kernel_modes
 
 _POOLING_NAMES = {
     C.LLAMA_POOLING_TYPE_MEAN: "mean",
@@ -193,6 +193,9 @@ class Embedder:
             seq[p][0] = 0
             logits[p] = 1  # pooling reads every token's hidden state
         b.n_tokens = len(tokens)
+        set_mode = kernel_modes()
+        if set_mode is not None:  # an input is a prompt: the fast kernels, as invariant as the others
+            set_mode(True)
         rc = C.llama_encode(ctx, b) if self._encoder_only else C.llama_decode(ctx, b)
         if rc != 0:
             raise RuntimeError(f"llama.cpp failed to compute embeddings (code {rc})")

@@ -77,6 +77,7 @@ class Engine:
             max_queue=max_queue,
             prefix_cache=prefix_cache,
             host=self.host,
+            reuse_generated=not model.has_kernel_modes,
         )
         self._inbox: deque[Sequence] = deque()
         self._aborts: deque[int] = deque()
@@ -162,6 +163,24 @@ class Engine:
         plan = self.scheduler.schedule()
         if not plan:
             return out
+        if self.model.has_kernel_modes:
+            # Generated tokens (with their drafts) and prompt chunks go to llama.cpp in separate calls, so
+            # each always meets the same kernels: decode mode and prompt mode (docs/engine.md).
+            passes = [([p for p in plan if p[0].status is SequenceStatus.DECODING], False),
+                      ([p for p in plan if p[0].status is not SequenceStatus.DECODING], True)]
+        else:
+            passes = [(plan, False)]
+        n_out = 0
+        for part, prompt in passes:
+            if part:
+                n_out += self._decode(part, prompt, out)
+        self.n_steps += 1
+        self._record_step(time.perf_counter(), n_out)
+        return out
+
+    def _decode(self, plan: list[tuple[Sequence, int]], prompt: bool, out: list[tuple[Sequence, Delta]]) -> int:
+        """One llama_decode over the plan's rows, then each sequence's pick (or its drafts' verification).
+        Returns how many tokens it produced."""
         rows: list[tuple[int, int, int, bool]] = []
         to_sample: list[tuple[Sequence, int]] = []
         to_verify: list[tuple[Sequence, int, list[int]]] = []
@@ -181,12 +200,11 @@ class Engine:
             if end == len(toks):
                 to_sample.append((seq, len(rows) - 1))
         try:
-            self.model.decode(rows)
+            self.model.decode(rows, prompt=prompt)
         except Exception as exc:  # a failed decode must not leave clients hanging
             for seq, _ in plan:
                 self._finish(seq, FinishReason.ERROR, out, error=str(exc))
-            return out
-        self.n_steps += 1
+            return 0
         now = time.perf_counter()
         for seq, index in to_sample:
             assert isinstance(seq.sampler, SamplerChain)
@@ -197,8 +215,7 @@ class Engine:
         n_out = len(to_sample)
         for seq, index, drafts in to_verify:
             n_out += self._verify(seq, index, drafts, now, out)
-        self._record_step(now, n_out)
-        return out
+        return n_out
 
     def _verify(self, seq: Sequence, index: int, drafts: list[int], now: float,
                 out: list[tuple[Sequence, Delta]]) -> int:
@@ -266,8 +283,10 @@ class Engine:
         seq.n_past = seq.n_cached = n
         recent_n = seq.params.repeat_last_n if seq.params.repeat_last_n >= 0 else seq.n_prompt
         seq.sampler = self.model.new_sampler(seq.params, seq.prompt[-recent_n:] if recent_n else [])
-        # Speculation for greedy sequences only: sampled ones would need rejection sampling.
-        if self.speculation is Speculation.NGRAM and seq.params.greedy and seq.params.grammar is None:
+        # Speculation for greedy and sampled sequences alike: _verify samples each row with the sequence's
+        # own chain, one random draw per emitted token as without drafts, and keeps a draft only where
+        # the pick equals it (accepted with probability p(draft): the target distribution is kept).
+        if self.speculation is Speculation.NGRAM and seq.params.grammar is None:
             seq.lookup = PromptLookup()
         self.n_prompt += seq.n_prompt
         self.n_cached += n
@@ -278,8 +297,10 @@ class Engine:
         cached = self.scheduler.slot_cache[slot]
         if len(cached) <= kept or not self.host.worth_saving(cached):
             return
-        if self.model.cached_tokens(slot) != len(cached):  # the cells are not what the scheduler thinks
+        if self.model.cached_tokens(slot) < len(cached):  # the cells are not what the scheduler thinks
             return
+        if self.model.cached_tokens(slot) > len(cached) and not self.model.forget(slot, len(cached)):
+            return  # generated cells beyond the reusable prefix could not be dropped
         self.host.put(cached, self.model.save_sequence(slot))
 
     def _restore(self, slot: int, key: int, n: int) -> int:

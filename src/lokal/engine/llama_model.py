@@ -5,10 +5,13 @@ Everything here runs on the engine thread (except tokenization, which only reads
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import logging
+import os
 import threading
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +50,7 @@ def _init_backend() -> None:
             C.llama_log_set(_quiet_log, None)
             C.llama_backend_init()
             _backend_ready = True
-            if "LLAMAFILE = 1" in system_info():
+            if "LLAMAFILE = 1" in system_info() and kernel_modes() is None:
                 logging.getLogger("lokal.engine").warning(
                     "llama.cpp was built with llamafile sgemm: batched and single requests may round "
                     "differently; install with scripts/install.sh for batch-invariant results"
@@ -59,6 +62,30 @@ def batch_invariant_flash_attention() -> bool:
     always takes the per-row kernel. Stock builds pick a tiled or split-KV kernel by batch shape,
     which rounds differently, so on them lokal leaves flash attention off."""
     return "+lokal" in getattr(C, "__version__", "")
+
+
+@functools.cache
+def kernel_modes() -> Callable[[bool], None] | None:
+    """lokal's build (scripts/llama_cpp_patch.py) lets the calling thread choose ggml's CPU kernels
+    for its next llama_decode: prompt mode (fast tiled/sgemm kernels) or decode mode (per-row
+    kernels), each independent of how many rows the call holds. None for any other build."""
+    no_load = getattr(os, "RTLD_NOLOAD", None)
+    if no_load is None:
+        return None
+    # The wheel holds copies (not links) of libggml-cpu.so, .so.0, ...: only the one llama.cpp loaded
+    # counts, so each is opened with RTLD_NOLOAD, which fails for a copy that is not loaded.
+    for path in sorted((Path(C.__file__).parent / "lib").glob("*ggml-cpu*")):
+        try:
+            lib = ctypes.CDLL(str(path), mode=no_load | ctypes.RTLD_GLOBAL)
+        except OSError:
+            continue
+        setter = getattr(lib, "lokal_ggml_set_prompt_mode", None)
+        if setter is None:
+            return None
+        setter.argtypes = [ctypes.c_bool]
+        setter.restype = None
+        return setter  # type: ignore[no-any-return]
+    return None
 
 
 def system_info() -> str:
@@ -94,6 +121,10 @@ class LlamaModel:
         self.shape = shape
         mparams = C.llama_model_default_params()
         mparams.n_gpu_layers = 0
+        # No repacked weights: their 4-row kernel rounds unlike their 1-row one, so lokal's build takes
+        # the 1-row kernel for every row, which is slower for prompts than the tiled matmul it gets
+        # without repacking (docs/engine.md); decoding is level either way.
+        mparams.use_extra_bufts = False
         model = C.llama_model_load_from_file(str(path).encode(), mparams)
         if not model:
             raise ModelLoadError(f"llama.cpp could not load {path}")
@@ -117,6 +148,8 @@ class LlamaModel:
         # Flash attention is faster (it skips masked cells and never materialises the scores), but
         # stock ggml picks its kernel by batch shape; lokal's build always takes the per-row one.
         self.flash_attention = batch_invariant_flash_attention()
+        # Prompt rows and generated rows need separate llama_decode calls (engine.Engine.step).
+        self.has_kernel_modes = kernel_modes() is not None
         cparams.flash_attn_type = 1 if self.flash_attention else 0
         ctx = C.llama_init_from_model(model, cparams)
         if not ctx:
@@ -220,8 +253,12 @@ class LlamaModel:
         return 0 <= token < self.n_vocab
 
     # ---- decoding -------------------------------------------------------------------------
-    def decode(self, rows: list[tuple[int, int, int, bool]]) -> None:
-        """One llama_decode over rows of (token, position, seq_id, wants_logits)."""
+    def decode(self, rows: list[tuple[int, int, int, bool]], prompt: bool = False) -> None:
+        """One llama_decode over rows of (token, position, seq_id, wants_logits), with prompt-mode
+        or decode-mode kernels (``kernel_modes``; the engine never mixes the two in one call)."""
+        set_mode = kernel_modes()
+        if set_mode is not None:
+            set_mode(prompt)
         b = self._batch
         token, pos, n_seq, seq, logits = b.token, b.pos, b.n_seq_id, b.seq_id, b.logits
         for i, (t, p, s, out) in enumerate(rows):

@@ -49,7 +49,13 @@ class Scheduler:
     decoding sequence advances by one token and prefilling ones read their prompt in chunks."""
 
     def __init__(
-        self, n_slots: int, token_budget: int, max_queue: int, prefix_cache: bool, host: HostPrefixes | None = None
+        self,
+        n_slots: int,
+        token_budget: int,
+        max_queue: int,
+        prefix_cache: bool,
+        host: HostPrefixes | None = None,
+        reuse_generated: bool = True,
     ) -> None:
         if token_budget <= n_slots:
             raise ValueError("the step token budget must exceed the number of slots")
@@ -58,6 +64,9 @@ class Scheduler:
         self.max_queue = max_queue
         self.prefix_cache = prefix_cache
         self.host = host if prefix_cache else None  # evicted prefixes in host memory
+        # Whether a generated token's cells may serve as a later prompt's prefix: not when llama.cpp
+        # computes prompt rows and generated rows with different kernels (their cells then differ).
+        self.reuse_generated = reuse_generated
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.free_slots: list[int] = list(range(n_slots))
@@ -124,7 +133,7 @@ class Scheduler:
         best_src, best_src_n = None, best_free_n
         for other in self.running:
             assert other.slot is not None
-            n = min(common_prefix(other.tokens[: other.n_past], seq.prompt), limit)
+            n = min(common_prefix(other.tokens[: self.reusable(other)], seq.prompt), limit)
             if n > best_src_n:
                 best_src, best_src_n = other.slot, n
         stored, stored_n = self.host.longest(seq.prompt, limit) if self.host is not None else (None, 0)
@@ -185,6 +194,10 @@ class Scheduler:
         if seq in self.running:
             self.running.remove(seq)
         if seq.slot is not None:
-            self.slot_cache[seq.slot] = seq.tokens[: seq.n_past] if self.prefix_cache and keep_cache else []
+            self.slot_cache[seq.slot] = seq.tokens[: self.reusable(seq)] if self.prefix_cache and keep_cache else []
             self.slot_used_at[seq.slot] = time.perf_counter()
             self.free_slots.append(seq.slot)
+
+    def reusable(self, seq: Sequence) -> int:
+        """How many of seq's cached cells a later prompt may reuse."""
+        return seq.n_past if self.reuse_generated else min(seq.n_past, seq.n_prompt)

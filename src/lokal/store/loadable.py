@@ -20,7 +20,7 @@ from lokal.store.errors import InvalidGguf
 from lokal.store.gguf_facts import GgufFacts, read_gguf_facts
 
 # LLM_ARCH_NAMES of llama.cpp (src/llama-arch.cpp), as compiled into the llama-cpp-python wheel lokal
-# pins (0.3.36+lokal.1, libllama.so.0.5.0). The names are read from that library, where the
+# pins (0.3.36+lokal.2, libllama.so.0.5.0). The names are read from that library, where the
 # map's strings lie in order between "clip" and "(unknown)"; "bert", "qwen", "qwen2", "glm4" and
 # "rwkv7", in upstream llama.cpp's map at those places, are stored as the tails of longer strings
 # ("modern-bert", "deepseek-r1-qwen", "rwkv6qwen2", "chatglm4", "arwkv7": the linker merges them).

@@ -111,6 +111,53 @@ def test_eight_concurrent_greedy_and_sampled(model: LlamaModel) -> None:
     assert eng.stats().accepted_tokens > 0
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_sampled_answers_are_the_same_with_drafts(model: LlamaModel, seed: int) -> None:
+    """A sampled sequence draws one random number per emitted token, drafts or not, and keeps a draft
+    only where its own pick equals it: with a seed, the answer is the one decoding without drafts gives."""
+    params = SamplingParams(temperature=0.7, top_p=0.95, top_k=40, seed=seed, max_tokens=80)
+    _, eng = both(model, [CODE_EDIT], [params])
+    assert eng.stats().accepted_tokens > 0
+
+
+def chi_square_quantile_999(df: int) -> float:
+    """The 0.999 quantile of the chi-square distribution (Wilson-Hilferty; within 1 % for df >= 2)."""
+    z = 3.0902
+    return df * (1 - 2 / (9 * df) + z * (2 / (9 * df)) ** 0.5) ** 3
+
+
+def test_sampling_with_drafts_keeps_the_models_distribution(model: LlamaModel) -> None:
+    """Two independent samples (different seeds) of the 4th to 9th sampled tokens, with and without drafts,
+    come from one distribution: a chi-square test of homogeneity at the 0.1 % level."""
+    n = 160
+
+    def sample(spec: Speculation, seed0: int) -> tuple[list[tuple[int, ...]], Engine]:
+        eng = engine(model, spec, prefix_cache=True)
+        params = [SamplingParams(temperature=1.0, seed=seed0 + i, max_tokens=10) for i in range(n)]
+        seqs = run(eng, [CODE_EDIT] * n, params)
+        return [tuple(s.tokens[s.n_prompt + 3:s.n_prompt + 9]) for s in seqs], eng
+
+    off, _ = sample(Speculation.OFF, 1000)
+    on, eng = sample(Speculation.NGRAM, 5000)
+    assert eng.stats().accepted_tokens > 50  # the drafts were really used
+    for pos in range(6):
+        a = [t[pos] if len(t) > pos else -1 for t in off]
+        b = [t[pos] if len(t) > pos else -1 for t in on]
+        counts = {tok: (a.count(tok), b.count(tok)) for tok in set(a) | set(b)}
+        big = {k: v for k, v in counts.items() if v[0] + v[1] >= 10}
+        rare = (sum(v[0] for k, v in counts.items() if k not in big), sum(v[1] for k, v in counts.items() if k not in big))
+        cells = [*big.values(), *([rare] if sum(rare) else [])]
+        if len(cells) < 2:
+            continue  # one token dominates: nothing to compare
+        stat = 0.0
+        for ca, cb in cells:
+            tot = ca + cb
+            for obs in (ca, cb):
+                exp = tot / 2  # equal sample sizes
+                stat += (obs - exp) ** 2 / exp
+        assert stat < chi_square_quantile_999(len(cells) - 1), (pos, cells)
+
+
 @pytest.mark.parametrize("cut", [10, 17, 23, 31])
 def test_max_tokens_cuts_inside_an_accepted_run(model: LlamaModel, cut: int) -> None:
     fast, eng = both(model, [CODE_EDIT], [SamplingParams(temperature=0, max_tokens=cut)])
@@ -140,8 +187,10 @@ def test_cancel_mid_speculation_frees_the_slot_and_leaves_the_cells_consistent(m
     eng.step()
     assert seq.finish_reason is FinishReason.CANCELLED
     assert eng.stats().running == 0 and seq.slot is not None
-    # The slot's cells are exactly what the prefix cache believes (no rejected drafts left).
-    assert model.cached_tokens(seq.slot) == len(eng.scheduler.slot_cache[seq.slot]) == seq.n_past
+    # The slot's cells are exactly the sequence's tokens (no rejected drafts left), and the prefix
+    # cache offers what a later prompt may reuse of them.
+    assert model.cached_tokens(seq.slot) == seq.n_past
+    assert eng.scheduler.slot_cache[seq.slot] == seq.tokens[: eng.scheduler.reusable(seq)]
     # and the next request reuses them and still answers as without speculation
     again = run(eng, [CODE_EDIT], [GREEDY])
     assert again[0].n_cached > 0
