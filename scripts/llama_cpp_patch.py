@@ -76,7 +76,8 @@ def main() -> None:
     ])
     # llamafile sgemm takes single rows too (in prompt mode, its only caller)
     patch(cpu / "llamafile/sgemm.cpp", [
-        ("    // only enable sgemm for prompt processing\n#if !defined(__MMA__)\n    if (n < 2)\n        return false;\n#endif\n",
+        ("    // only enable sgemm for prompt processing\n"
+         "#if !defined(__MMA__)\n    if (n < 2)\n        return false;\n#endif\n",
          "    // lokal: any row count (called in prompt mode only), so a prompt's chunking never changes results\n"),
     ])
     # tiled K-quant matmul: every row count in prompt mode, never in decode mode
@@ -102,7 +103,8 @@ def main() -> None:
     # repacked weights: the one-row kernel for every row
     patch(cpu / "repack.cpp", [
         ("            for (int64_t i11 = ith * 4; i11 < ne11 - ne11 % 4; i11 += nth * 4) {",
-         "            for (int64_t i11 = ith * 4; false && i11 < ne11 - ne11 % 4; i11 += nth * 4) {  // lokal: no 4-row packs"),
+         "            for (int64_t i11 = ith * 4; false && i11 < ne11 - ne11 % 4; i11 += nth * 4) {"
+         "  // lokal: no 4-row packs"),
         ("            const int64_t i11_processed = ne11 - ne11 % 4;",
          "            const int64_t i11_processed = 0;  // lokal: every row quantized on its own, for gemv"),
         ("        if (nrows > 3) {\n            gemm<BLOC_TYPE, INTER_SIZE, NB_COLS, PARAM_TYPE>(",

@@ -44,7 +44,8 @@ def read_prompt(model: LlamaModel, prompt: list[int], chunks: list[int], slot: i
     model.forget(slot, 0)
     pos = 0
     for n in chunks:
-        model.decode([(prompt[pos + i], pos + i, slot, pos + i == len(prompt) - 1) for i in range(n)], prompt=True)
+        rows = [(prompt[pos + i], pos + i, slot, pos + i == len(prompt) - 1) for i in range(n)]
+        model.decode(rows, prompt=True)
         pos += n
     assert pos == len(prompt)
     return last_logits(model)
@@ -54,7 +55,8 @@ def test_a_prompts_logits_do_not_depend_on_how_it_is_chunked(model: LlamaModel) 
     prompt = model.tokenize(TEXT, add_special=True, parse_special=False)[:300]
     n = len(prompt)
     whole = read_prompt(model, prompt, [n])
-    for chunks in ([n - 1, 1], [n - 3, 3], [n - 4, 4], [n - 9, 9], [n - 17, 17], [200, 64, n - 264], [1] * 40 + [n - 40]):
+    cuts = ([n - 1, 1], [n - 3, 3], [n - 4, 4], [n - 9, 9], [n - 17, 17], [200, 64, n - 264], [1] * 40 + [n - 40])
+    for chunks in cuts:
         np.testing.assert_array_equal(read_prompt(model, prompt, chunks), whole, err_msg=f"chunks {chunks[:4]}")
 
 

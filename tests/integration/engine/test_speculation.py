@@ -145,7 +145,8 @@ def test_sampling_with_drafts_keeps_the_models_distribution(model: LlamaModel) -
         b = [t[pos] if len(t) > pos else -1 for t in on]
         counts = {tok: (a.count(tok), b.count(tok)) for tok in set(a) | set(b)}
         big = {k: v for k, v in counts.items() if v[0] + v[1] >= 10}
-        rare = (sum(v[0] for k, v in counts.items() if k not in big), sum(v[1] for k, v in counts.items() if k not in big))
+        small = [v for k, v in counts.items() if k not in big]
+        rare = (sum(v[0] for v in small), sum(v[1] for v in small))
         cells = [*big.values(), *([rare] if sum(rare) else [])]
         if len(cells) < 2:
             continue  # one token dominates: nothing to compare
