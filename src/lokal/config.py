@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     speculate: Literal["off", "ngram"] = Field(
         default="off", description="speculative decoding for greedy requests: off, or ngram (prompt lookup)"
     )
+    draft: str = Field(
+        default="", description="a model with the same vocabulary that drafts tokens for the default model "
+        "(speculative decoding, over --speculate); empty = none; other models: Modelfile PARAMETER draft"
+    )
     max_loaded_models: int = Field(default=2, ge=1, description="models kept in memory at once")
     keep_alive: str = Field(
         default="5m", description='idle time before a model unloads ("5m", "1h30m", seconds; 0 at once, -1 never)'

@@ -19,8 +19,9 @@ MAX_STOP_LENGTH = 256
 MAX_LOGIT_BIAS = 1024
 MAX_LOGIT_BIAS_VALUE = 100.0
 MAX_SEED = 2**32 - 1
+MAX_TEXT_LENGTH = 256  # a text option's value: a model name
 
-Kind = Literal["int", "float", "bool", "strings", "bias"]
+Kind = Literal["int", "float", "bool", "strings", "bias", "text"]
 
 
 class OptionError(ValueError):
@@ -97,6 +98,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("ignore_eos", "bool", openai=("ignore_eos",), help="generate past the end-of-generation token"),
     Option("num_ctx", "int", ge=1, ollama="num_ctx", ui=True, sampling=False,
            help="context a request may use, up to the slot's (--ctx-size)"),
+    Option("draft", "text", ollama="draft", sampling=False,
+           help="a model with the same vocabulary that drafts tokens for this one (speculative decoding); "
+                "read when the model loads, from its Modelfile (a request's is ignored)"),
     *(_ollama_only(n, "int") for n in ("num_batch", "num_gpu", "main_gpu", "num_thread", "num_keep", "mirostat")),
     *(_ollama_only(n, "float") for n in ("typical_p", "mirostat_tau", "mirostat_eta", "tfs_z")),
     *(_ollama_only(n, "bool") for n in ("use_mmap", "use_mlock", "numa", "penalize_newline", "low_vram",
@@ -125,6 +129,8 @@ def check(option: Option, value: Any, key: str | None = None) -> Any:
         return _bias(value, key)
     if kind == "bool":
         return _bool(value, key)
+    if kind == "text":
+        return _text(value, key)
     number = _number(value, key, integer=kind == "int")
     if option.ge is not None and number < option.ge:
         raise OptionError(key, f"must be at least {_show(option.ge)}, got {_show(number)}")
@@ -173,6 +179,14 @@ def _bool(value: Any, key: str) -> bool:
     if text in _FALSE:
         return False
     raise OptionError(key, f'must be true or false, not "{str(value)[:64]}"')
+
+
+def _text(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise OptionError(key, "must be a non-empty string")
+    if len(value) > MAX_TEXT_LENGTH:
+        raise OptionError(key, f"must be at most {MAX_TEXT_LENGTH} characters")
+    return value.strip()
 
 
 def _strings(value: Any, key: str) -> tuple[str, ...]:

@@ -463,6 +463,11 @@ def serve(
         str | None,
         typer.Option("--speculate", help="speculative decoding for greedy requests: off (default) or ngram"),
     ] = None,
+    draft: Annotated[
+        str | None,
+        typer.Option("--draft", help="a smaller model with the same vocabulary that drafts tokens for --model "
+                                     "(speculative decoding; pulled if missing)"),
+    ] = None,
 ) -> None:
     """Serve the OpenAI-compatible API (and /docs) on one port."""
 
@@ -472,8 +477,10 @@ def serve(
     settings = _settings(
         host=host, port=port, parallel=parallel, ctx_size=ctx_size, threads=threads, max_queue=max_queue,
         default_model=model, keep_alive=keep_alive, prefix_cache_ram_mib=prefix_cache_ram,
-        speculate=speculate,
+        speculate=speculate, draft=draft,
     )
+    if settings.draft:
+        _ensure_pulled(settings, settings.draft)
     if not no_preload:
         _ensure_pulled(settings, settings.default_model)
     preload = [] if no_preload else [settings.default_model]

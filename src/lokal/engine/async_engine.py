@@ -157,7 +157,7 @@ class AsyncEngine:
     def _free(self) -> None:
         if not self._freed:
             self._freed = True
-            self.engine.model.close()
+            self.engine.close()
 
     def close(self, join_timeout_s: float = JOIN_TIMEOUT_S) -> bool:
         """Stop the thread and free llama.cpp's memory. True if freed now; False if the thread is

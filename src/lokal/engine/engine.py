@@ -10,12 +10,13 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from lokal.engine.draft import DraftModel
 from lokal.engine.host_prefixes import HostPrefixes
 from lokal.engine.llama_model import LlamaModel, SamplerChain
 from lokal.engine.sampling import SamplingParams
 from lokal.engine.scheduler import Admission, QueueFull, Scheduler
 from lokal.engine.sequence import Delta, FinishReason, Sequence, SequenceStatus
-from lokal.engine.speculate import PromptLookup, Speculation
+from lokal.engine.speculate import Drafter, LookupDrafter, Speculation
 from lokal.options import MAX_SEED
 
 MAX_CHOICES = 16  # n of one request (OpenAI's n); beyond the free slots, siblings wait in the queue
@@ -66,10 +67,18 @@ class Engine:
         stats_window_s: float = 10.0,
         host_prefix_bytes: int = 0,
         speculation: Speculation = Speculation.OFF,
+        draft: DraftModel | None = None,
     ) -> None:
         self.model = model
+        self.draft = draft  # a draft model drafts for every speculating sequence (over ``speculation``)
+        if draft is not None:
+            speculation = Speculation.DRAFT
         # Drafts need their rejected KV cells cut off again: not for recurrent state.
         self.speculation = speculation if model.can_rewind else Speculation.OFF
+        self.drafter: Drafter | None = (
+            draft if self.speculation is Speculation.DRAFT
+            else LookupDrafter() if self.speculation is Speculation.NGRAM else None
+        )
         self.host = HostPrefixes(host_prefix_bytes if prefix_cache else 0)
         self.scheduler = Scheduler(
             n_slots=model.shape.n_slots,
@@ -78,6 +87,7 @@ class Engine:
             prefix_cache=prefix_cache,
             host=self.host,
             reuse_generated=not model.has_kernel_modes,
+            drafter=self.drafter,
         )
         self._inbox: deque[Sequence] = deque()
         self._aborts: deque[int] = deque()
@@ -286,10 +296,16 @@ class Engine:
         # Speculation for greedy and sampled sequences alike: _verify samples each row with the sequence's
         # own chain, one random draw per emitted token as without drafts, and keeps a draft only where
         # the pick equals it (accepted with probability p(draft): the target distribution is kept).
-        if self.speculation is Speculation.NGRAM and seq.params.grammar is None:
-            seq.lookup = PromptLookup()
+        if self.drafter is not None and seq.params.grammar is None:
+            seq.lookup = self.drafter.new_state()
         self.n_prompt += seq.n_prompt
         self.n_cached += n
+
+    def close(self) -> None:
+        """Free llama.cpp's state: the draft model's and the model's (the engine thread must be done)."""
+        if self.draft is not None:
+            self.draft.close()
+        self.model.close()
 
     def _save_evicted(self, slot: int, kept: int) -> None:
         """Copy a free slot's cached prefix to host memory before a new request overwrites it

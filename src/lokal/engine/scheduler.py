@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lokal.engine.sequence import Sequence, SequenceStatus
+from lokal.engine.speculate import MAX_DRAFT
 
 if TYPE_CHECKING:
     from lokal.engine.host_prefixes import HostPrefixes
+    from lokal.engine.speculate import Drafter
 
 
 class QueueFull(RuntimeError):
@@ -56,6 +58,7 @@ class Scheduler:
         prefix_cache: bool,
         host: HostPrefixes | None = None,
         reuse_generated: bool = True,
+        drafter: Drafter | None = None,
     ) -> None:
         if token_budget <= n_slots:
             raise ValueError("the step token budget must exceed the number of slots")
@@ -67,6 +70,7 @@ class Scheduler:
         # Whether a generated token's cells may serve as a later prompt's prefix: not when llama.cpp
         # computes prompt rows and generated rows with different kernels (their cells then differ).
         self.reuse_generated = reuse_generated
+        self.drafter = drafter  # speculation: where drafts come from (None: no speculation)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.free_slots: list[int] = list(range(n_slots))
@@ -167,17 +171,25 @@ class Scheduler:
         budget = self.token_budget
         decoding = [s for s in self.running if s.status is SequenceStatus.DECODING and s.pending > 0]
         budget -= len(decoding)
+        # Speculation: drafts ride along, within the budget, their slot's context (the last draft's
+        # position < max_context) and what max_tokens leaves. The drafter is asked once for all
+        # sequences (a draft model drafts them together), each within a share of the budget set
+        # aside for it; what a sequence does not use goes back to the prompts.
+        wants: list[tuple[Sequence, int]] = []
         for seq in decoding:
-            # Speculation: a greedy sequence's drafts ride along, within the budget, its slot's
-            # context (the last draft's position < max_context) and what max_tokens leaves.
             seq.drafts = []
-            if seq.lookup is not None and budget > 0:
-                limit = min(budget, seq.max_context - 1 - seq.n_past)
+            if seq.lookup is not None and self.drafter is not None and budget > 0:
+                limit = min(budget, MAX_DRAFT, seq.max_context - 1 - seq.n_past)
                 if seq.params.max_tokens is not None:
                     limit = min(limit, seq.params.max_tokens - seq.n_generated - 1)
-                seq.drafts = seq.lookup.draft(seq.tokens, limit)
-                budget -= len(seq.drafts)
-            plan.append((seq, 1 + len(seq.drafts)))
+                wants.append((seq, limit))
+                budget -= max(limit, 0)
+        if wants:
+            assert self.drafter is not None
+            for (seq, limit), drafts in zip(wants, self.drafter.propose(wants), strict=True):
+                seq.drafts = drafts
+                budget += max(limit, 0) - len(drafts)
+        plan.extend((seq, 1 + len(seq.drafts)) for seq in decoding)
         for seq in self.running:
             if budget <= 0:
                 break

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from lokal.engine.detokenize import Detokenizer
 from lokal.engine.sampling import SamplingParams
-from lokal.engine.speculate import PromptLookup
+from lokal.engine.speculate import Acceptance
 
 
 class SequenceStatus(enum.Enum):
@@ -101,7 +101,7 @@ class Sequence:
     finished_at: float | None = None
     leader: Sequence | None = None  # n > 1: the sibling that reads the shared prompt; this one copies its cells
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet reported in a Delta
-    lookup: PromptLookup | None = None  # prompt-lookup drafting, for a greedy sequence that speculates
+    lookup: Acceptance | None = None  # its drafting state (speculate.Drafter.new_state), when it speculates
     drafts: list[int] = field(default_factory=list)  # this step's draft tokens, fed after the last one
 
     def __post_init__(self) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lokal.engine.async_engine import AsyncEngine
+from lokal.engine.draft import DraftModel
 from lokal.engine.embedder import Embedder, EmbedResult
 from lokal.engine.engine import Engine
 from lokal.engine.llama_model import ContextShape, LlamaModel
@@ -37,13 +38,20 @@ class LoadedModel:
     @classmethod
     def load(cls, name: str, manifest: Manifest, path: Path, shape: ContextShape,
              max_queue: int, prefix_cache: bool, start_thread: bool = True,
-             prefix_cache_ram_mib: int = 0, speculate: str = "off") -> LoadedModel:
-        """Load weights and start the engine thread (blocking: call it off the event loop)."""
+             prefix_cache_ram_mib: int = 0, speculate: str = "off", draft: Path | None = None) -> LoadedModel:
+        """Load weights and start the engine thread (blocking: call it off the event loop). ``draft``:
+        a draft model's GGUF (DraftMismatch if it cannot draft for this one)."""
         model = LlamaModel(path, shape)
+        try:
+            drafter = DraftModel(draft, model) if draft is not None else None
+        except BaseException:
+            model.close()
+            raise
         source = manifest.template or model.chat_template()
         template = ChatTemplate.for_model(source, model.architecture, model.bos_text, model.eos_text)
         engine = Engine(model, max_queue=max_queue, prefix_cache=prefix_cache,
-                        host_prefix_bytes=prefix_cache_ram_mib * 2**20, speculation=Speculation(speculate))
+                        host_prefix_bytes=prefix_cache_ram_mib * 2**20, speculation=Speculation(speculate),
+                        draft=drafter)
         runner = AsyncEngine(engine, name=f"engine:{name}") if start_thread else None
         # Modelfile parameters, as canonical options (num_predict -1: no limit, as in Ollama's runner)
         defaults = {k: v for k, v in from_ollama(manifest.parameters or {}, prefix="parameters.").items()
@@ -154,6 +162,6 @@ class LoadedModel:
         if self.embedder is not None:
             self.embedder.close()  # before the model it borrows is freed
         if self.runner is not None:
-            self.runner.close()  # stops the thread, then frees the model
+            self.runner.close()  # stops the thread, then frees the model (and its draft model)
         else:
-            self.model.close()
+            self.engine.close()

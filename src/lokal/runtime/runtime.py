@@ -22,6 +22,7 @@ import psutil
 
 from lokal.config import Settings
 from lokal.engine.async_engine import EngineStopped, Submission
+from lokal.engine.draft import DraftMismatch
 from lokal.engine.embedder import EmbedResult, InputTooLong
 from lokal.engine.engine import EngineStats, PromptTooLong
 from lokal.engine.llama_model import ContextShape, ModelLoadError
@@ -315,17 +316,36 @@ class Runtime:
         key = str(parse_model_name(name))
         manifest = self.store.get(key)
         path = self.store.gguf_path(key)
-        return LoadedModel.load(
-            key,
-            manifest,
-            path,
-            shape or self.load_shape(manifest),
-            self.settings.max_queue,
-            self.settings.prefix_cache,
-            start_thread,
-            self.settings.prefix_cache_ram_mib,
-            self.settings.speculate,
-        )
+        draft = self.draft_model(key, manifest)
+        try:
+            draft_path = self.store.gguf_path(draft) if draft is not None else None
+        except store_errors.StoreError as exc:
+            raise ModelLoadError(f"its draft model `{draft}` cannot be used: {exc}") from exc
+        try:
+            return LoadedModel.load(
+                key,
+                manifest,
+                path,
+                shape or self.load_shape(manifest),
+                self.settings.max_queue,
+                self.settings.prefix_cache,
+                start_thread,
+                self.settings.prefix_cache_ram_mib,
+                self.settings.speculate,
+                draft_path,
+            )
+        except DraftMismatch as exc:
+            raise DraftMismatch(f"`{draft}` cannot draft for it: {exc}") from exc
+
+    def draft_model(self, key: str, manifest: Manifest) -> str | None:
+        """The model that drafts for a stored model: its Modelfile's ``PARAMETER draft``, else
+        ``--draft`` (``LOKAL_DRAFT``) for the default model; None: no draft model."""
+        own = (manifest.parameters or {}).get("draft")
+        if isinstance(own, str) and own:
+            return own
+        if self.settings.draft and key == str(parse_model_name(self.settings.default_model)):
+            return self.settings.draft
+        return None
 
     async def get(self, name: str, keep_alive: float | None = None) -> LoadedModel:
         """The loaded model for name, loading it on first use. Raises the store's errors.
