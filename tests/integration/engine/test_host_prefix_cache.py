@@ -38,8 +38,9 @@ def test_a_conversation_evicted_from_its_slot_comes_back_from_host_memory_unchan
         stats = cached.engine.stats()
     with LLM(model, Settings(**settings, prefix_cache=False)) as plain:
         expected = plain.generate([second_turn, other], GREEDY)
-    # the system prompt, the first question and the start of the answer were not read again
-    assert second.usage.cached_tokens > first.usage.prompt_tokens
+    # the system prompt and the first question were not read again (the first answer's cells were
+    # computed in decode mode: they are read again as a prompt, as a cold request reads them)
+    assert second.usage.cached_tokens >= first.usage.prompt_tokens - 1
     assert again.usage.cached_tokens == again.usage.prompt_tokens - 1  # all but the token decoded for logits
     assert [second.text, again.text] == [g.text for g in expected]
     assert stats.host_prefixes >= 1 and stats.host_prefix_bytes > 0
