@@ -17,16 +17,20 @@ from typing import TYPE_CHECKING
 from lokal.engine.llama_model import LlamaModel, ModelLoadError
 from lokal.engine.sampling import SamplingParams
 from lokal.engine.scheduler import common_prefix
-from lokal.engine.speculate import Acceptance
+from lokal.engine.speculate import Acceptance, best_k
 
 if TYPE_CHECKING:
     from lokal.engine.sequence import Sequence
 
 log = logging.getLogger("lokal.engine")
 
-PROBE_EVERY = 8  # steps between shadow drafts while drafting does not pay (each costs draft decodes)
+# Steps between shadow drafts while drafting does not pay: each costs draft decodes, and the draft's
+# cells must first catch up with what the sequence produced since, so the wait doubles after each.
+PROBE_EVERY = 8
+MAX_PROBE_EVERY = 256
 PROBE_LENGTH = 2  # tokens a shadow draft guesses
 BORROW_MIN = 32  # tokens a slot must gain before it copies another slot's draft cells instead of feeding
+CATCH_UP_ALONE = 8  # rows of catch-up fed in a decode of their own (faster prompt-mode kernels)
 VOCAB_SAMPLE = 4096  # token ids whose texts must match (spread over the vocabulary), special ones included
 
 
@@ -36,17 +40,20 @@ class DraftMismatch(ModelLoadError):
 
 class SequenceDraft(Acceptance):
     """A sequence's acceptance of draft-model drafts, and when it next probes with a shadow draft
-    (which, unlike a prompt lookup's, costs draft decodes: so only every ``PROBE_EVERY`` steps)."""
+    (which, unlike a prompt lookup's, costs draft decodes: after ``PROBE_EVERY`` steps without
+    drafting, then twice as long after each probe, up to ``MAX_PROBE_EVERY``)."""
 
     def __init__(self, draft_cost: float) -> None:
         super().__init__(draft_cost)
         self.idle_steps = 0
+        self.probe_every = PROBE_EVERY
 
     def probe_due(self) -> bool:
         self.idle_steps += 1
-        if self.idle_steps < PROBE_EVERY:
+        if self.idle_steps < self.probe_every:
             return False
         self.idle_steps = 0
+        self.probe_every = min(2 * self.probe_every, MAX_PROBE_EVERY)
         return True
 
 
@@ -67,6 +74,9 @@ class DraftModel:
         self.n_vocab = target.n_vocab
         self._held: list[list[int]] = [[] for _ in range(target.shape.n_slots)]  # tokens each slot's cells hold
         self._argmax = self.model.new_sampler(SamplingParams(temperature=0), [])
+        if best_k(1.0, self.draft_cost) == 0:
+            log.warning("draft model %s costs %.2f target steps a token: too slow to pay, it drafts nothing",
+                        path.name, self.draft_cost)
 
     def new_state(self) -> SequenceDraft:
         """A speculating sequence's own acceptance state (``Sequence.lookup``)."""
@@ -75,8 +85,11 @@ class DraftModel:
     def propose(self, wants: list[tuple[Sequence, int]]) -> list[list[int]]:
         """Drafts for (sequence, at most this many tokens) pairs, one list per pair: min(k, limit)
         tokens the draft model picks greedily, or none where drafting does not pay (then, now and then,
-        a shadow draft to keep the acceptance rate learning)."""
+        a shadow draft to keep the acceptance rate learning). Nothing at all, not even shadow drafts,
+        when the draft is too slow to pay at any acceptance rate."""
         out: list[list[int]] = [[] for _ in wants]
+        if best_k(1.0, self.draft_cost) == 0:  # too slow to pay even if every draft were accepted
+            return out
         jobs: list[tuple[int, Sequence, int, bool]] = []  # (index in wants, sequence, n, shadow)
         for i, (seq, limit) in enumerate(wants):
             state = seq.lookup
@@ -85,6 +98,7 @@ class DraftModel:
             n = min(state.k, limit)
             if n > 0:
                 jobs.append((i, seq, n, False))
+                state.idle_steps, state.probe_every = 0, PROBE_EVERY
             elif limit > 0 and not state.shadowing and state.probe_due():
                 jobs.append((i, seq, min(PROBE_LENGTH, limit), True))
         if not jobs:
@@ -133,9 +147,11 @@ class DraftModel:
         feed = [(t, p, slot, False) for slot, tokens, _ in jobs for p, t in enumerate(tokens[len(held[slot]):-1],
                                                                                       len(held[slot]))]
         n_batch = model.shape.n_batch - len(jobs)
-        while len(feed) > n_batch:  # the prompt part in chunks; the last chunk goes with the last tokens
-            model.decode(feed[:n_batch], prompt=True)
-            feed = feed[n_batch:]
+        # A long catch-up (a prompt, tokens produced while no draft was made) goes in prompt mode,
+        # in chunks; a short one rides with the last tokens.
+        while len(feed) > (n_batch if len(feed) < CATCH_UP_ALONE else 0):
+            model.decode(feed[:model.shape.n_batch], prompt=True)
+            feed = feed[model.shape.n_batch:]
         last = [(tokens[-1], len(tokens) - 1, slot, True) for slot, tokens, _ in jobs]
         rows = sorted(feed + last, key=lambda row: (row[2], row[1]))  # slot order, positions ascending
         guesses: list[list[int]] = [[] for _ in jobs]
