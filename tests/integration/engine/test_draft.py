@@ -20,6 +20,7 @@ from lokal.engine.sequence import FinishReason, Sequence
 from lokal.engine.speculate import Speculation
 from lokal.store.model_store import ModelStore
 from lokal.store.pull import pull_model
+from tests.integration.engine.test_speculation import run  # the same run-to-the-end loop
 
 pytestmark = pytest.mark.slow
 
@@ -64,18 +65,6 @@ def engine(model: LlamaModel, draft: DraftModel | None, prefix_cache: bool = Fal
     for slot in range(model.shape.n_slots):
         model.forget(slot, 0)
     return Engine(model, prefix_cache=prefix_cache, draft=draft)
-
-
-def run(eng: Engine, prompts: list[str], params: list[SamplingParams]) -> list[Sequence]:
-    seqs = [eng.add(eng.model.tokenize(p, add_special=True, parse_special=True), sp)
-            for p, sp in zip(prompts, params, strict=True)]
-    texts = {s.id: "" for s in seqs}
-    while eng.has_work():
-        for seq, delta in eng.step():
-            texts[seq.id] += delta.text
-    for s in seqs:
-        s.text = texts[s.id]  # type: ignore[attr-defined]
-    return seqs
 
 
 def both(model: LlamaModel, draft: DraftModel, prompts: list[str],
