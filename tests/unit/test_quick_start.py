@@ -13,7 +13,7 @@ def test_ci_runs_the_readme_test_command():
     assert command in ci
 
 
-def test_llama_cpp_is_built_without_llamafile_sgemm():
-    from lokal.engine.llama_model import system_info
+def test_llama_cpp_is_lokals_build_with_kernel_modes():
+    from lokal.engine.llama_model import kernel_modes
 
-    assert "LLAMAFILE = 1" not in system_info(), "run scripts/install.sh: batching would change results"
+    assert kernel_modes() is not None, "run scripts/install.sh: batching would change results"

@@ -77,9 +77,10 @@ def test_the_first_logprob_is_the_log_softmax_of_the_prompts_logits(engine: Engi
     prompt = tokens(model)
     seq = engine.new_sequence(prompt, SamplingParams(temperature=0, max_tokens=1, logprobs=3))
     first = logprobs(run(engine, [seq])[seq.id])[0]
-    # The same prompt decoded alone in slot 0, its last row read straight from llama.cpp.
+    # The same prompt read alone in slot 0 (prompt-mode kernels, as the engine reads prompts), its
+    # last row read straight from llama.cpp.
     model.forget(0, 0)
-    model.decode([(t, i, 0, i == len(prompt) - 1) for i, t in enumerate(prompt)])
+    model.decode([(t, i, 0, i == len(prompt) - 1) for i, t in enumerate(prompt)], prompt=True)
     row = np.ctypeslib.as_array(C.llama_get_logits_ith(model._ctx, len(prompt) - 1), shape=(model.n_vocab,))
     row = row.astype(np.float64)
     log_softmax = row - np.logaddexp.reduce(row)
