@@ -37,7 +37,7 @@ class Settings(BaseSettings):
         default=512, ge=0, description="host memory for prefixes evicted from slots, per model; 0 = slots only"
     )
     speculate: Literal["off", "ngram"] = Field(
-        default="off", description="speculative decoding for greedy requests: off, or ngram (prompt lookup)"
+        default="off", description="speculative decoding (greedy and sampled requests): off, or ngram (prompt lookup)"
     )
     draft: str = Field(
         default="", description="a model with the same vocabulary that drafts tokens for the default model "

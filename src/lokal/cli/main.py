@@ -461,7 +461,7 @@ def serve(
     ] = None,
     speculate: Annotated[
         str | None,
-        typer.Option("--speculate", help="speculative decoding for greedy requests: off (default) or ngram"),
+        typer.Option("--speculate", help="speculative decoding (greedy and sampled requests): off (default) or ngram"),
     ] = None,
     draft: Annotated[
         str | None,
