@@ -149,7 +149,8 @@ class LlamaModel:
         # stock ggml picks its kernel by batch shape; lokal's build always takes the per-row one.
         self.flash_attention = batch_invariant_flash_attention()
         # Prompt rows and generated rows need separate llama_decode calls (engine.Engine.step).
-        self.has_kernel_modes = kernel_modes() is not None
+        self._set_mode = kernel_modes()
+        self.has_kernel_modes = self._set_mode is not None
         cparams.flash_attn_type = 1 if self.flash_attention else 0
         ctx = C.llama_init_from_model(model, cparams)
         if not ctx:
@@ -256,9 +257,8 @@ class LlamaModel:
     def decode(self, rows: list[tuple[int, int, int, bool]], prompt: bool = False) -> None:
         """One llama_decode over rows of (token, position, seq_id, wants_logits), with prompt-mode
         or decode-mode kernels (``kernel_modes``; the engine never mixes the two in one call)."""
-        set_mode = kernel_modes()
-        if set_mode is not None:
-            set_mode(prompt)
+        if self._set_mode is not None:
+            self._set_mode(prompt)
         b = self._batch
         token, pos, n_seq, seq, logits = b.token, b.pos, b.n_seq_id, b.seq_id, b.logits
         for i, (t, p, s, out) in enumerate(rows):
