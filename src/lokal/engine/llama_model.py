@@ -98,29 +98,74 @@ class ModelLoadError(RuntimeError):
     """llama.cpp refused the model file or could not create a context for it."""
 
 
+class KvPoolFull(RuntimeError):
+    """llama_decode found no free KV cells for the batch (shared pool); nothing was computed."""
+
+
+KV_POOLS = ("per-slot", "shared")
+
+
 @dataclass(frozen=True)
 class ContextShape:
-    """How the KV cache is laid out: ``n_slots`` sequences of up to ``slot_ctx`` tokens each."""
+    """How the KV cache is laid out: ``n_slots`` sequences of up to ``slot_ctx`` tokens each.
+
+    ``kv_pool`` "per-slot": each slot reserves its whole context (one KV stream per slot: results
+    never depend on load). "shared": one pool of ``pool_cells`` cells that sequences take as they
+    grow (0: slot_ctx × n_slots), so many sequences of mixed lengths fit (docs/engine.md)."""
 
     slot_ctx: int
     n_slots: int
     n_batch: int
     n_threads: int
+    kv_pool: str = "per-slot"
+    pool_cells: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kv_pool not in KV_POOLS:
+            raise ValueError(f"kv_pool must be one of {', '.join(KV_POOLS)}, not {self.kv_pool!r}")
+
+    @property
+    def shared(self) -> bool:
+        return self.kv_pool == "shared"
 
     @property
     def n_ctx(self) -> int:
+        if self.shared and self.pool_cells > 0:
+            return self.pool_cells
         return self.slot_ctx * self.n_slots
+
+
+@dataclass(frozen=True)
+class Offload:
+    """Where llama.cpp puts a model: ``gpu_layers`` of its layers (and their KV cache) on GPUs, the
+    rest on the CPU; ``tensor_split``: each GPU's share of those layers (empty: by free memory);
+    ``main_gpu``: the GPU for the output and scratch buffers."""
+
+    gpu_layers: int = 0
+    tensor_split: tuple[float, ...] = ()
+    main_gpu: int = 0
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.gpu_layers != 0
 
 
 class LlamaModel:
     """A loaded GGUF with one context whose unified KV cache holds every slot's sequence."""
 
-    def __init__(self, path: Path, shape: ContextShape) -> None:
+    def __init__(self, path: Path, shape: ContextShape, offload: Offload | None = None) -> None:
         _init_backend()
         self.path = path
         self.shape = shape
+        self.offload = offload or Offload()
         mparams = C.llama_model_default_params()
-        mparams.n_gpu_layers = 0
+        mparams.n_gpu_layers = self.offload.gpu_layers
+        mparams.main_gpu = self.offload.main_gpu
+        if self.offload.tensor_split:
+            # llama.cpp reads llama_max_devices() floats; the array must outlive the load call.
+            self._tensor_split = (ctypes.c_float * max(C.llama_max_devices(), len(self.offload.tensor_split)))(
+                *self.offload.tensor_split)
+            mparams.tensor_split = ctypes.cast(self._tensor_split, ctypes.POINTER(ctypes.c_float))
         # No repacked weights: their 4-row kernel rounds unlike their 1-row one, so lokal's build takes
         # the 1-row kernel for every row, which is slower for prompts than the tiled matmul it gets
         # without repacking (docs/engine.md); decoding is level either way.
@@ -132,6 +177,7 @@ class LlamaModel:
         self._vocab = C.llama_model_get_vocab(model)
         self.n_vocab: int = C.llama_vocab_n_tokens(self._vocab)
         self.n_ctx_train: int = C.llama_model_n_ctx_train(model)
+        self.n_layer: int = C.llama_model_n_layer(model)
 
         cparams = C.llama_context_default_params()
         cparams.n_ctx = shape.n_ctx
@@ -140,9 +186,11 @@ class LlamaModel:
         cparams.n_seq_max = shape.n_slots
         cparams.n_threads = shape.n_threads
         cparams.n_threads_batch = shape.n_threads
-        # One KV stream per slot: a sequence's cells sit at the same indices whether it runs alone
-        # or batched, so batching never changes results (a unified cache breaks that).
-        cparams.kv_unified = False
+        # Per-slot: one KV stream per slot, so a sequence's cells sit at the same indices whether it
+        # runs alone or batched and batching never changes results. Shared: one unified stream whose
+        # free cells any sequence takes (where they land depends on the other sequences).
+        cparams.kv_unified = shape.shared
+        cparams.offload_kqv = True  # the KV cache lives with its layer (GPU or CPU)
         cparams.swa_full = True  # keep all positions in SWA layers, so cached prefixes stay valid
         cparams.no_perf = True
         # Flash attention is faster (it skips masked cells and never materialises the scores), but
@@ -269,6 +317,8 @@ class LlamaModel:
             logits[i] = out
         b.n_tokens = len(rows)
         rc = C.llama_decode(self._ctx, b)
+        if rc == 1:  # no KV slot: llama.cpp checks every ubatch fits before it computes any
+            raise KvPoolFull(f"no free KV cells for {len(rows)} tokens")
         if rc != 0:
             raise RuntimeError(f"llama_decode failed with code {rc}")
 
