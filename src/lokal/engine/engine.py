@@ -53,7 +53,9 @@ class EngineStats:
     host_prefixes: int = 0  # evicted prefixes kept in host memory
     host_prefix_bytes: int = 0
     drafted_tokens: int = 0  # speculative draft tokens fed to the model
-    accepted_tokens: int = 0  # of those, the ones the greedy pick confirmed
+    accepted_tokens: int = 0  # of those, the greedy pick confirmed
+    kv_pool: str = "per-slot"  # ContextShape.kv_pool
+    preemptions: int = 0  # sequences put back in the queue because the shared KV pool ran out
 
 
 class Engine:
