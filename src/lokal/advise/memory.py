@@ -111,6 +111,9 @@ class ModelShape:
     weights_bytes: int
     n_vocab: int
     source: str  # "store", "catalog", "file", "remote", "generic"
+    # Each tensor's name and bytes, from the GGUF header (where the offload planner puts each
+    # layer); empty when the model was sized without one (catalog, generic, a manifest alone).
+    tensor_bytes: tuple[tuple[str, int], ...] = ()
 
     @property
     def quantization(self) -> str | None:
@@ -159,25 +162,29 @@ class Fit:
 
 def estimate_memory(
     shape: ModelShape, ctx: int, parallel: int = 1, kv_type: str = "f16", batch: int = DEFAULT_BATCH,
-    flash_attention: bool | None = None,
+    flash_attention: bool | None = None, cells: int | None = None,
 ) -> MemoryEstimate:
     """The memory a model takes loaded by lokal with ``parallel`` slots of ``ctx`` tokens.
-    ``flash_attention`` None: whether this install's llama.cpp runs it (lokal's own build does)."""
+    ``flash_attention`` None: whether this install's llama.cpp runs it (lokal's own build does).
+    ``cells``: a shared KV pool's cells (``ContextShape.n_ctx``), which one ubatch also attends
+    over; None: one stream of ``ctx`` cells per slot."""
     if flash_attention is None:
         flash_attention = _flash_attention()
     if kv_type not in KV_TYPE_BYTES:
         raise EstimateError(f"unknown KV cache type {kv_type!r} (one of {', '.join(KV_TYPE_BYTES)})")
-    if ctx < 1 or parallel < 1:
-        raise EstimateError("context and parallel slots must be at least 1")
+    if ctx < 1 or parallel < 1 or (cells is not None and cells < 1):
+        raise EstimateError("context, parallel slots and KV cells must be at least 1")
     per_token = kv_bytes_per_token(shape.facts, kv_type)
     if per_token is None:
         raise EstimateError(f"{shape.name}: the GGUF does not state layers and heads; cannot size its KV cache")
-    ubatch = min(batch, ctx * parallel)
+    kv_cells = ctx * parallel if cells is None else cells
+    attended = ctx if cells is None else cells  # one slot's stream, or the whole shared pool
+    ubatch = min(batch, kv_cells)
     heads = shape.facts.head_count or 1
     if flash_attention:
         extra = ubatch * (shape.facts.embedding_length or 0) * ACTIVATION_FLOATS_PER_DIM * 4
     else:
-        extra = int(COMPUTE_SCORES_FACTOR * ubatch * ctx * heads * 4)  # f32 scores of one ubatch against a slot
+        extra = int(COMPUTE_SCORES_FACTOR * ubatch * attended * heads * 4)  # f32 scores of one ubatch
     return MemoryEstimate(
         model=shape.name,
         ctx=ctx,
@@ -185,7 +192,7 @@ def estimate_memory(
         kv_type=kv_type,
         batch=batch,
         weights=shape.weights_bytes,
-        kv_cache=per_token * ctx * parallel,
+        kv_cache=per_token * kv_cells,
         compute=extra + COMPUTE_BASE_BYTES,
         overhead=OVERHEAD_BASE_BYTES + OVERHEAD_PER_VOCAB_TOKEN * shape.n_vocab,
     )
@@ -281,7 +288,8 @@ def shape_from_header(header: GgufHeader, name: str, source: str) -> ModelShape:
 
     facts = facts_from_header(header)
     return ModelShape(name=name, facts=facts, weights_bytes=sum(t.n_bytes for t in header.tensors),
-                      n_vocab=_n_vocab(facts), source=source)
+                      n_vocab=_n_vocab(facts), source=source,
+                      tensor_bytes=tuple((t.name, t.n_bytes) for t in header.tensors))
 
 
 def shape_from_file(path: Path, name: str, source: str = "file") -> ModelShape:
