@@ -8,15 +8,36 @@
 # decode mode (per-row kernels); the wheel's version gets a "+lokal.N" label, which is how lokal
 # knows. The built wheel is kept in $LOKAL_WHEEL_CACHE (default ~/.cache/lokal/wheels) so the
 # 10-20 minute compile happens once per machine.
+#
+# With an NVIDIA GPU (nvidia-smi) the build adds llama.cpp's CUDA backend for the GPUs' compute
+# capabilities, in its own cache entry; LOKAL_GPU=cpu|cuda|auto overrides (scripts/gpu_build.sh,
+# docs/gpu.md). `scripts/install.sh --print-build` prints the backend, flags and cache, and exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 LLAMA_CPP_PYTHON=0.3.36
 BUILD=lokal.2  # bump when FLAGS or the patch change
 FLAGS="-DGGML_LLAMAFILE=ON"
-WHEELS="${LOKAL_WHEEL_CACHE:-$HOME/.cache/lokal/wheels}/$BUILD"
+CACHE="${LOKAL_WHEEL_CACHE:-$HOME/.cache/lokal/wheels}"
+WHEELS="$CACHE/$BUILD"
 EXTRAS="[bench]"  # `lokal bench run --html` works after the README's quick start
 if [ "${1:-}" = "test" ]; then EXTRAS="[test,bench]"; fi
+
+source scripts/gpu_build.sh
+gpu_backend  # BACKEND, CUDA_ARCHS, NVCC, CUDA_NOTE
+if [ "$BACKEND" = cuda ]; then
+  FLAGS="$FLAGS -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCHS"
+  WHEELS="$CACHE/$BUILD-cuda-sm${CUDA_ARCHS//;/-sm}"
+fi
+if [ "${1:-}" = "--print-build" ]; then
+  echo "backend: $BACKEND"
+  echo "flags: $FLAGS"
+  echo "wheels: $WHEELS"
+  if [ "$BACKEND" = cuda ]; then echo "nvcc: ${NVCC:-CUDA $CUDA_PYPI from PyPI, into $CACHE/cuda-$CUDA_PYPI}"; fi
+  if [ -n "$CUDA_NOTE" ]; then echo "note: $CUDA_NOTE"; fi
+  exit 0
+fi
+if [ -n "$CUDA_NOTE" ]; then echo "NOTE: building for the CPU only: $CUDA_NOTE" >&2; fi
 
 python3 -m venv .venv
 shopt -s nullglob
@@ -29,7 +50,9 @@ if [ ${#wheel[@]} -eq 0 ]; then
   .venv/bin/pip download --quiet --no-deps --no-binary :all: -d "$src" "llama-cpp-python==$LLAMA_CPP_PYTHON"
   tar -xzf "$src"/llama_cpp_python-"$LLAMA_CPP_PYTHON".tar.gz -C "$src"
   python3 scripts/llama_cpp_patch.py "$src/llama_cpp_python-$LLAMA_CPP_PYTHON" "$BUILD"
-  CMAKE_ARGS="$FLAGS ${CMAKE_ARGS:-}" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+  toolchain=""
+  if [ "$BACKEND" = cuda ]; then toolchain="$(cuda_toolchain_args "$CACHE/cuda-$CUDA_PYPI" .venv/bin/pip)"; fi
+  CMAKE_ARGS="$FLAGS $toolchain ${CMAKE_ARGS:-}" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
     .venv/bin/pip wheel --no-cache-dir --no-deps -w "$WHEELS" "$src/llama_cpp_python-$LLAMA_CPP_PYTHON"
   wheel=("$WHEELS"/llama_cpp_python-"$LLAMA_CPP_PYTHON"*.whl)
 fi
