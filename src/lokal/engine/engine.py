@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from lokal.engine.draft import DraftModel
 from lokal.engine.host_prefixes import HostPrefixes
-from lokal.engine.llama_model import LlamaModel, SamplerChain
+from lokal.engine.llama_model import KvPoolFull, LlamaModel, SamplerChain
 from lokal.engine.sampling import SamplingParams
 from lokal.engine.scheduler import Admission, QueueFull, Scheduler
 from lokal.engine.sequence import Delta, FinishReason, Sequence, SequenceStatus
@@ -90,6 +90,7 @@ class Engine:
             host=self.host,
             reuse_generated=not model.has_kernel_modes,
             drafter=self.drafter,
+            pool=model.cells if model.shape.shared else None,
         )
         self._inbox: deque[Sequence] = deque()
         self._aborts: deque[int] = deque()
@@ -103,6 +104,7 @@ class Engine:
         self.n_cached = 0
         self.n_drafted = 0
         self.n_accepted = 0
+        self.n_preempted = 0
 
     # ---- called from any thread -----------------------------------------------------------
     def add(self, prompt: list[int], params: SamplingParams) -> Sequence:
@@ -173,13 +175,17 @@ class Engine:
             self._start(admission)
             out.append((admission.seq, Delta(started=True, usage=admission.seq.usage())))
         plan = self.scheduler.schedule()
+        if self.scheduler.pool is not None:
+            plan = self._fit_pool(plan)
         if not plan:
             return out
         if self.model.has_kernel_modes:
             # Generated tokens (with their drafts) and prompt chunks go to llama.cpp in separate calls, so
-            # each always meets the same kernels: decode mode and prompt mode (docs/engine.md).
-            passes = [([p for p in plan if p[0].status is SequenceStatus.DECODING], False),
-                      ([p for p in plan if p[0].status is not SequenceStatus.DECODING], True)]
+            # each always meets the same kernels: decode mode and prompt mode (docs/engine.md). A resumed
+            # sequence's generated tokens are read again as generated ones (the scheduler feeds them
+            # only once its prompt is in).
+            passes = [([p for p in plan if p[0].n_past >= p[0].n_prompt], False),
+                      ([p for p in plan if p[0].n_past < p[0].n_prompt], True)]
         else:
             passes = [(plan, False)]
         n_out = 0
@@ -213,6 +219,14 @@ class Engine:
                 to_sample.append((seq, len(rows) - 1))
         try:
             self.model.decode(rows, prompt=prompt)
+        except KvPoolFull:  # nothing was computed: undo, and free the newest sequence's cells
+            for seq, _ in plan:
+                seq.n_past = self.model.cells.held(seq.slot) if seq.slot is not None else 0
+                seq.drafts = []
+            newest = self.scheduler.newest()
+            if newest is not None:
+                self._preempt(newest)
+            return 0
         except Exception as exc:  # a failed decode must not leave clients hanging
             for seq, _ in plan:
                 self._finish(seq, FinishReason.ERROR, out, error=str(exc))
@@ -258,6 +272,49 @@ class Engine:
             self._finish(seq, FinishReason.ERROR, out, error="could not remove rejected draft tokens")
         return n_emitted
 
+    def _fit_pool(self, plan: list[tuple[Sequence, int]]) -> list[tuple[Sequence, int]]:
+        """Make the shared pool hold this step's rows: drop cached prefixes of free slots (least
+        recently used first, saved to the host tier when worth it), then drafts, then prompt
+        chunks of the newest sequences, then preempt the newest sequence (its cells dropped; it
+        waits at the head of the queue and reads its tokens again), until the rows fit."""
+        cells = self.model.cells
+        sched = self.scheduler
+        while sum(n for _, n in plan) > cells.free:
+            cached = [s for s in sched.free_slots if cells.held(s)]
+            if cached:
+                slot = min(cached, key=lambda s: sched.slot_used_at[s])
+                self._save_evicted(slot, 0)
+                self.model.forget(slot, 0)
+                sched.slot_cache[slot] = []
+                continue
+            if any(seq.drafts for seq, _ in plan):
+                for seq, _ in plan:
+                    seq.drafts = []
+                plan = [(seq, 1) if seq.status is SequenceStatus.DECODING else (seq, n) for seq, n in plan]
+                continue
+            short = sum(n for _, n in plan) - cells.free
+            prompts = sorted((row for row in plan if row[0].status is SequenceStatus.PREFILLING),
+                             key=lambda row: row[0].admitted_at or 0.0, reverse=True)
+            if prompts:
+                seq, n = prompts[0]
+                cut = min(n, short)
+                plan = [(s, m - cut) if s is seq else (s, m) for s, m in plan]
+                plan = [(s, m) for s, m in plan if m > 0]
+                continue
+            newest = sched.newest()
+            if newest is None or len(sched.running) == 1:
+                break  # one sequence always fits: the pool holds at least one context
+            self._preempt(newest)
+            plan = [(s, m) for s, m in plan if s is not newest]
+        return plan
+
+    def _preempt(self, seq: Sequence) -> None:
+        """The pool ran out: drop seq's cells and queue it again at the head (recomputed when readmitted)."""
+        if seq.slot is not None:
+            self.model.forget(seq.slot, 0)
+        self.scheduler.preempt(seq)
+        self.n_preempted += 1
+
     def _drain_inbox(self, out: list[tuple[Sequence, Delta]]) -> None:
         with self._lock:
             new = list(self._inbox)
@@ -292,7 +349,10 @@ class Engine:
                 if n <= 0 or not self.model.share_prefix(a.source, a.slot, n):
                     self.model.forget(a.slot, 0)
                     n = 0
-        seq.n_past = seq.n_cached = n
+        seq.n_past = n
+        if seq.resumed:  # its sampler, drafting state and counts carry on
+            return
+        seq.n_cached = n
         recent_n = seq.params.repeat_last_n if seq.params.repeat_last_n >= 0 else seq.n_prompt
         seq.sampler = self.model.new_sampler(seq.params, seq.prompt[-recent_n:] if recent_n else [])
         # Speculation for greedy and sampled sequences alike: _verify samples each row with the sequence's
@@ -336,8 +396,9 @@ class Engine:
     def _accept(self, seq: Sequence, token: int, now: float, out: list[tuple[Sequence, Delta]]) -> None:
         if seq.status is SequenceStatus.PREFILLING:
             seq.status = SequenceStatus.DECODING
-            seq.first_token_at = now
-            self._recent_ttft.append(now - seq.arrived_at)
+            if seq.first_token_at is None:
+                seq.first_token_at = now
+                self._recent_ttft.append(now - seq.arrived_at)
         if self.model.is_eog(token) and not seq.params.ignore_eos:
             if seq.pending_logprobs and seq.pending_logprobs[-1].token == token:
                 seq.pending_logprobs.pop()  # the end-of-generation token is not part of the answer
@@ -396,14 +457,11 @@ class Engine:
         window = self._stats_window_s
         tps = sum(n for _, n in steps) / window if steps else 0.0
         sched = self.scheduler
-        used = sum(s.n_past for s in list(sched.running)) + sum(
-            len(sched.slot_cache[s]) for s in list(sched.free_slots)
-        )
         return EngineStats(
             running=len(sched.running),
             waiting=len(sched.waiting) + len(self._inbox),
             slots=sched.n_slots,
-            kv_cells_used=used,
+            kv_cells_used=self.model.cells.used,
             kv_cells_total=self.model.shape.n_ctx,
             tokens_per_second=tps,
             window_s=window,
@@ -416,4 +474,6 @@ class Engine:
             host_prefix_bytes=self.host.used_bytes,
             drafted_tokens=self.n_drafted,
             accepted_tokens=self.n_accepted,
+            kv_pool=self.model.shape.kv_pool,
+            preemptions=self.n_preempted,
         )

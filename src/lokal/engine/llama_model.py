@@ -19,6 +19,7 @@ import llama_cpp as C
 import llguidance
 import numpy as np
 
+from lokal.engine.cells import CellLedger
 from lokal.engine.gbnf import check_gbnf
 from lokal.engine.sampling import SamplingParams
 from lokal.engine.sequence import TokenLogprob
@@ -206,6 +207,7 @@ class LlamaModel:
             raise ModelLoadError(f"llama.cpp could not create a context of {shape.n_ctx} tokens")
         self._ctx = ctx
         self._mem = C.llama_get_memory(ctx)
+        self.cells = CellLedger(shape.n_ctx, shared=shape.shared)  # follows every KV memory operation below
         self._batch = C.llama_batch_init(shape.n_batch, 0, 1)
         self._max_token_bytes = 0
         self._lltokenizer: llguidance.LLTokenizer | None = None  # built on the first grammar
@@ -321,6 +323,8 @@ class LlamaModel:
             raise KvPoolFull(f"no free KV cells for {len(rows)} tokens")
         if rc != 0:
             raise RuntimeError(f"llama_decode failed with code {rc}")
+        for _, p, s, _ in rows:
+            self.cells.append(s, p)
 
     def sample(self, sampler: SamplerChain, batch_index: int) -> int:
         if sampler.greedy_in_numpy:  # the greedy chain's own pick, without a candidate array in C
@@ -348,16 +352,21 @@ class LlamaModel:
     # ---- KV memory ------------------------------------------------------------------------
     def forget(self, seq_id: int, from_pos: int = 0) -> bool:
         """Drop a sequence's cells from ``from_pos`` on; False if llama.cpp cannot cut there."""
-        return bool(C.llama_memory_seq_rm(self._mem, seq_id, from_pos, -1))
+        if not C.llama_memory_seq_rm(self._mem, seq_id, from_pos, -1):
+            return False
+        self.cells.truncate(seq_id, from_pos)
+        return True
 
     def cached_tokens(self, seq_id: int) -> int:
         """How many leading positions of a sequence are in the KV cache (0 when empty)."""
         return int(C.llama_memory_seq_pos_max(self._mem, seq_id)) + 1
 
     def share_prefix(self, src: int, dst: int, n_tokens: int) -> bool:
-        """Give dst the first n_tokens cells of src. Streams are per slot, so llama.cpp copies the
-        whole stream (at the next decode) and the tail is cut off again."""
+        """Give dst the first n_tokens cells of src. Per-slot streams: llama.cpp copies the whole
+        stream (at the next decode) and the tail is cut off again. Shared pool: dst joins src's
+        cells, no copy."""
         C.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
+        self.cells.copy_prefix(src, dst, self.cells.held(src))
         return self.forget(dst, n_tokens)
 
     def save_sequence(self, seq_id: int) -> ctypes.Array[ctypes.c_uint8]:
@@ -372,7 +381,11 @@ class LlamaModel:
     def restore_sequence(self, seq_id: int, state: ctypes.Array[ctypes.c_uint8]) -> bool:
         """Put saved cells back into a sequence (its own cells go first); False if llama.cpp refuses.
         The cells land at the same indices of the slot's stream, so answers do not change."""
-        return bool(C.llama_state_seq_set_data(self._ctx, state, len(state), seq_id))
+        if not C.llama_state_seq_set_data(self._ctx, state, len(state), seq_id):
+            self.cells.truncate(seq_id, 0)
+            return False
+        self.cells.fill(seq_id, self.cached_tokens(seq_id))
+        return True
 
     def grammar_sampler(self, grammar: str) -> ctypes.c_void_p:
         """A compiled grammar sampler (caller owns it); GrammarError if llama.cpp refuses the text."""

@@ -14,6 +14,7 @@ from lokal.engine.sequence import Sequence, SequenceStatus
 from lokal.engine.speculate import MAX_DRAFT
 
 if TYPE_CHECKING:
+    from lokal.engine.cells import CellLedger
     from lokal.engine.host_prefixes import HostPrefixes
     from lokal.engine.speculate import Drafter
 
@@ -59,6 +60,7 @@ class Scheduler:
         host: HostPrefixes | None = None,
         reuse_generated: bool = True,
         drafter: Drafter | None = None,
+        pool: CellLedger | None = None,
     ) -> None:
         if token_budget <= n_slots:
             raise ValueError("the step token budget must exceed the number of slots")
@@ -71,6 +73,9 @@ class Scheduler:
         # computes prompt rows and generated rows with different kernels (their cells then differ).
         self.reuse_generated = reuse_generated
         self.drafter = drafter  # speculation: where drafts come from (None: no speculation)
+        # A shared KV pool's cells (None: every slot reserves its whole context): admission waits
+        # for free cells, and the engine preempts the newest sequence when the pool runs out.
+        self.pool = pool
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.free_slots: list[int] = list(range(n_slots))
@@ -107,6 +112,9 @@ class Scheduler:
                 held.append(seq)
                 continue
             a = self._place(seq)
+            if self.pool is not None and self.running and not self._fits(seq, a):
+                self.waiting.appendleft(seq)  # first come, first served: the head waits for cells
+                break
             self.free_slots.remove(a.slot)
             seq.slot = a.slot
             seq.n_past = a.n_reused  # provisional, so a later admission in this round can borrow it too
@@ -117,30 +125,60 @@ class Scheduler:
         self.waiting.extendleft(reversed(held))
         return admitted
 
+    def _fits(self, seq: Sequence, a: Admission) -> bool:
+        """Whether the shared pool has cells for seq's unread tokens, beyond what the running
+        sequences still need (their unread prompts and next tokens) and a 1 % reserve; cached
+        prefixes of free slots count as free (the engine drops them when the cells are needed)."""
+        assert self.pool is not None
+        free = self.pool.free + sum(self.pool.exclusive(s) for s in self.free_slots if s != a.source)
+        promised = sum(max(s.pending, 1) for s in self.running)
+        reserve = max(1, self.pool.capacity // 100)
+        return len(seq.tokens) - a.n_reused + promised + reserve <= free
+
+    def preempt(self, seq: Sequence) -> None:
+        """Put a running sequence back at the head of the queue; the engine has dropped its cells."""
+        self.running.remove(seq)
+        if seq.slot is not None:
+            self.slot_cache[seq.slot] = []
+            self.free_slots.append(seq.slot)
+        seq.slot = None
+        seq.n_past = 0
+        seq.drafts = []
+        seq.status = SequenceStatus.WAITING
+        seq.preemptions += 1
+        self.waiting.appendleft(seq)
+
+    def newest(self) -> Sequence | None:
+        """The running sequence admitted last: the one a full pool preempts."""
+        return max(self.running, key=lambda s: s.admitted_at or 0.0, default=None)
+
     def _place(self, seq: Sequence) -> Admission:
-        """Pick a free slot and the longest reusable prefix for seq's prompt: a free slot's own
+        """Pick a free slot and the longest reusable prefix for seq's tokens: a free slot's own
         cells, a running sequence's, or an entry of the host tier."""
-        limit = seq.n_prompt - 1  # at least one prompt token must be decoded to get logits
+        # At least one token must be decoded to get logits; a preempted sequence's generated tokens
+        # are read again as generated ones where other cells would differ (reuse_generated).
+        limit = len(seq.tokens) - 1 if self.reuse_generated else min(len(seq.tokens) - 1, seq.n_prompt)
+        target = seq.tokens
         leader = seq.leader
         if leader is not None and leader.slot is not None and leader.status is SequenceStatus.DECODING:
             # A sibling shares its leader's prompt cells, with the prefix cache on or off.
-            n = min(common_prefix(leader.tokens[: leader.n_past], seq.prompt), limit)
+            n = min(common_prefix(leader.tokens[: leader.n_past], target), limit)
             if n > 0:
                 return Admission(seq, min(self.free_slots, key=self._slot_preference), leader.slot, n)
         if not self.prefix_cache or limit <= 0:
             return Admission(seq, min(self.free_slots, key=self._slot_preference), None, 0)
         best_free, best_free_n = -1, -1
         for s in self.free_slots:
-            n = min(common_prefix(self.slot_cache[s], seq.prompt), limit)
+            n = min(common_prefix(self.slot_cache[s], target), limit)
             if n > best_free_n or (n == best_free_n and self._slot_preference(s) < self._slot_preference(best_free)):
                 best_free, best_free_n = s, n
         best_src, best_src_n = None, best_free_n
         for other in self.running:
             assert other.slot is not None
-            n = min(common_prefix(other.tokens[: self.reusable(other)], seq.prompt), limit)
+            n = min(common_prefix(other.tokens[: self.reusable(other)], target), limit)
             if n > best_src_n:
                 best_src, best_src_n = other.slot, n
-        stored, stored_n = self.host.longest(seq.prompt, limit) if self.host is not None else (None, 0)
+        stored, stored_n = self.host.longest(target, limit) if self.host is not None else (None, 0)
         if stored is not None and stored_n > best_src_n:
             return Admission(seq, min(self.free_slots, key=self._slot_preference), None, stored_n, stored)
         if best_src is None:
@@ -154,7 +192,10 @@ class Scheduler:
 
         With one KV stream per slot, llama.cpp decodes only consecutive slots together: each run of
         consecutive busy slots costs its own pass over the weights in every step. A free slot that
-        extends or joins a run is worth more than an old cached prefix that nobody asked for."""
+        extends or joins a run is worth more than an old cached prefix that nobody asked for.
+        A shared pool is one stream: only the age counts."""
+        if self.pool is not None:
+            return 0, self.slot_used_at[slot]
         busy = {s.slot for s in self.running if s.slot is not None}
         busy.add(slot)
         runs = sum(1 for s in busy if s - 1 not in busy)
@@ -195,6 +236,8 @@ class Scheduler:
                 break
             if seq.status is SequenceStatus.PREFILLING:
                 n = min(seq.pending, budget)
+                if not self.reuse_generated and seq.n_past < seq.n_prompt:
+                    n = min(n, seq.n_prompt - seq.n_past)  # a resumed sequence: prompt rows first, alone
                 plan.append((seq, n))
                 budget -= n
         plan.sort(key=lambda row: row[0].slot or 0)

@@ -103,6 +103,7 @@ class Sequence:
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet reported in a Delta
     lookup: Acceptance | None = None  # its drafting state (speculate.Drafter.new_state), when it speculates
     drafts: list[int] = field(default_factory=list)  # this step's draft tokens, fed after the last one
+    preemptions: int = 0  # times the shared KV pool ran out and it went back to the queue (cells dropped)
 
     def __post_init__(self) -> None:
         self.tokens = list(self.prompt)
@@ -111,6 +112,12 @@ class Sequence:
     @property
     def n_prompt(self) -> int:
         return len(self.prompt)
+
+    @property
+    def resumed(self) -> bool:
+        """Readmitted after a preemption: its sampler and output so far are kept; its prompt and
+        generated tokens are read again (prompt tokens as a prompt, generated ones as generated)."""
+        return self.preemptions > 0
 
     @property
     def pending(self) -> int:

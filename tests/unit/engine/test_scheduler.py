@@ -128,3 +128,42 @@ def test_siblings_wait_for_their_leaders_prompt_then_copy_its_cells_without_bloc
     assert [a.seq for a in second] == siblings
     assert all(a.source == leader.slot and a.n_reused == len(prompt) - 1 for a in second)
     assert not s.waiting
+
+
+def test_a_shared_pool_admits_by_free_cells_and_the_head_of_the_queue_waits():
+    from lokal.engine.cells import CellLedger
+
+    pool = CellLedger(200, shared=True)
+    s = Scheduler(n_slots=8, token_budget=64, max_queue=8, prefix_cache=False, pool=pool)
+    first, big, small = seq(range(100)), seq(range(120)), seq(range(10))
+    for q in (first, big, small):
+        s.add(q)
+    assert [a.seq for a in s.admit()] == [first]  # 100 promised + 120 + the 1 % reserve > 200
+    assert list(s.waiting) == [big, small]  # first come, first served: small does not overtake
+    for p in range(100):
+        pool.append(first.slot, p)
+    first.n_past = 100
+    s.release(first)
+    assert [a.seq for a in s.admit()] == [big, small]  # a free slot's cached cells count as free
+
+
+def test_a_preempted_sequence_goes_back_to_the_head_of_the_queue():
+    from lokal.engine.cells import CellLedger
+
+    s = Scheduler(n_slots=2, token_budget=64, max_queue=8, prefix_cache=True, pool=CellLedger(500, shared=True),
+                  reuse_generated=False)
+    old, new, later = seq([1, 2, 3]), seq([4, 5, 6]), seq([7])
+    for q in (old, new):
+        s.add(q)
+    s.admit()
+    assert s.newest() is new
+    new.n_past = 3
+    new.tokens += [8, 9]  # two generated tokens
+    new.status = SequenceStatus.DECODING
+    s.add(later)
+    s.preempt(new)
+    assert list(s.waiting) == [new, later] and new.resumed and new.slot is None and new.n_past == 0
+    (adm,) = s.admit()
+    assert adm.seq is new
+    plan = s.schedule()
+    assert (new, 3) in plan  # the prompt alone first: generated tokens are read in a later decode
