@@ -70,8 +70,28 @@ def friendly(fn: F) -> F:
 
 def _version(value: bool) -> None:
     if value:
-        console.print(f"lokal {__version__}")
+        console.print(escape(version_text()), highlight=False, soft_wrap=True)
         raise typer.Exit()
+
+
+def version_text() -> str:
+    """``lokal 0.1.0 · llama.cpp 0.3.36+lokal.2 · backend cuda (CUDA0: NVIDIA H100 80GB HBM3)``, and
+    a note when this llama.cpp is CPU-only while NVML sees NVIDIA GPUs (docs/gpu.md)."""
+    from lokal.advise.hardware import nvidia_gpus
+    from lokal.engine.devices import backend
+
+    try:
+        import llama_cpp
+
+        llama = f"llama.cpp {llama_cpp.__version__}"
+    except Exception:  # a broken install still prints lokal's version
+        llama = "llama.cpp missing"
+    found = backend()
+    text = f"lokal {__version__} · {llama} · backend {found.summary()}"
+    if found.name == "cpu" and (gpus := nvidia_gpus()):
+        names = ", ".join(sorted({g.name for g in gpus}))
+        text += f"\nnote: {names} found, but this llama.cpp is built for the CPU only: run scripts/install.sh"
+    return text
 
 
 @app.callback()
