@@ -1,4 +1,5 @@
-"""Serving lifecycle: liveness (``GET /health``: the process answers, with the loaded models),
+"""Serving lifecycle: liveness (``GET /health``: the process answers, with the loaded models and
+the llama.cpp backend and devices),
 readiness (``GET /ready``: 200 when the default model is loaded or can be loaded from the store,
 503 otherwise or while draining), and ``serve``: uvicorn with lokal's signal rules and graceful
 shutdown (``GracefulServer``) and a bound on request heads (``HeadLimitedHttpToolsProtocol``),
@@ -25,6 +26,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from lokal import __version__
 from lokal.config import Settings
+from lokal.engine.devices import backend
 from lokal.runtime.runtime import Runtime
 
 log = logging.getLogger("lokal.server")
@@ -33,10 +35,14 @@ router = APIRouter(tags=["lokal"])
 
 @router.get("/health")
 async def health(request: Request) -> dict[str, object]:
-    """Liveness: the server answers. Lists the loaded models and their engine load."""
+    """Liveness: the server answers. Lists the loaded models and their engine load, and the
+    llama.cpp backend ("cpu", "cuda") with its devices and their memory now."""
     runtime: Runtime = request.app.state.runtime
     models = [{"name": m.name, "running": m.engine.running, "waiting": m.engine.waiting} for m in runtime.status()]
-    return {"status": "ok", "version": __version__, "loaded": models}
+    # off the event loop: a CUDA device's first memory query makes its context (seconds)
+    found = (await asyncio.to_thread(backend)).to_dict()
+    return {"status": "ok", "version": __version__, "loaded": models,
+            "backend": found["backend"], "devices": found["devices"]}
 
 
 @router.get("/ready")
