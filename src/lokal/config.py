@@ -43,6 +43,25 @@ class Settings(BaseSettings):
         default="", description="a model with the same vocabulary that drafts tokens for the default model "
         "(speculative decoding, over --speculate); empty = none; other models: Modelfile PARAMETER draft"
     )
+    gpu_layers: str = Field(
+        default="auto", description="layers offloaded to NVIDIA GPUs: auto (as many as fit in free VRAM, all when "
+        "they do), or a number (0 = CPU); a Modelfile's PARAMETER num_gpu sets it per model (docs/gpu.md)"
+    )
+    tensor_split: str = Field(
+        default="", description="each GPU's share of the offloaded layers, e.g. 3,1; empty = by free memory"
+    )
+    main_gpu: int = Field(
+        default=-1, ge=-1,
+        description="without --tensor-split, the one GPU to use; -1 = every GPU, split by free memory",
+    )
+    kv_pool: Literal["per-slot", "shared"] = Field(
+        default="per-slot", description="per-slot: each slot reserves its context; shared: sequences take KV cells "
+        "from one pool as they grow (--parallel is then the most sequences at once, automatic: 128 with the KV cache "
+        "on a GPU, 32 without)"
+    )
+    kv_cells: int = Field(
+        default=0, ge=0, description="cells of the shared KV pool; 0 = automatic (the KV share of free memory)"
+    )
     max_loaded_models: int = Field(default=2, ge=1, description="models kept in memory at once")
     keep_alive: str = Field(
         default="5m", description='idle time before a model unloads ("5m", "1h30m", seconds; 0 at once, -1 never)'
@@ -75,6 +94,22 @@ class Settings(BaseSettings):
             raise ValueError("ctx_size must be 0 (automatic) or at least 64")
         return value
 
+    @field_validator("gpu_layers", mode="before")
+    @classmethod
+    def _valid_gpu_layers(cls, value: object) -> str:
+        from lokal.advise.offload import parse_gpu_layers
+
+        n = parse_gpu_layers(value)
+        return "auto" if n is None else str(n)
+
+    @field_validator("tensor_split")
+    @classmethod
+    def _valid_tensor_split(cls, value: str) -> str:
+        from lokal.advise.offload import parse_tensor_split
+
+        parse_tensor_split(value)
+        return value.strip()
+
     @field_validator("keep_alive", mode="before")
     @classmethod
     def _valid_keep_alive(cls, value: object) -> str:
@@ -87,6 +122,18 @@ class Settings(BaseSettings):
     def database_path(self) -> Path:
         """The SQLite file shared by the web UI's chats and the Responses API's stored responses."""
         return Path(self.home) / "ui.sqlite3"
+
+    @property
+    def gpu_layer_count(self) -> int | None:
+        """gpu_layers as a number; None: automatic."""
+        return None if self.gpu_layers == "auto" else int(self.gpu_layers)
+
+    @property
+    def tensor_shares(self) -> tuple[float, ...]:
+        """tensor_split as numbers; empty: by free memory."""
+        from lokal.advise.offload import parse_tensor_split
+
+        return parse_tensor_split(self.tensor_split)
 
     @property
     def keep_alive_s(self) -> float:

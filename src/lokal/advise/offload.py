@@ -15,11 +15,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lokal.advise.hardware import Gpu
 from lokal.advise.memory import MemoryEstimate, ModelShape
-from lokal.engine.llama_model import Offload
+
+if TYPE_CHECKING:
+    from lokal.engine.llama_model import Offload
 
 VRAM_MARGIN_BYTES = 1 << 30
 VERDICTS = ("gpu", "partial", "cpu")
@@ -62,6 +64,8 @@ class OffloadPlan:
 
     def offload(self) -> Offload:
         """The engine's load parameters for this plan."""
+        from lokal.engine.llama_model import Offload
+
         if self.gpu_layers == 0:
             return Offload()
         return Offload(gpu_layers=self.gpu_layers, tensor_split=self.tensor_split, main_gpu=self.main_gpu)

@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lokal.advise.offload import OffloadPlan
 from lokal.engine.async_engine import AsyncEngine
 from lokal.engine.draft import DraftModel
 from lokal.engine.embedder import Embedder, EmbedResult
 from lokal.engine.engine import Engine
-from lokal.engine.llama_model import ContextShape, LlamaModel
+from lokal.engine.llama_model import ContextShape, LlamaModel, Offload
 from lokal.engine.sampling import SamplingParams
 from lokal.engine.speculate import Speculation
 from lokal.options import SAMPLING_NAMES, from_ollama
@@ -34,14 +35,17 @@ class LoadedModel:
     defaults: dict[str, Any] = field(default_factory=dict)
     embedder: Embedder | None = None  # its llama.cpp context is made on the first embed
     memory_bytes: int | None = None  # lokal's estimate, made once (Runtime.memory_bytes)
+    plan: OffloadPlan | None = None  # where its bytes went (VRAM, RAM); None: not planned (loaded by hand)
 
     @classmethod
     def load(cls, name: str, manifest: Manifest, path: Path, shape: ContextShape,
              max_queue: int, prefix_cache: bool, start_thread: bool = True,
-             prefix_cache_ram_mib: int = 0, speculate: str = "off", draft: Path | None = None) -> LoadedModel:
+             prefix_cache_ram_mib: int = 0, speculate: str = "off", draft: Path | None = None,
+             offload: Offload | None = None) -> LoadedModel:
         """Load weights and start the engine thread (blocking: call it off the event loop). ``draft``:
-        a draft model's GGUF (DraftMismatch if it cannot draft for this one)."""
-        model = LlamaModel(path, shape)
+        a draft model's GGUF (DraftMismatch if it cannot draft for this one); ``offload``: its GPU
+        layers (None: the CPU)."""
+        model = LlamaModel(path, shape, offload)
         try:
             drafter = DraftModel(draft, model) if draft is not None else None
         except BaseException:

@@ -13,19 +13,28 @@ import logging
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
+from lokal.advise.hardware import Gpu, nvidia_gpus
+from lokal.advise.memory import EstimateError, estimate_memory, model_shape
+from lokal.advise.offload import (
+    VRAM_MARGIN_BYTES,
+    OffloadPlan,
+    fallback_layers,
+    gpu_offload_supported,
+    plan_for,
+)
 from lokal.config import Settings
 from lokal.engine.async_engine import EngineStopped, Submission
 from lokal.engine.draft import DraftMismatch
 from lokal.engine.embedder import EmbedResult, InputTooLong
 from lokal.engine.engine import EngineStats, PromptTooLong
-from lokal.engine.llama_model import ContextShape, ModelLoadError
+from lokal.engine.llama_model import ContextShape, ModelLoadError, Offload
 from lokal.engine.sampling import SamplingParams
 from lokal.engine.scheduler import QueueFull
 from lokal.runtime import errors
@@ -34,7 +43,16 @@ from lokal.runtime.keep_alive import FOREVER
 from lokal.runtime.loaded_model import LoadedModel
 from lokal.runtime.pipeline import events, prepare
 from lokal.runtime.request import GenerateRequest
-from lokal.runtime.sizing import GROW_SHARE_OF_FREE_RAM, auto_context, auto_parallel, model_memory_bytes
+from lokal.runtime.sizing import (
+    GROW_SHARE_OF_FREE_RAM,
+    SHARED_AUTO_SEQUENCES_CPU,
+    SHARED_AUTO_SEQUENCES_GPU,
+    auto_context,
+    auto_parallel,
+    auto_pool_cells,
+    model_estimate,
+    model_memory_bytes,
+)
 from lokal.store import errors as store_errors
 from lokal.store.gguf_facts import GgufFacts
 from lokal.store.manifest import Manifest
@@ -47,6 +65,7 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_S = 1
 REAP_INTERVAL_S = 0.25  # how often idle models are checked against their keep_alive
 _FOREVER_SPAN = timedelta(days=365 * 290)  # what "never expires" reads as (Ollama: now + max duration)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -59,6 +78,11 @@ class ModelStatus:
     expires_at: datetime
     engine: EngineStats
     manifest: Manifest
+    offload: OffloadPlan | None = None  # where its bytes are (VRAM, RAM)
+
+    @property
+    def vram_bytes(self) -> int:
+        return self.offload.vram_bytes if self.offload is not None else 0
 
 
 @dataclass
@@ -105,9 +129,16 @@ class Runtime:
     ``max_loaded_models`` are in memory. A model with running or waiting sequences is never
     unloaded."""
 
-    def __init__(self, settings: Settings, store: ModelStore | None = None) -> None:
+    def __init__(self, settings: Settings, store: ModelStore | None = None,
+                 load_model: Callable[..., LoadedModel] | None = None,
+                 devices: Callable[[], tuple[Gpu, ...]] | None = None) -> None:
+        """``load_model`` (LoadedModel.load's parameters) and ``devices`` (GPUs that can take layers)
+        stand in for llama.cpp's load and NVML in tests."""
         self.settings = settings
         self.store = store or ModelStore(settings.home)
+        self._load_model = load_model or LoadedModel.load
+        self._devices = devices
+        self._said_cpu_build = False
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
         self._last_used: dict[str, float] = {}
@@ -259,7 +290,7 @@ class Runtime:
         """Every loaded model with its memory figure, engine state and keep_alive expiry."""
         return [
             ModelStatus(m.name, self.memory_bytes(m), m.context_length, self.expires_at(m), m.engine.stats(),
-                        m.manifest)
+                        m.manifest, m.plan)
             for m in self.loaded()
         ]
 
@@ -288,14 +319,92 @@ class Runtime:
         except store_errors.ModelNotFound as exc:
             raise errors.ModelNotFound(name, str(exc)) from exc
 
-    def shape(self, facts: GgufFacts, slot_ctx: int | None = None, free_bytes: int | None = None) -> ContextShape:
+    def shape(self, facts: GgufFacts, slot_ctx: int | None = None, free_bytes: int | None = None,
+              on_gpu: bool = False) -> ContextShape:
         """The KV layout for a model: ``slot_ctx`` tokens per slot (None: ``--ctx-size``, or the
-        automatic context when that is 0) and ``--parallel`` slots, or as many as memory allows (0)."""
+        automatic context when that is 0) and ``--parallel`` slots, or as many as memory allows (0).
+        A shared pool (``--kv-pool shared``): ``--parallel`` sequences at most (0: 128 with the KV
+        cache on a GPU, ``on_gpu``, else 32) taking ``--kv-cells`` cells (0: as many as memory allows).
+        ``free_bytes``: the memory the KV cache goes to (None: the RAM available now)."""
         s = self.settings
         free = psutil.virtual_memory().available if free_bytes is None else free_bytes
         ctx = slot_ctx or s.ctx_size or auto_context(facts, free)
+        if s.kv_pool == "shared":
+            seqs = s.parallel or (SHARED_AUTO_SEQUENCES_GPU if on_gpu else SHARED_AUTO_SEQUENCES_CPU)
+            cells = s.kv_cells or auto_pool_cells(facts, ctx, seqs, free)
+            return ContextShape(slot_ctx=ctx, n_slots=seqs, n_batch=max(s.batch_size, 2 * seqs), n_threads=s.threads,
+                                kv_pool="shared", pool_cells=cells)
         slots = s.parallel or auto_parallel(facts, ctx, free)
         return ContextShape(slot_ctx=ctx, n_slots=slots, n_batch=max(s.batch_size, 2 * slots), n_threads=s.threads)
+
+    # ---- GPUs: where a model's layers go (lokal.advise.offload) ---------------------------------
+    @property
+    def can_offload(self) -> bool:
+        """Whether this llama.cpp build can put layers on a GPU (simulated GPUs always can)."""
+        return self._devices is not None or gpu_offload_supported()
+
+    def gpus(self) -> tuple[Gpu, ...]:
+        """The NVIDIA GPUs and their free memory now (NVML); says once in the log when there are
+        some but this llama.cpp build cannot use them."""
+        if self._devices is not None:
+            return self._devices()
+        found = nvidia_gpus()
+        if found and not self._said_cpu_build and not self.can_offload:
+            self._said_cpu_build = True
+            log.warning("%d NVIDIA GPU(s) found, but this llama.cpp build is CPU-only; reinstall with "
+                        "LOKAL_GPU=cuda scripts/install.sh", len(found))
+        return found
+
+    def gpu_layers(self, manifest: Manifest) -> int | None:
+        """The layers to offload (None: as many as fit): ``--gpu-layers``, else the Modelfile's
+        ``PARAMETER num_gpu`` (Ollama's name; negative: automatic)."""
+        if self.settings.gpu_layer_count is not None:
+            return self.settings.gpu_layer_count
+        own = (manifest.parameters or {}).get("num_gpu")
+        if isinstance(own, int) and not isinstance(own, bool) and own >= 0:
+            return own
+        return None
+
+    def offload_plan(self, manifest: Manifest, shape: ContextShape, gpus: tuple[Gpu, ...] | None = None,
+                     gpu_layers: int | None | str = "configured") -> OffloadPlan:
+        """Where a model loaded with ``shape`` goes: its layers on ``gpus`` (None: those there now) per
+        ``gpu_layers`` ("configured": ``gpu_layers(manifest)``). ModelLoadError for impossible
+        settings (``--main-gpu`` beyond the GPUs, a split that leaves them all out)."""
+        s = self.settings
+        layers = self.gpu_layers(manifest) if gpu_layers == "configured" else gpu_layers
+        assert layers is None or isinstance(layers, int)
+        model = model_shape(manifest, self.store.home)
+        try:
+            return plan_for(model, model_estimate(model, shape), self.gpus() if gpus is None else gpus, layers,
+                            s.tensor_shares, s.main_gpu, self.can_offload)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from exc
+
+    def kv_room(self, manifest: Manifest, ram_free: int | None = None,
+                freed: OffloadPlan | None = None) -> tuple[int, bool]:
+        """The free memory a model's KV cache would go to, and whether it is VRAM: what its GPUs have
+        left (less the margin) once its weights and compute buffers are there, when all of them fit
+        there; else the RAM available. ``freed``: a plan whose memory is about to be released."""
+        ram = psutil.virtual_memory().available if ram_free is None else ram_free
+        gpus = self.gpus()
+        if freed is not None and len(freed.device_bytes) == len(gpus):
+            gpus = tuple(replace(g, memory_free=g.memory_free + b) for g, b in zip(gpus, freed.device_bytes,
+                                                                                   strict=True))
+        if not gpus or not self.can_offload or self.gpu_layers(manifest) == 0:
+            return ram, False
+        try:
+            model = model_shape(manifest, self.store.home)
+            batch = self.settings.batch_size
+            bare = estimate_memory(model, batch, 1, batch=batch, cells=batch)  # weights, compute, one batch of KV
+            plan = plan_for(model, bare, gpus, self.gpu_layers(manifest), self.settings.tensor_shares,
+                            self.settings.main_gpu, True)
+        except (EstimateError, ModelLoadError, ValueError):
+            return ram, False
+        if plan.verdict != "gpu" or not plan.fits:
+            return ram, False
+        room = sum(max(0, g.memory_free - VRAM_MARGIN_BYTES) for g, share in zip(gpus, plan.tensor_split, strict=True)
+                   if share > 0)
+        return max(0, room - plan.vram_bytes), True
 
     def planned_context(self, manifest: Manifest) -> int:
         """The context of one slot of a stored model: its loaded one, else the one it would load with."""
@@ -305,11 +414,13 @@ class Runtime:
     def load_shape(self, manifest: Manifest) -> ContextShape:
         """The shape a stored model is loaded with: in automatic mode its Modelfile's ``num_ctx``
         (clamped to the trained length) when it has one, as Ollama loads it; else ``shape``."""
+        free, on_gpu = self.kv_room(manifest)
         num_ctx = (manifest.parameters or {}).get("num_ctx")
         if self.settings.ctx_size or not isinstance(num_ctx, int) or isinstance(num_ctx, bool) or num_ctx < 64:
-            return self.shape(manifest.facts)
+            return self.shape(manifest.facts, free_bytes=free, on_gpu=on_gpu)
         trained = manifest.facts.context_length
-        return self.shape(manifest.facts, slot_ctx=min(num_ctx, trained) if trained else num_ctx)
+        return self.shape(manifest.facts, slot_ctx=min(num_ctx, trained) if trained else num_ctx, free_bytes=free,
+                          on_gpu=on_gpu)
 
     def load_sync(self, name: str, start_thread: bool = True, shape: ContextShape | None = None) -> LoadedModel:
         """Load a model in this thread (the CLI's `run` and the offline LLM use this)."""
@@ -321,21 +432,34 @@ class Runtime:
             draft_path = self.store.gguf_path(draft) if draft is not None else None
         except store_errors.StoreError as exc:
             raise ModelLoadError(f"its draft model `{draft}` cannot be used: {exc}") from exc
-        try:
-            return LoadedModel.load(
+        shape = shape or self.load_shape(manifest)
+        gpus = self.gpus()
+
+        def load(offload: Offload) -> LoadedModel:
+            return self._load_model(
                 key,
                 manifest,
                 path,
-                shape or self.load_shape(manifest),
+                shape,
                 self.settings.max_queue,
                 self.settings.prefix_cache,
                 start_thread,
                 self.settings.prefix_cache_ram_mib,
                 self.settings.speculate,
                 draft_path,
+                offload=offload,
             )
+
+        def replan(layers: int) -> OffloadPlan:
+            return self.offload_plan(manifest, shape, gpus, layers)
+
+        try:
+            loaded, plan = load_with_fallback(key, self.offload_plan(manifest, shape, gpus), load, replan)
         except DraftMismatch as exc:
             raise DraftMismatch(f"`{draft}` cannot draft for it: {exc}") from exc
+        loaded.plan = plan
+        loaded.memory_bytes = plan.total_bytes
+        return loaded
 
     def draft_model(self, key: str, manifest: Manifest) -> str | None:
         """The model that drafts for a stored model: its Modelfile's ``PARAMETER draft``, else
@@ -404,9 +528,11 @@ class Runtime:
     def _grown_shape(self, current: LoadedModel, wanted: int) -> ContextShape | None:
         """The shape with ``wanted`` tokens per slot, if it fits in the memory the model would
         have once the current one is freed; None (and a warning in the log) if it does not."""
-        free = psutil.virtual_memory().available + self.memory_bytes(current)
-        shape = self.shape(current.manifest.facts, slot_ctx=wanted, free_bytes=free)
-        needed = model_memory_bytes(current.manifest, shape, self.store.home)
+        held = current.plan.host_bytes if current.plan is not None else self.memory_bytes(current)
+        free, on_gpu = self.kv_room(current.manifest, psutil.virtual_memory().available + held, current.plan)
+        shape = self.shape(current.manifest.facts, slot_ctx=wanted, free_bytes=free, on_gpu=on_gpu)
+        estimate = model_estimate(model_shape(current.manifest, self.store.home), shape)
+        needed = estimate.kv_cache if on_gpu else estimate.total  # VRAM room is counted after the weights
         if needed > free * GROW_SHARE_OF_FREE_RAM:
             log.warning("num_ctx %d for %s needs %d MiB, more than free memory allows: its context stays %d",
                         wanted, current.name, needed >> 20, current.context_length)
@@ -453,9 +579,13 @@ class Runtime:
 
     def memory_bytes(self, loaded: LoadedModel) -> int:
         """lokal's one memory figure for a loaded model (the same estimate ``lokal advise``
-        makes for its shape: weights, KV cache of every slot, compute, overhead)."""
+        makes for its shape: weights, KV cache of every slot, compute, overhead; VRAM and RAM
+        together when it is offloaded, ``loaded.plan`` splits them)."""
         if loaded.memory_bytes is None:  # reads the GGUF's header once per load
-            loaded.memory_bytes = model_memory_bytes(loaded.manifest, loaded.model.shape, self.store.home)
+            if loaded.plan is not None:
+                loaded.memory_bytes = loaded.plan.total_bytes
+            else:
+                loaded.memory_bytes = model_memory_bytes(loaded.manifest, loaded.model.shape, self.store.home)
         return loaded.memory_bytes
 
     def planned_memory_bytes(self, manifest: Manifest) -> int:
@@ -544,6 +674,32 @@ class Runtime:
                 await self._reaper
         for key in list(self._loaded):
             await self.unload(key)
+
+
+def load_with_fallback(name: str, plan: OffloadPlan, load: Callable[[Offload], T],
+                       replan: Callable[[int], OffloadPlan]) -> tuple[T, OffloadPlan]:
+    """``load`` with ``plan``; when llama.cpp fails with layers on a GPU (out of memory, a GPU
+    gone), again with half the layers (``replan``), then on the CPU, with one warning each. The
+    last ModelLoadError is raised only when even the CPU load fails."""
+    try:
+        return load(plan.offload()), plan
+    except ModelLoadError as exc:
+        if plan.gpu_layers == 0:
+            raise
+        error = exc
+    for layers in fallback_layers(plan.gpu_layers):
+        where = f"{layers} layers on the GPU" if layers else "the CPU only"
+        log.warning("loading %s with %d layers on the GPU failed (%s): trying %s", name, plan.gpu_layers, error, where)
+        plan = replan(layers)
+        if layers == 0:
+            plan = replace(plan, description="CPU only: loading on the GPU failed")
+        try:
+            return load(plan.offload()), plan
+        except ModelLoadError as exc:
+            if layers == 0:
+                raise
+            error = exc
+    raise AssertionError("unreachable: fallback_layers ends with the CPU")
 
 
 async def _merged(choices: list[AsyncGenerator[Event, None]]) -> AsyncGenerator[Event, None]:

@@ -1,11 +1,12 @@
-"""What a model is loaded with when the user did not say: its context (``auto_context``) and
-how many slots (``auto_parallel``), from the model's facts and the machine's memory."""
+"""What a model is loaded with when the user did not say: its context (``auto_context``), how
+many slots (``auto_parallel``) and a shared KV pool's cells (``auto_pool_cells``), from the
+model's facts and the free memory its KV cache goes to (VRAM when the model is offloaded)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from lokal.advise.memory import estimate_memory, kv_bytes_per_token, model_shape
+from lokal.advise.memory import MemoryEstimate, ModelShape, estimate_memory, kv_bytes_per_token, model_shape
 from lokal.engine.llama_model import ContextShape
 from lokal.store.gguf_facts import GgufFacts
 from lokal.store.manifest import Manifest
@@ -19,6 +20,10 @@ KV_SHARE_OF_FREE_RAM = 0.5
 AUTO_CTX_FLOOR = 4096
 AUTO_CTX_CEILING = 16384
 ONE_SLOT_SHARE_OF_FREE_RAM = 0.25  # one slot's KV cache at the automatic context
+# A shared pool admits sequences by free cells, so it runs many more than slots would: a GPU
+# decodes 128 sequences in about the time of a few, a CPU's step grows with each.
+SHARED_AUTO_SEQUENCES_GPU = 128
+SHARED_AUTO_SEQUENCES_CPU = 32
 GROW_SHARE_OF_FREE_RAM = 0.7  # a model reloaded with a larger context must fit in this much (advise's "tight")
 
 
@@ -45,8 +50,23 @@ def auto_context(facts: GgufFacts, free_bytes: int) -> int:
     return ctx
 
 
+def auto_pool_cells(facts: GgufFacts, slot_ctx: int, n_slots: int, free_bytes: int) -> int:
+    """A shared pool's cells when the user did not set them: those whose KV cache fits in the share
+    of free memory slots get (KV_SHARE_OF_FREE_RAM), at most every sequence's whole context, at
+    least one sequence's."""
+    per_token = kv_bytes_per_token(facts)
+    fitting = int(free_bytes * KV_SHARE_OF_FREE_RAM) // per_token if per_token else slot_ctx
+    return max(slot_ctx, min(n_slots * slot_ctx, fitting))
+
+
+def model_estimate(model: ModelShape, shape: ContextShape) -> MemoryEstimate:
+    """The estimate for a model loaded with ``shape``: every slot's context, or a shared pool's cells."""
+    cells = shape.n_ctx if shape.shared else None
+    return estimate_memory(model, shape.slot_ctx, shape.n_slots, batch=shape.n_batch, cells=cells)
+
+
 def model_memory_bytes(manifest: Manifest, shape: ContextShape, home: Path | None = None) -> int:
     """lokal's one memory figure for a model loaded with ``shape``: the estimate ``lokal advise``
-    makes (weights, KV cache of every slot, compute, overhead; docs/memory-estimate.md)."""
-    model = model_shape(manifest, home)
-    return estimate_memory(model, shape.slot_ctx, shape.n_slots, batch=shape.n_batch).total
+    makes (weights, KV cache of every slot or of the shared pool, compute, overhead;
+    docs/memory-estimate.md). Where its bytes go (VRAM, RAM): ``lokal.advise.offload``."""
+    return model_estimate(model_shape(manifest, home), shape).total
