@@ -46,6 +46,16 @@ class Backend:
         shown = [d for d in self.devices if d.kind in kinds]
         return f"{self.name} ({', '.join(f'{d.name}: {d.description}' for d in shown) or 'no devices'})"
 
+    def note(self, nvidia_gpus: tuple[str, ...]) -> str:
+        """What to do when this build and the machine's NVIDIA GPUs (NVML's names) disagree, or ""."""
+        if self.gpu_offload and self.name == "cpu":
+            return ("this llama.cpp is built for GPUs but finds none: check nvidia-smi, the driver's CUDA "
+                    "version and CUDA_VISIBLE_DEVICES")
+        if not self.gpu_offload and nvidia_gpus:
+            return (f"{', '.join(sorted(set(nvidia_gpus)))} found, but this llama.cpp is built for the CPU only: "
+                    "run scripts/install.sh (docs/gpu.md)")
+        return ""
+
     def to_dict(self) -> dict[str, Any]:
         return {"backend": self.name, "gpu_offload": self.gpu_offload, "devices": [asdict(d) for d in self.devices]}
 
