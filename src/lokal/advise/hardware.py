@@ -18,12 +18,15 @@ SIMD_FLAGS = ("avx", "avx2", "avx512f", "avx512_vnni", "avx512_bf16", "f16c", "f
 
 @dataclass(frozen=True)
 class Gpu:
-    """One GPU and its memory (bytes)."""
+    """One GPU: its memory (bytes) and, when NVML says, how busy it is."""
 
     name: str
     memory_total: int
     memory_free: int
     vendor: str = "nvidia"
+    index: int = 0  # NVML's (PCI bus order; CUDA's is the same with CUDA_DEVICE_ORDER=PCI_BUS_ID)
+    memory_used: int = 0
+    utilization: float | None = None  # share of the last sample period a kernel ran, 0..1
 
 
 @dataclass(frozen=True)
@@ -123,8 +126,13 @@ def nvidia_gpus() -> tuple[Gpu, ...]:
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
             mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
             name = pynvml.nvmlDeviceGetName(handle)
+            try:
+                utilization: float | None = pynvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100
+            except Exception:  # not supported on this device (some vGPUs, MIG instances)
+                utilization = None
             gpus.append(Gpu(name=name.decode() if isinstance(name, bytes) else str(name),
-                            memory_total=int(mem.total), memory_free=int(mem.free)))
+                            memory_total=int(mem.total), memory_free=int(mem.free), index=i,
+                            memory_used=int(getattr(mem, "used", mem.total - mem.free)), utilization=utilization))
         return tuple(gpus)
     except Exception:
         return ()

@@ -62,6 +62,13 @@ class OffloadPlan:
     def total_bytes(self) -> int:
         return self.host_bytes + self.vram_bytes
 
+    @property
+    def size_vram(self) -> int:
+        """VRAM as Ollama's ``size_vram`` tells it: the whole model when every layer is on GPUs (what
+        stays in RAM, the input embeddings and the vocabulary, is not told apart, as in ``ollama
+        ps``: "100% GPU"), else the GPUs' bytes."""
+        return self.total_bytes if self.verdict == "gpu" else self.vram_bytes
+
     def offload(self) -> Offload:
         """The engine's load parameters for this plan."""
         from lokal.engine.llama_model import Offload

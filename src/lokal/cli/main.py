@@ -104,7 +104,18 @@ def main(
 
 
 def _settings(**overrides: Any) -> Settings:
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    """Settings from the environment under the command's flags; a bad value is one UserError that
+    names the setting, its flag and its variable."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else "settings"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        where = f"{field} (--{field.replace('_', '-')}, LOKAL_{field.upper()})" if error["loc"] else field
+        raise UserError(f"{where}: {message}") from None
 
 
 def _store(settings: Settings):  # type: ignore[no-untyped-def]
@@ -362,12 +373,23 @@ def ps() -> None:
     for m in (data or {}).get("models", []):
         digest = str(m.get("digest", "")).split(":", 1)[-1][:12]
         size = int(m.get("size") or 0)
-        vram = int(m.get("size_vram") or 0)
-        processor = "100% CPU" if not vram else "100% GPU" if vram >= size else f"{100 - vram * 100 // size}% CPU"
+        processor = processor_text(size, int(m.get("size_vram") or 0))
         context = str(m.get("context_length") or "")
         name = escape(str(m.get("name") or m.get("model", "?")))
         table.add_row(name, digest, _human_size(size), processor, context, _until(m.get("expires_at")))
     console.print(table)
+
+
+def processor_text(size: int, size_vram: int) -> str:
+    """Where a model runs, as ``ollama ps`` says it: 100% GPU, 100% CPU or 48%/52% CPU/GPU."""
+    if size_vram <= 0:
+        return "100% CPU"
+    if size_vram == size:
+        return "100% GPU"
+    if size_vram > size or size <= 0:
+        return "Unknown"
+    cpu = int((size - size_vram) * 100 / size + 0.5)  # Go's math.Round: halves away from zero
+    return f"{cpu}%/{100 - cpu}% CPU/GPU"
 
 
 @app.command()
@@ -461,7 +483,8 @@ def serve(
         str | None, typer.Option("--model", "-m", help="model to pull if missing and load at start")
     ] = None,
     parallel: Annotated[
-        int | None, typer.Option(help="sequences decoded together (slots); 0 = as many as memory allows, max 8")
+        int | None, typer.Option(help="sequences decoded together (slots); 0 = as many as memory allows, max 8 "
+                                      "(--kv-pool shared: 128 with the KV cache on a GPU, else 32)")
     ] = None,
     ctx_size: Annotated[int | None, typer.Option(
         "--ctx-size", help="context length per slot; 0 (default) = automatic: the model's trained length within "
@@ -488,6 +511,27 @@ def serve(
         typer.Option("--draft", help="a smaller model with the same vocabulary that drafts tokens for --model "
                                      "(speculative decoding; pulled if missing)"),
     ] = None,
+    gpu_layers: Annotated[
+        str | None,
+        typer.Option("--gpu-layers", help="layers on NVIDIA GPUs: auto (default: as many as fit in free VRAM) or "
+                                          "a number; 0 = CPU only"),
+    ] = None,
+    tensor_split: Annotated[
+        str | None,
+        typer.Option("--tensor-split", help="each GPU's share of the offloaded layers, e.g. 3,1 (default: by free "
+                                            "memory)"),
+    ] = None,
+    main_gpu: Annotated[
+        int | None, typer.Option("--main-gpu", help="the one GPU to use (without --tensor-split); default: all")
+    ] = None,
+    kv_pool: Annotated[
+        str | None,
+        typer.Option("--kv-pool", help="per-slot (default: each slot reserves its context) or shared (sequences "
+                                       "take KV cells from one pool as they grow)"),
+    ] = None,
+    kv_cells: Annotated[
+        int | None, typer.Option("--kv-cells", help="cells of the shared KV pool; 0 (default) = automatic")
+    ] = None,
 ) -> None:
     """Serve the OpenAI-compatible API (and /docs) on one port."""
 
@@ -497,7 +541,8 @@ def serve(
     settings = _settings(
         host=host, port=port, parallel=parallel, ctx_size=ctx_size, threads=threads, max_queue=max_queue,
         default_model=model, keep_alive=keep_alive, prefix_cache_ram_mib=prefix_cache_ram,
-        speculate=speculate, draft=draft,
+        speculate=speculate, draft=draft, gpu_layers=gpu_layers, tensor_split=tensor_split, main_gpu=main_gpu,
+        kv_pool=kv_pool, kv_cells=kv_cells,
     )
     if settings.draft:
         _ensure_pulled(settings, settings.draft)
@@ -507,7 +552,8 @@ def serve(
     app_ = create_app(settings, Runtime(settings), preload=preload)
     console.print(
         f"lokal {__version__} serving on [bold]http://{escape(settings.host)}:{settings.port}[/bold] "
-        f"(slots={settings.parallel or 'auto'}, ctx={settings.ctx_size or 'auto'}, threads={settings.threads})"
+        f"(slots={settings.parallel or 'auto'}, ctx={settings.ctx_size or 'auto'}, threads={settings.threads}, "
+        f"gpu-layers={settings.gpu_layers}, kv-pool={settings.kv_pool})"
     )
     _warn_if_open(settings)
     # SIGTERM/SIGINT: stop accepting, let running requests finish for up to LOKAL_SHUTDOWN_GRACE;

@@ -3,14 +3,14 @@
 HTTP request counters and latency histograms are observed when a request ends (a
 TrackingMiddleware sink); generation figures (TTFT, inter-token gaps, tokens) when a generation
 ends (a subscriber of the runtime's events, the same figures the web UI's monitor shows).
-Engine state (running/waiting sequences, KV cells, loaded models and their memory) is read at
-scrape time by a collector, so it is never
-stale and costs nothing between scrapes. Each app has its own registry.
+Engine state (running/waiting sequences, KV cells, loaded models and their memory) and each
+GPU's memory and utilisation (NVML) are read at scrape time by collectors, so they are never
+stale and cost nothing between scrapes. Each app has its own registry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import (
@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from lokal import __version__
+from lokal.advise.hardware import Gpu, nvidia_gpus
 from lokal.runtime.events import Event, Failed, Finished, GenerationRecord
 from lokal.runtime.runtime import Runtime
 from lokal.server.security.tracking import RequestFacts
@@ -50,6 +51,9 @@ class EngineCollector(Collector):
 
         loaded = gauge("lokal_model_loaded", "1 for each model in memory")
         memory = gauge("lokal_model_memory_bytes", "estimated memory of a loaded model: weights, KV cache, compute")
+        vram = gauge("lokal_model_vram_bytes", "of that estimate, the bytes on GPUs (its offload plan)")
+        pool = GaugeMetricFamily("lokal_kv_pool", "1 for a loaded model's KV cache layout: per-slot or shared",
+                                 labels=["model", "kv_pool"])
         running = gauge("lokal_num_requests_running", "sequences being prefilled or decoded")
         waiting = gauge("lokal_num_requests_waiting", "sequences queued for a slot")
         slots = gauge("lokal_slots", "sequences a model can decode together")
@@ -63,11 +67,16 @@ class EngineCollector(Collector):
                                       labels=["model"])
         accepted = CounterMetricFamily("lokal_speculative_accepted_tokens",
                                        "speculative draft tokens the greedy pick confirmed", labels=["model"])
+        preempted = CounterMetricFamily("lokal_preemptions",
+                                        "sequences put back in the queue because the shared KV pool ran out",
+                                        labels=["model"])
         for m in self.runtime.status():
             s = m.engine
             name = [m.name]
             loaded.add_metric(name, 1)
             memory.add_metric(name, m.memory_bytes)
+            vram.add_metric(name, m.vram_bytes)
+            pool.add_metric([m.name, s.kv_pool], 1)
             running.add_metric(name, s.running)
             waiting.add_metric(name, s.waiting)
             slots.add_metric(name, s.slots)
@@ -79,14 +88,36 @@ class EngineCollector(Collector):
             host_b.add_metric(name, s.host_prefix_bytes)
             drafted.add_metric(name, s.drafted_tokens)
             accepted.add_metric(name, s.accepted_tokens)
-        yield from (loaded, memory, running, waiting, slots, kv_used, kv_total, kv_usage, tps, host_n, host_b,
-                    drafted, accepted)
+            preempted.add_metric(name, s.preemptions)
+        yield from (loaded, memory, vram, pool, running, waiting, slots, kv_used, kv_total, kv_usage, tps, host_n,
+                    host_b, drafted, accepted, preempted)
+
+
+class GpuCollector(Collector):
+    """Each NVIDIA GPU's memory and utilisation at scrape time (NVML; no series without a GPU)."""
+
+    def __init__(self, read: Callable[[], tuple[Gpu, ...]] = nvidia_gpus) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["device", "name"]
+        used = GaugeMetricFamily("lokal_gpu_memory_used_bytes", "GPU memory in use, by every process", labels=labels)
+        total = GaugeMetricFamily("lokal_gpu_memory_total_bytes", "GPU memory", labels=labels)
+        busy = GaugeMetricFamily("lokal_gpu_utilization_ratio", "share of the last sample period a kernel ran, 0..1",
+                                 labels=labels)
+        for g in self.read():
+            device = [str(g.index), g.name]
+            used.add_metric(device, g.memory_used)
+            total.add_metric(device, g.memory_total)
+            if g.utilization is not None:
+                busy.add_metric(device, g.utilization)
+        yield from (used, total, busy)
 
 
 class Metrics:
     """lokal's metrics in their own registry."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, read_gpus: Callable[[], tuple[Gpu, ...]] = nvidia_gpus) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("lokal_http_requests", "HTTP requests by route template, method and status",
@@ -105,6 +136,7 @@ class Metrics:
                                    "generations by model and how they ended (stop, length, cancelled, timeout, error)",
                                    ["model", "outcome"], registry=r)
         r.register(EngineCollector(runtime))
+        r.register(GpuCollector(read_gpus))
         ProcessCollector(registry=r)  # process_resident_memory_bytes, CPU seconds, open fds
         Info("lokal", "lokal's version", registry=r).info({"version": __version__})
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psutil
 
+from lokal.advise.hardware import Gpu, nvidia_gpus
 from lokal.runtime.runtime import Runtime
 from lokal.ui.request_log import RequestLog
 
@@ -26,30 +28,15 @@ def machine() -> dict[str, Any]:
     }
 
 
-def gpus() -> list[dict[str, Any]]:
-    try:
-        import pynvml  # nvidia-ml-py, optional
-    except ImportError:
-        return []
-    try:
-        pynvml.nvmlInit()
-    except Exception:  # no driver, no GPU
-        return []
-    found = []
-    try:
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            name = pynvml.nvmlDeviceGetName(handle)
-            found.append({
-                "name": name.decode() if isinstance(name, bytes) else str(name),
-                "util_percent": pynvml.nvmlDeviceGetUtilizationRates(handle).gpu,
-                "memory_total": int(mem.total),
-                "memory_used": int(mem.used),
-            })
-    finally:
-        pynvml.nvmlShutdown()
-    return found
+def gpus(read: Callable[[], tuple[Gpu, ...]] = nvidia_gpus) -> list[dict[str, Any]]:
+    """Each NVIDIA GPU's utilisation and memory (NVML, measured); none without one."""
+    return [{
+        "index": g.index,
+        "name": g.name,
+        "util_percent": None if g.utilization is None else round(g.utilization * 100),
+        "memory_total": g.memory_total,
+        "memory_used": g.memory_used,
+    } for g in read()]
 
 
 def throughput_history(records: list[dict[str, Any]], now: float, seconds: int = 180) -> list[list[float]]:
@@ -80,6 +67,10 @@ def snapshot(runtime: Runtime, log: RequestLog) -> dict[str, Any]:
         models.append({
             "name": m.name,
             "memory_bytes": m.memory_bytes,
+            "vram_bytes": m.vram_bytes,
+            "offload": m.offload.description if m.offload is not None else "",
+            "kv_pool": s.kv_pool,
+            "preemptions": s.preemptions,
             "running": s.running,
             "waiting": s.waiting,
             "slots": s.slots,

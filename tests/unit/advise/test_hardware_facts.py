@@ -52,4 +52,13 @@ def test_a_driver_that_does_not_load_means_no_gpus_quietly(monkeypatch: pytest.M
 
 def test_nvidia_gpus_with_their_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", _fake_nvml())
-    assert nvidia_gpus() == (Gpu(name="NVIDIA Fake 24GB", memory_total=24 * 1024**3, memory_free=20 * 1024**3),)
+    assert nvidia_gpus() == (Gpu(name="NVIDIA Fake 24GB", memory_total=24 * 1024**3, memory_free=20 * 1024**3,
+                                 memory_used=4 * 1024**3),)  # this fake NVML has no utilisation: None
+
+
+def test_nvidia_gpus_with_their_utilisation(monkeypatch: pytest.MonkeyPatch) -> None:
+    nvml = _fake_nvml()
+    nvml.nvmlDeviceGetUtilizationRates = lambda h: types.SimpleNamespace(gpu=37, memory=5)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    (gpu,) = nvidia_gpus()
+    assert gpu.utilization == 0.37 and gpu.index == 0

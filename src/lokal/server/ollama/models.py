@@ -87,7 +87,8 @@ async def ps(runtime: Runtime = Depends(get_runtime)) -> PsResponse:
         m = status.manifest
         running.append(RunningModel(
             name=status.name, model=status.name, size=status.memory_bytes, digest=short_digest(m.digest),
-            details=details(m), expires_at=rfc3339(status.expires_at), size_vram=0,
+            details=details(m), expires_at=rfc3339(status.expires_at),
+            size_vram=status.offload.size_vram if status.offload is not None else 0,
             context_length=status.context_length,
         ))
     return PsResponse(models=running)

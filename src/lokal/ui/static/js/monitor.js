@@ -51,8 +51,10 @@ export class MonitorPage {
     $("#mon-ram-total").textContent = `of ${formatBytes(m.ram_total)} · lokal ${formatBytes(m.process_rss)} measured`;
     if (m.gpus.length) {
       $("#mon-gpu-card").hidden = false;
-      $("#mon-gpu").textContent = m.gpus.map((g) => `${g.util_percent}%`).join(" · ");
-      $("#mon-gpu-mem").textContent = m.gpus.map((g) => `${formatBytes(g.memory_used)} of ${formatBytes(g.memory_total)}`).join(" · ");
+      const util = (g) => (g.util_percent === null ? "–" : `${g.util_percent}%`);
+      $("#mon-gpu").textContent = m.gpus.map(util).join(" · ");
+      $("#mon-gpu-mem").textContent = m.gpus.map((g) => `GPU ${g.index}: ${formatBytes(g.memory_used)} of ${formatBytes(g.memory_total)}`).join(" · ");
+      $("#mon-gpu-card").title = m.gpus.map((g) => `GPU ${g.index} ${g.name}`).join("\n");
     }
     $("#mon-running").textContent = snap.running;
     $("#mon-waiting").textContent = snap.waiting;
@@ -62,7 +64,8 @@ export class MonitorPage {
     const models = $("#mon-models");
     models.replaceChildren();
     for (const lm of snap.models) {
-      models.append(row([lm.name, formatBytes(lm.memory_bytes), lm.running, lm.waiting,
+      const memory = lm.vram_bytes ? `${formatBytes(lm.memory_bytes)} · ${formatBytes(lm.vram_bytes)} on GPU` : formatBytes(lm.memory_bytes);
+      models.append(row([lm.name, memory, lm.running, lm.waiting,
         `${lm.kv_cells_used} / ${lm.kv_cells_total}`, `${lm.host_prefixes} · ${formatBytes(lm.host_prefix_bytes)}`,
         lm.tokens_per_second.toFixed(1)]));
     }
