@@ -105,6 +105,8 @@ class Engine:
         self.n_drafted = 0
         self.n_accepted = 0
         self.n_preempted = 0
+        self.n_swapped = 0  # of those, preempted with their cells saved to host memory
+        self._swapped_bytes = 0  # preempted sequences' saved cells, within the host tier's capacity
 
     # ---- called from any thread -----------------------------------------------------------
     def add(self, prompt: list[int], params: SamplingParams) -> Sequence:
@@ -309,11 +311,29 @@ class Engine:
         return plan
 
     def _preempt(self, seq: Sequence) -> None:
-        """The pool ran out: drop seq's cells and queue it again at the head (recomputed when readmitted)."""
+        """The pool ran out: seq's cells go to host memory when the host tier has room for them (restored
+        when it is readmitted), else they are dropped (read again); it waits at the head of the queue."""
         if seq.slot is not None:
+            if self.host.enabled and self.model.cells.held(seq.slot) > 0:
+                state = self.model.save_sequence(seq.slot)
+                if self._swapped_bytes + len(state) <= self.host.capacity_bytes:
+                    seq.swapped = state
+                    self._swapped_bytes += len(state)
+                    self.n_swapped += 1
             self.model.forget(seq.slot, 0)
         self.scheduler.preempt(seq)
         self.n_preempted += 1
+
+    def _swap_in(self, seq: Sequence, slot: int) -> int:
+        """Put a preempted sequence's saved cells into its new slot; how many it holds (0: read again)."""
+        state, seq.swapped = seq.swapped, None
+        assert state is not None
+        self._swapped_bytes -= len(state)
+        self.model.forget(slot, 0)
+        if not self.model.restore_sequence(slot, state):  # type: ignore[arg-type]
+            self.model.forget(slot, 0)
+            return 0
+        return self.model.cached_tokens(slot)
 
     def _drain_inbox(self, out: list[tuple[Sequence, Delta]]) -> None:
         with self._lock:
@@ -336,7 +356,9 @@ class Engine:
     def _start(self, a: Admission) -> None:
         seq, n = a.seq, a.n_reused
         self._save_evicted(a.slot, n if a.source == a.slot else 0)
-        if a.stored is not None:
+        if seq.swapped is not None:
+            n = self._swap_in(seq, a.slot)
+        elif a.stored is not None:
             n = self._restore(a.slot, a.stored, n)
         elif a.source == a.slot and n > 0:
             if not self.model.forget(a.slot, n):
@@ -433,6 +455,9 @@ class Engine:
             text += seq.detokenizer.flush()
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
+        if seq.swapped is not None:  # cancelled while preempted
+            self._swapped_bytes -= len(seq.swapped)
+            seq.swapped = None
         seq.finished_at = time.perf_counter()
         if isinstance(seq.sampler, SamplerChain):
             seq.sampler.free()

@@ -159,6 +159,8 @@ class Scheduler:
         # are read again as generated ones where other cells would differ (reuse_generated).
         limit = len(seq.tokens) - 1 if self.reuse_generated else min(len(seq.tokens) - 1, seq.n_prompt)
         target = seq.tokens
+        if seq.swapped is not None:  # its own cells come back from host memory
+            return Admission(seq, min(self.free_slots, key=self._slot_preference), None, 0)
         leader = seq.leader
         if leader is not None and leader.slot is not None and leader.status is SequenceStatus.DECODING:
             # A sibling shares its leader's prompt cells, with the prefix cache on or off.

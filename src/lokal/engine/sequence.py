@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass, field
 
 from lokal.engine.detokenize import Detokenizer
@@ -103,7 +103,8 @@ class Sequence:
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet reported in a Delta
     lookup: Acceptance | None = None  # its drafting state (speculate.Drafter.new_state), when it speculates
     drafts: list[int] = field(default_factory=list)  # this step's draft tokens, fed after the last one
-    preemptions: int = 0  # times the shared KV pool ran out and it went back to the queue (cells dropped)
+    preemptions: int = 0  # times the shared KV pool ran out and it went back to the queue
+    swapped: Sized | None = None  # while preempted: its KV cells as saved state in host memory (else recomputed)
 
     def __post_init__(self) -> None:
         self.tokens = list(self.prompt)

@@ -58,14 +58,18 @@ def run(engine: Engine, batch: list[list[int]], params: SamplingParams = GREEDY,
     return ["".join(texts[s.id]) for s in seqs], seqs
 
 
-def test_32_requests_whose_contexts_fixed_slots_could_not_hold_all_complete(small_pool: LlamaModel) -> None:
+@pytest.mark.parametrize("host_bytes", [0, 64 * 2**20], ids=["recomputed", "swapped"])
+def test_32_requests_whose_contexts_fixed_slots_could_not_hold_all_complete(
+    small_pool: LlamaModel, host_bytes: int
+) -> None:
     # 32 sequences of ~80 tokens each need ~2,600 cells; the pool has 1,024 (32 fixed slots: 32 cells each).
-    engine = Engine(small_pool, prefix_cache=True)
+    engine = Engine(small_pool, prefix_cache=True, host_prefix_bytes=host_bytes)
     texts, seqs = run(engine, prompts(small_pool, 32))
     assert all(s.finish_reason is FinishReason.LENGTH and s.n_generated == GREEDY.max_tokens for s in seqs)
     assert all(texts), "every request produced text"
     stats = engine.stats()
     assert stats.preemptions > 0 and stats.preemptions == sum(s.preemptions for s in seqs)
+    assert engine.n_swapped == (stats.preemptions if host_bytes else 0)
     assert stats.kv_pool == "shared" and stats.kv_cells_total == 1024
     assert stats.kv_cells_used <= 1024
     for text, seq in zip(texts, seqs, strict=True):  # nothing lost or repeated across a preemption
@@ -75,16 +79,21 @@ def test_32_requests_whose_contexts_fixed_slots_could_not_hold_all_complete(smal
 @pytest.mark.skipif(kernel_modes() is None, reason="needs lokal's llama.cpp build (scripts/install.sh)")
 @pytest.mark.parametrize("params", [GREEDY, SamplingParams(temperature=0.9, seed=11, max_tokens=48)],
                          ids=["greedy", "seeded"])
-def test_a_preempted_sequence_continues_exactly_as_if_it_never_was(model_home: Path, params: SamplingParams) -> None:
-    # Its prompt is read again as a prompt and its generated tokens as generated ones, so its cells
-    # are the same bits; its sampler (random state, penalties) carried on.
+@pytest.mark.parametrize("host_bytes", [0, 64 * 2**20], ids=["recomputed", "swapped"])
+def test_a_preempted_sequence_continues_exactly_as_if_it_never_was(
+    model_home: Path, params: SamplingParams, host_bytes: int
+) -> None:
+    # Recomputed: its prompt is read again as a prompt and its generated tokens as generated ones, so
+    # its cells are the same bits. Swapped: its cells come back from host memory. Either way its
+    # sampler (random state, penalties) carries on.
     m = shared_model(model_home, pool_cells=2048, n_slots=4)
     try:
-        engine = Engine(m, prefix_cache=False)
+        engine = Engine(m, prefix_cache=bool(host_bytes), host_prefix_bytes=host_bytes)
         (prompt,) = prompts(m, 1)
         (straight,), _ = run(engine, [prompt], params)
         (interrupted,), (seq,) = run(engine, [prompt], params, interrupt=20)
         assert seq.preemptions == 1
+        assert engine.n_swapped == (1 if host_bytes else 0)
         assert interrupted == straight
     finally:
         m.close()
