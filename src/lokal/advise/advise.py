@@ -1,4 +1,8 @@
-"""`lokal advise`: what fits on this machine, with which context and slots, and how to serve it."""
+"""`lokal advise`: what fits on this machine, with which context and slots, and how to serve it.
+
+With NVIDIA GPUs (and a llama.cpp build that can use them) each model gets an offload plan
+(``lokal.advise.offload``): fits on GPU, partial (N of M layers) or CPU only; the RAM verdict then
+judges what stays in RAM."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lokal.advise.hardware import Hardware
+from lokal.advise.hardware import Gpu, Hardware
 from lokal.advise.memory import (
     TIGHT_SHARE,
     EstimateError,
@@ -19,6 +23,7 @@ from lokal.advise.memory import (
     generic_shape,
     model_shape,
 )
+from lokal.advise.offload import VRAM_MARGIN_BYTES, OffloadPlan, plan_for
 from lokal.runtime.sizing import MAX_AUTO_SLOTS
 
 CTX_STEP = 256
@@ -38,10 +43,12 @@ class FitRow:
     fit: str  # fits | tight | wont_fit
     max_ctx: int  # largest context (slot) that fits at the asked slots, 0 if none
     max_parallel: int  # most slots of the asked context that fit, 0 if none
+    offload: OffloadPlan | None = None  # where its layers go, when the machine has GPUs
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["estimate"] = self.estimate.to_dict()
+        data["offload"] = None if self.offload is None else self.offload.to_dict()
         return data
 
 
@@ -83,45 +90,102 @@ class TargetAdvice:
     reason: str
 
 
-def fit_row(shape: ModelShape, ctx: int, parallel: int, available: int, kv_type: str = "f16") -> FitRow:
-    """Estimate one model and find the largest context and slot count that still fit."""
+_RANK = {"cpu": 0, "partial": 1, "gpu": 2}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where models go on a machine: its GPUs (none: the CPU) and whether llama.cpp can use them."""
+
+    gpus: tuple[Gpu, ...] = ()
+    can_offload: bool = True
+
+    def plan(self, shape: ModelShape, estimate: MemoryEstimate) -> OffloadPlan | None:
+        if not self.gpus:
+            return None
+        return plan_for(shape, estimate, self.gpus, can_offload=self.can_offload)
+
+    def ram_needed(self, shape: ModelShape, estimate: MemoryEstimate, at_least: str = "cpu") -> int | None:
+        """The RAM a model needs: what stays there once its layers are on the GPUs; None when it
+        would land worse than ``at_least`` (a model all on the GPU that no longer fits there)."""
+        plan = self.plan(shape, estimate)
+        if plan is None or plan.verdict == "cpu":
+            return estimate.total if at_least == "cpu" else None
+        return plan.host_bytes if _RANK[plan.verdict] >= _RANK[at_least] else None
+
+
+CPU_ONLY = Placement()
+
+
+def fit_row(shape: ModelShape, ctx: int, parallel: int, available: int, kv_type: str = "f16",
+            placement: Placement = CPU_ONLY) -> FitRow:
+    """Estimate one model and find the largest context and slot count that still fit (with GPUs:
+    that stay as much on the GPU as at the asked ones, and whose rest fits in RAM)."""
     estimate = estimate_memory(shape, ctx, parallel, kv_type)
+    plan = placement.plan(shape, estimate)
+    verdict = plan.verdict if plan is not None else "cpu"
+    needed = placement.ram_needed(shape, estimate)
+    assert needed is not None
     return FitRow(
         model=shape.name,
         source=shape.source,
         quantization=shape.quantization,
         estimate=estimate,
-        fit=classify(estimate.total, available),
-        max_ctx=largest_ctx(shape, parallel, available, kv_type),
-        max_parallel=largest_parallel(shape, ctx, available, kv_type),
+        fit=classify(needed, available),
+        max_ctx=largest_ctx(shape, parallel, available, kv_type, placement, verdict),
+        max_parallel=largest_parallel(shape, ctx, available, kv_type, placement, verdict),
+        offload=plan,
     )
 
 
-def largest_ctx(shape: ModelShape, parallel: int, available: int, kv_type: str = "f16") -> int:
+def _fits(shape: ModelShape, ctx: int, parallel: int, available: int, kv_type: str, placement: Placement,
+          at_least: str) -> bool:
+    needed = placement.ram_needed(shape, estimate_memory(shape, ctx, parallel, kv_type), at_least)
+    return needed is not None and needed <= available
+
+
+def largest_ctx(shape: ModelShape, parallel: int, available: int, kv_type: str = "f16",
+                placement: Placement = CPU_ONLY, at_least: str = "cpu") -> int:
     """The largest slot context (a multiple of 256, at most the trained context) that fits."""
     limit = shape.context_length or 131072
     lo, hi = 0, limit // CTX_STEP
     while lo < hi:  # the estimate grows with the context: bisect on steps of 256 tokens
         mid = (lo + hi + 1) // 2
-        if estimate_memory(shape, mid * CTX_STEP, parallel, kv_type).total <= available:
+        if _fits(shape, mid * CTX_STEP, parallel, available, kv_type, placement, at_least):
             lo = mid
         else:
             hi = mid - 1
     return lo * CTX_STEP
 
 
-def largest_parallel(shape: ModelShape, ctx: int, available: int, kv_type: str = "f16") -> int:
+def largest_parallel(shape: ModelShape, ctx: int, available: int, kv_type: str = "f16",
+                     placement: Placement = CPU_ONLY, at_least: str = "cpu") -> int:
     n = 0
-    while n < MAX_PARALLEL and estimate_memory(shape, ctx, n + 1, kv_type).total <= available:
+    while n < MAX_PARALLEL and _fits(shape, ctx, n + 1, available, kv_type, placement, at_least):
         n += 1
     return n
 
 
 def fit_table(
-    shapes: Iterable[ModelShape], hardware: Hardware, ctx: int, parallel: int, kv_type: str = "f16"
+    shapes: Iterable[ModelShape], hardware: Hardware, ctx: int, parallel: int, kv_type: str = "f16",
+    can_offload: bool = True,
 ) -> list[FitRow]:
-    """Every model at ``ctx`` x ``parallel`` against the RAM available now."""
-    return [fit_row(s, ctx, parallel, hardware.ram_available, kv_type) for s in shapes]
+    """Every model at ``ctx`` x ``parallel`` against the RAM available now and the GPUs' free
+    memory (``can_offload``: whether this llama.cpp build can use them)."""
+    placement = Placement(hardware.gpus, can_offload)
+    return [fit_row(s, ctx, parallel, hardware.ram_available, kv_type, placement) for s in shapes]
+
+
+def gpu_note(hardware: Hardware, can_offload: bool) -> str:
+    """What advise says about the machine's GPUs."""
+    if not hardware.gpus:
+        return "no NVIDIA GPU found (NVML): models run on the CPU"
+    if not can_offload:
+        return ("this llama.cpp build is CPU-only: the GPUs are not used; reinstall with LOKAL_GPU=cuda "
+                "scripts/install.sh")
+    return (f"GPU: as many layers as fit in each GPU's free memory less {VRAM_MARGIN_BYTES >> 20} MiB, with their "
+            "KV cache (lokal serve --gpu-layers auto); FIT, MAX CTX and SLOTS then judge what stays in RAM, and "
+            "a model all on the GPU keeps its limits there")
 
 
 def candidate_shapes(home: Path | None, models: list[str] | None = None) -> list[ModelShape]:
@@ -159,10 +223,12 @@ def serve_model(rows: list[FitRow], shapes: list[ModelShape]) -> ModelShape | No
 
 
 def serve_advice(
-    shape: ModelShape, hardware: Hardware, ctx: int | None = None, kv_type: str = "f16", slots: int | None = None
+    shape: ModelShape, hardware: Hardware, ctx: int | None = None, kv_type: str = "f16", slots: int | None = None,
+    can_offload: bool = True,
 ) -> ServeAdvice:
     """Threads, slots and context for ``lokal serve --model``: the physical cores, as many slots
-    (up to 8, or ``slots`` when the users are known) as fit in 70 % of the RAM available, and the
+    (up to 8, or ``slots`` when the users are known) as fit in 70 % of the RAM available (with
+    GPUs: what stays in RAM, and for a model all on the GPU as many as keep it there), and the
     asked (or 4096) context."""
     if slots is not None and slots < 1:
         raise ValueError(f"slots must be at least 1 (got {slots})")
@@ -173,16 +239,20 @@ def serve_advice(
     wanted_ctx = ctx or min(4096, shape.context_length or 4096)
     budget = int(hardware.ram_available * TIGHT_SHARE)
     cap = MAX_AUTO_SLOTS if slots is None else max(1, min(slots, MAX_AUTO_SLOTS))
-    fitting = largest_parallel(shape, wanted_ctx, budget, kv_type)
+    placement = Placement(hardware.gpus, can_offload)
+    first = placement.plan(shape, estimate_memory(shape, wanted_ctx, 1, kv_type))
+    at_least = "gpu" if first is not None and first.verdict == "gpu" else "cpu"
+    fitting = largest_parallel(shape, wanted_ctx, budget, kv_type, placement, at_least)
     parallel = max(1, min(cap, fitting))
     use_ctx = wanted_ctx
     if fitting == 0:
-        use_ctx = max(CTX_STEP, largest_ctx(shape, 1, budget, kv_type))
+        use_ctx = max(CTX_STEP, largest_ctx(shape, 1, budget, kv_type, placement))
         reasons.append(f"ctx {use_ctx}: the largest context that fits in {TIGHT_SHARE:.0%} of the available RAM")
     else:
         trained = f" (the model was trained on {shape.context_length})" if shape.context_length else ""
         reasons.append(f"ctx {use_ctx}: {'as planned' if ctx else 'the default'}{trained}")
-    total = estimate_memory(shape, use_ctx, parallel, kv_type).total
+    estimate = estimate_memory(shape, use_ctx, parallel, kv_type)
+    total = placement.ram_needed(shape, estimate) or 0
     if slots is None:
         why = f"as many as fit, at most {MAX_AUTO_SLOTS}"
     elif parallel == slots:
@@ -191,9 +261,15 @@ def serve_advice(
         why = f"as many of the {slots} wanted as fit"
     else:
         why = f"{slots} wanted, at most {MAX_AUTO_SLOTS}"
-    reasons.append(f"parallel {parallel}: {why}; {parallel} slot(s) of {use_ctx} tokens need {_gb(total)} of the "
-                   f"{_gb(budget)} that is {TIGHT_SHARE:.0%} of the available RAM; beyond {MAX_AUTO_SLOTS} a CPU "
-                   "decode step grows about linearly")
+    in_ram = " in RAM" if first is not None and first.verdict != "cpu" else ""
+    reasons.append(f"parallel {parallel}: {why}; {parallel} slot(s) of {use_ctx} tokens need {_gb(total)}{in_ram} "
+                   f"of the {_gb(budget)} that is {TIGHT_SHARE:.0%} of the available RAM; beyond {MAX_AUTO_SLOTS} a "
+                   "CPU decode step grows about linearly")
+    plan = placement.plan(shape, estimate)
+    if plan is not None:
+        kept = "; slots counted to keep every layer there" if at_least == "gpu" else ""
+        reasons.append(f"GPU: {plan.description}: {_gb(plan.vram_bytes)} in VRAM, {_gb(plan.host_bytes)} in RAM"
+                       f"{kept}")
     command = f"lokal serve --model {shape.name} --ctx-size {use_ctx} --parallel {parallel} --threads {threads}"
     return ServeAdvice(shape.name, threads, parallel, use_ctx, command, tuple(reasons))
 

@@ -79,12 +79,14 @@ def advise(
         advise_target,
         candidate_shapes,
         fit_table,
+        gpu_note,
         parse_target,
         serve_advice,
         serve_model,
     )
     from lokal.advise.hardware import detect_hardware
     from lokal.advise.memory import TIGHT_SHARE
+    from lokal.advise.offload import gpu_offload_supported
 
     if parallel is not None and parallel < 1:
         raise ValueError(f"--parallel must be at least 1 (got {parallel})")
@@ -94,16 +96,18 @@ def advise(
     shapes = candidate_shapes(home, model)
     slots = parallel
     parallel = parallel or 1
-    rows = fit_table(shapes, hw, ctx, parallel, kv_type)
+    can_offload = gpu_offload_supported()
+    rows = fit_table(shapes, hw, ctx, parallel, kv_type, can_offload)
     chosen = serve_model(rows, shapes)
-    serve = serve_advice(chosen, hw, ctx, slots=slots) if chosen is not None else None  # lokal serves f16 KV
+    # lokal serves an f16 KV cache
+    serve = serve_advice(chosen, hw, ctx, slots=slots, can_offload=can_offload) if chosen is not None else None
     target_advice = advise_target(parsed_target, hw.ram_available) if parsed_target else None
     notes = [
         f"fits: under {TIGHT_SHARE:.0%} of the RAM available now; tight: up to 100%; won't fit: more",
         "OTHER: compute buffers and llama.cpp's overhead; MAX CTX at the asked slots and SLOTS at the asked ctx "
         f"fit in all the available RAM (SLOTS counted up to {MAX_PARALLEL}); * not in the store (sized from the "
         "catalog, a header or a generic model of that size)",
-        "lokal runs models on the CPU (llama.cpp, no GPU offload): GPU memory is listed, not used",
+        gpu_note(hw, can_offload),
     ]
     if kv_type != "f16" or target:
         notes.append("lokal serves with an f16 KV cache today; q8_0/q4_0 are llama.cpp cache types it does not "
@@ -126,22 +130,29 @@ def advise(
             }
         _emit_json(doc)
         return
-    gpus = escape(", ".join(f"{g.name} {_gb(g.memory_total)}" for g in hw.gpus) or "none detected")
+    gpus = escape(", ".join(f"{g.name} {_gb(g.memory_free)} free of {_gb(g.memory_total)}" for g in hw.gpus)
+                  or "none detected")
     _say(f"[bold]{escape(hw.cpu_model)}[/bold]: {hw.cores} cores ({hw.physical_cores or '?'} physical), "
                   f"SIMD {escape(' '.join(hw.simd) or 'none detected')}")
     _say(f"RAM {_gb(hw.ram_available)} available of {_gb(hw.ram_total)}; disk free under {escape(str(home))}: "
                   f"{_gb(hw.disk_free) if hw.disk_free is not None else '?'}; GPUs: {gpus}")
     table = Table(box=None, header_style="bold", title=f"at ctx {ctx} x {parallel} slot(s), KV {escape(kv_type)}",
                   title_justify="left")
-    for col in ("MODEL", "QUANT", "WEIGHTS", "KV", "OTHER", "TOTAL", "FIT", "MAX CTX", "SLOTS"):
-        table.add_column(col, justify="left" if col in ("MODEL", "QUANT", "FIT") else "right", no_wrap=True)
+    columns = ["MODEL", "QUANT", "WEIGHTS", "KV", "OTHER", "TOTAL", "FIT", "MAX CTX", "SLOTS"]
+    if hw.gpus:
+        columns.insert(7, "GPU")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("MODEL", "QUANT", "FIT", "GPU") else "right", no_wrap=True)
     for r in rows:
         e = r.estimate
         style = FIT_STYLE[r.fit]
-        table.add_row(escape(r.model + ("" if r.source == "store" else "*")), escape(r.quantization or "?"),
-                      _gb(e.weights), _gb(e.kv_cache), _gb(e.compute + e.overhead), _gb(e.total),
-                      f"[{style}]{FIT_WORDS[r.fit]}[/{style}]", str(r.max_ctx),
-                      f"{r.max_parallel}+" if r.max_parallel >= MAX_PARALLEL else str(r.max_parallel))
+        cells = [escape(r.model + ("" if r.source == "store" else "*")), escape(r.quantization or "?"),
+                 _gb(e.weights), _gb(e.kv_cache), _gb(e.compute + e.overhead), _gb(e.total),
+                 f"[{style}]{FIT_WORDS[r.fit]}[/{style}]", str(r.max_ctx),
+                 f"{r.max_parallel}+" if r.max_parallel >= MAX_PARALLEL else str(r.max_parallel)]
+        if hw.gpus:
+            cells.insert(7, escape(r.offload.description if r.offload is not None else ""))
+        table.add_row(*cells)
     console.print(table)
     if serve is not None:
         _say(f"\n[bold]serve[/bold]: {escape(serve.command)}")
