@@ -143,6 +143,25 @@ def nvidia_gpus() -> tuple[Gpu, ...]:
             pass
 
 
+def cuda_visible(gpus: tuple[Gpu, ...], visible: str | None = None) -> tuple[Gpu, ...]:
+    """The GPUs CUDA (and so llama.cpp) sees, in its order: ``CUDA_VISIBLE_DEVICES`` (``visible``)
+    as a list of NVML indices picks and orders them; unset, or given as UUIDs or MIG names (not
+    matched here), all of them."""
+    text = os.environ.get("CUDA_VISIBLE_DEVICES") if visible is None else visible
+    if text is None:
+        return gpus
+    by_index = {g.index: g for g in gpus}
+    picked = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.lstrip("-").isdigit():
+            return gpus if part else tuple(picked)
+        if int(part) not in by_index:
+            break  # CUDA stops at the first invalid index
+        picked.append(by_index[int(part)])
+    return tuple(picked)
+
+
 def _cpuinfo() -> dict[str, str]:
     """The first processor's block of /proc/cpuinfo as a dict ({} where there is none)."""
     try:

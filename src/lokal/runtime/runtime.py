@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import psutil
 
-from lokal.advise.hardware import Gpu, nvidia_gpus
+from lokal.advise.hardware import Gpu, cuda_visible, nvidia_gpus
 from lokal.advise.memory import EstimateError, estimate_memory, model_shape
 from lokal.advise.offload import (
     VRAM_MARGIN_BYTES,
@@ -344,11 +344,11 @@ class Runtime:
         return self._devices is not None or gpu_offload_supported()
 
     def gpus(self) -> tuple[Gpu, ...]:
-        """The NVIDIA GPUs and their free memory now (NVML); says once in the log when there are
-        some but this llama.cpp build cannot use them."""
+        """The NVIDIA GPUs llama.cpp sees (CUDA_VISIBLE_DEVICES) and their free memory now (NVML);
+        says once in the log when there are some but this llama.cpp build cannot use them."""
         if self._devices is not None:
             return self._devices()
-        found = nvidia_gpus()
+        found = cuda_visible(nvidia_gpus())
         if found and not self._said_cpu_build and not self.can_offload:
             self._said_cpu_build = True
             log.warning("%d NVIDIA GPU(s) found, but this llama.cpp build is CPU-only; reinstall with "

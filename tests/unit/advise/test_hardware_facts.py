@@ -10,6 +10,8 @@ import pytest
 
 from lokal.advise.hardware import SIMD_FLAGS, Gpu, detect_hardware, disk_free, nvidia_gpus
 
+GIB = 1024**3
+
 
 def test_this_machine_has_cores_ram_and_disk(tmp_path: Path) -> None:
     hw = detect_hardware(tmp_path / "not" / "made" / "yet")
@@ -62,3 +64,13 @@ def test_nvidia_gpus_with_their_utilisation(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setitem(sys.modules, "pynvml", nvml)
     (gpu,) = nvidia_gpus()
     assert gpu.utilization == 0.37 and gpu.index == 0
+
+
+def test_cuda_visible_devices_picks_and_orders_the_gpus_llama_cpp_sees() -> None:
+    from lokal.advise.hardware import cuda_visible
+
+    gpus = tuple(Gpu(f"GPU {i}", GIB, GIB, index=i) for i in range(3))
+    assert cuda_visible(gpus, "2,0") == (gpus[2], gpus[0])
+    assert cuda_visible(gpus, "1,7,0") == (gpus[1],)  # CUDA stops at the first index that is not there
+    assert cuda_visible(gpus, "") == ()
+    assert cuda_visible(gpus, "GPU-8a1b") == gpus  # UUIDs are not matched: all of them
