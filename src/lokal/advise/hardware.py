@@ -151,7 +151,7 @@ def cuda_visible(gpus: tuple[Gpu, ...], visible: str | None = None) -> tuple[Gpu
     if text is None:
         return gpus
     by_index = {g.index: g for g in gpus}
-    picked = []
+    picked: list[Gpu] = []
     for part in text.split(","):
         part = part.strip()
         if not part.lstrip("-").isdigit():
