@@ -141,3 +141,16 @@ def test_a_cpu_only_build_says_once_that_it_cannot_use_the_gpus(model_home: Path
     assert plans[0].description == "CPU only: this llama.cpp build cannot offload"
     assert [r.getMessage() for r in caplog.records] == [
         "1 NVIDIA GPU(s) found, but this llama.cpp build is CPU-only; reinstall with LOKAL_GPU=cuda scripts/install.sh"]
+
+
+def test_the_gpu_and_pool_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = Settings()
+    assert (defaults.gpu_layer_count, defaults.tensor_shares, defaults.main_gpu) == (None, (), -1)
+    assert (defaults.kv_pool, defaults.kv_cells) == ("per-slot", 0)
+    for name, value in {"GPU_LAYERS": " 24 ", "TENSOR_SPLIT": "3,1", "MAIN_GPU": "1", "KV_POOL": "shared",
+                        "KV_CELLS": "65536"}.items():
+        monkeypatch.setenv(f"LOKAL_{name}", value)
+    s = Settings()
+    assert (s.gpu_layer_count, s.tensor_shares, s.main_gpu, s.kv_pool, s.kv_cells) == (24, (3.0, 1.0), 1, "shared",
+                                                                                      65536)
+    assert Settings(gpu_layers="AUTO").gpu_layer_count is None and Settings(gpu_layers=0).gpu_layer_count == 0
