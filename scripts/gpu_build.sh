@@ -78,7 +78,7 @@ cuda_toolkit_from_pypi() {
   done
   # ggml links the driver (libcuda) for its virtual-memory pool: there is no stub on PyPI, so the
   # driver's own library stands in for it, as lib/stubs/libcuda.so does in a CUDA installation
-  libcuda="$(/sbin/ldconfig -p 2>/dev/null | awk '$1 == "libcuda.so.1" && $2 != "(libc6)" {print $NF; exit}')"
+  libcuda="$("$(command -v ldconfig || echo /sbin/ldconfig)" -p 2>/dev/null | awk '$1 == "libcuda.so.1" && $2 != "(libc6)" {print $NF; exit}')"
   if [ -n "$libcuda" ]; then
     mkdir -p "$lib/stubs"
     ln -sfn "$libcuda" "$lib/stubs/libcuda.so"
