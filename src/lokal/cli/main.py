@@ -76,7 +76,7 @@ def _version(value: bool) -> None:
 
 def version_text() -> str:
     """``lokal 0.1.0 · llama.cpp 0.3.36+lokal.2 · backend cuda (CUDA0: NVIDIA H100 80GB HBM3)``, and
-    a note when this llama.cpp is CPU-only while NVML sees NVIDIA GPUs (docs/gpu.md)."""
+    a note when the build and the machine's NVIDIA GPUs disagree (``Backend.note``, docs/gpu.md)."""
     from lokal.advise.hardware import nvidia_gpus
     from lokal.engine.devices import backend
 
@@ -88,10 +88,8 @@ def version_text() -> str:
         llama = "llama.cpp missing"
     found = backend()
     text = f"lokal {__version__} · {llama} · backend {found.summary()}"
-    if found.name == "cpu" and (gpus := nvidia_gpus()):
-        names = ", ".join(sorted({g.name for g in gpus}))
-        text += f"\nnote: {names} found, but this llama.cpp is built for the CPU only: run scripts/install.sh"
-    return text
+    note = found.note(tuple(g.name for g in nvidia_gpus()))
+    return text + (f"\nnote: {note}" if note else "")
 
 
 @app.callback()
