@@ -20,15 +20,18 @@
 # Results in $OUT (at most 8 files come back): summary.txt, bench.json, bench.txt, tests.txt,
 # logs.tar.gz (every stage's log, the servers' logs, the build log), refreshed after each stage.
 #
-# Env: OUT (default /tmp/gpu-out), KIT (.gpu-kit), WORK (/tmp/lokal-gpu: packages, build, models; a warm
-# machine keeps it between calls), PYTHON (python3), BUILD_DIR ($WORK/build), SKIP_DEPS / SKIP_BUILD / SKIP_MODEL / SKIP_TESTS / SKIP_BENCH=1,
-# DRY_RUN=1 (print each stage's commands, run nothing), JOBS (nproc), CUDA_ARCH (from nvidia-smi),
-# MODEL_DIMS (llama3-8b), QUANT (Q4_K_M), BENCH_CONCURRENCY (1,16,64,128), BENCH_SLOTS (128),
-# BENCH_CTX (1024 tokens per slot: the same KV budget for both, and both fit on an 80 GB card at once), BENCH_MAX_TOKENS (128),
-# CUBLAS_LIB (a folder with libcublas.so.N, when the toolkit has none: found in pip's nvidia/ by default),
-# CUDA_DRIVER_LIB (libcuda.so.1, when there is no libcuda.so to link: found by ldconfig by default),
-# BUDGET_S (540: stages
-# that would start later are skipped; each stage's limit is what is left of it).
+# Env (defaults in brackets):
+#   OUT [/tmp/gpu-out], KIT [.gpu-kit], WORK [/tmp/lokal-gpu: packages, build, models; a warm machine
+#   keeps it between calls], PYTHON [python3], BUILD_DIR [$WORK/build], JOBS [nproc], BUDGET_S [540:
+#   a stage with under 20 s of it left is not started; each stage is killed at its end]
+#   SKIP_INFO, SKIP_DEPS, SKIP_BUILD, SKIP_MODEL, SKIP_TESTS, SKIP_BENCH=1; DRY_RUN=1 prints each
+#   stage's commands and runs nothing
+#   CUDA_ARCH [nvidia-smi's compute capability], BUILD_TARGET [llama-server; e.g. ggml-base rehearses
+#   the configure where there is no GPU], CUBLAS_LIB [a folder with libcublas.so.N when the toolkit
+#   has none: found in pip's nvidia/], CUDA_DRIVER_LIB [libcuda.so.1 when there is no libcuda.so]
+#   MODEL_DIMS [llama3-8b], QUANT [Q4_K_M]
+#   BENCH_CONCURRENCY [1,16,64,128], BENCH_SLOTS [128], BENCH_CTX [1024 tokens per slot: the same KV
+#   budget for both systems, and both fit on an 80 GB card at once], BENCH_MAX_TOKENS [128]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 REPO="$PWD"
@@ -61,7 +64,8 @@ mkdir -p "$OUT" "$LOGS" "$WORK/models"
 note() { echo "$(date -u +%H:%M:%S) +$(($(date +%s) - START))s $*" | tee -a "$OUT/summary.txt"; }
 pack() { tar -C "$WORK" -czf "$OUT/logs.tar.gz" logs 2>/dev/null || true; }
 
-# stage NAME FUNCTION: runs FUNCTION with its output in $LOGS/NAME.log, within what is left of the budget.
+# stage NAME FUNCTION: runs FUNCTION (errexit: its first failing command fails it) with its output in
+# $LOGS/NAME.log, within what is left of the budget.
 stage() {
   local name="$1" fn="$2" var left rc
   var="SKIP_$(echo "$name" | tr '[:lower:]' '[:upper:]')"
@@ -73,7 +77,7 @@ stage() {
     declare -f "$fn" | sed '1,2d;$d' | sed "s/^/  [$name] /"
     return 0
   fi
-  ( export -f "$fn" run_bg_f16 2>/dev/null; timeout --kill-after=10 "$left" bash -c "set -o pipefail; $fn" ) \
+  ( export -f "$fn" run_bg_f16 pip_cublas cuda_driver; timeout --kill-after=10 "$left" bash -c "set -eo pipefail; $fn" ) \
     >"$LOGS/$name.log" 2>&1
   rc=$?
   if [ "$rc" = 0 ]; then note "$name: ok"; else note "$name: FAILED (exit $rc; logs.tar.gz: logs/$name.log)"; fi
@@ -115,9 +119,9 @@ pip_cublas() {  # the lib folder of cuBLAS from pip (nvidia-cublas, torch's) whe
   if ls /usr/local/cuda*/lib64/libcublas.so* /usr/local/cuda*/targets/*/lib/libcublas.so* >/dev/null 2>&1; then
     return 0
   fi
-  found="$(python3 -c 'import site; print(" ".join(site.getsitepackages()))' | xargs -n1 | sed 's|$|/nvidia|' \
+  found="$("$PY" -c 'import site; print(" ".join(site.getsitepackages()))' | xargs -n1 | sed 's|$|/nvidia|' \
     | xargs -I{} find {} -name 'libcublas.so.*' 2>/dev/null | head -1)"
-  [ -n "$found" ] && dirname "$found"
+  [ -z "$found" ] || dirname "$found"
 }
 
 cuda_driver() {  # libcuda.so.1 when neither the loader's cache nor the toolkit's stubs have libcuda.so
@@ -152,7 +156,7 @@ build() {
     -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
     -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF \
     -DCMAKE_INSTALL_RPATH="$rpath" -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON "${extra[@]}"
-  cmake --build "$BUILD_DIR" --target llama-server -j "$JOBS"
+  cmake --build "$BUILD_DIR" --target "${BUILD_TARGET:-llama-server}" -j "$JOBS"
   local lib
   mkdir -p "$SITE/llama_cpp/lib"
   cp -a "$BUILD_DIR"/bin/*.so* "$SITE/llama_cpp/lib/"
