@@ -24,6 +24,7 @@ from lokal.advise.memory import (
     model_shape,
 )
 from lokal.advise.offload import VRAM_MARGIN_BYTES, OffloadPlan, plan_for
+from lokal.engine.devices import cpu_build_note
 from lokal.runtime.sizing import MAX_AUTO_SLOTS
 
 CTX_STEP = 256
@@ -181,8 +182,7 @@ def gpu_note(hardware: Hardware, can_offload: bool) -> str:
     if not hardware.gpus:
         return "no NVIDIA GPU found (NVML): models run on the CPU"
     if not can_offload:
-        return ("this llama.cpp build is CPU-only: the GPUs are not used; reinstall with LOKAL_GPU=cuda "
-                "scripts/install.sh")
+        return cpu_build_note(tuple(g.name for g in hardware.gpus))
     return (f"GPU: as many layers as fit in each GPU's free memory less {VRAM_MARGIN_BYTES >> 20} MiB, with their "
             "KV cache (lokal serve --gpu-layers auto); FIT, MAX CTX and SLOTS then judge what stays in RAM, and "
             "a model all on the GPU keeps its limits there")

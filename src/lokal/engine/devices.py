@@ -52,12 +52,17 @@ class Backend:
             return ("this llama.cpp is built for GPUs but finds none: check nvidia-smi, the driver's CUDA "
                     "version and CUDA_VISIBLE_DEVICES")
         if not self.gpu_offload and nvidia_gpus:
-            return (f"{', '.join(sorted(set(nvidia_gpus)))} found, but this llama.cpp is built for the CPU only: "
-                    "run scripts/install.sh (docs/gpu.md)")
+            return cpu_build_note(nvidia_gpus)
         return ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"backend": self.name, "gpu_offload": self.gpu_offload, "devices": [asdict(d) for d in self.devices]}
+
+
+def cpu_build_note(nvidia_gpus: tuple[str, ...]) -> str:
+    """The one line lokal says wherever NVIDIA GPUs sit beside a CPU-only llama.cpp build."""
+    return (f"{', '.join(sorted(set(nvidia_gpus)))} found, but this llama.cpp build is CPU-only: the GPUs are "
+            "not used; reinstall with LOKAL_GPU=cuda scripts/install.sh (docs/gpu.md)")
 
 
 def backend() -> Backend:
@@ -66,9 +71,9 @@ def backend() -> Backend:
     try:
         import llama_cpp as C
 
-        from lokal.engine.llama_model import _init_backend
+        from lokal.engine.llama_model import init_backend
 
-        _init_backend()  # llama.cpp's logging quieted before the registry initialises the backends
+        init_backend()  # llama.cpp's logging quieted before the registry initialises the backends
         offload = bool(C.llama_supports_gpu_offload())
     except Exception:
         return Backend("cpu", False, ())

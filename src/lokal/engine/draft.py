@@ -64,7 +64,9 @@ class DraftModel:
     (``measure_cost``) unless given."""
 
     def __init__(self, path: Path, target: LlamaModel, draft_cost: float | None = None) -> None:
-        self.model = LlamaModel(path, target.shape)
+        # On the GPU, whole, when its target is whole there (a draft model is a fraction of its size).
+        whole = target.offload.gpu_layers > target.n_layer
+        self.model = LlamaModel(path, target.shape, target.offload if whole else None)
         try:
             check_vocabulary(self.model, target)
             self.draft_cost = measure_cost(self.model, target) if draft_cost is None else draft_cost

@@ -44,10 +44,14 @@ def _log_errors_only(level: int, text: bytes, user_data: ctypes.c_void_p) -> Non
 _quiet_log = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)(_log_errors_only)
 
 
-def _init_backend() -> None:
+def init_backend() -> None:
+    """Start llama.cpp's backends once per process, its logging quieted first (errors only)."""
     global _backend_ready
     with _backend_lock:
         if not _backend_ready:
+            # CUDA numbers GPUs fastest first by default, NVML by PCI bus: one order for both, so the
+            # offload planner's split (NVML) lands on the GPUs it was planned for.
+            os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
             C.llama_log_set(_quiet_log, None)
             C.llama_backend_init()
             _backend_ready = True
@@ -155,7 +159,7 @@ class LlamaModel:
     """A loaded GGUF with one context whose unified KV cache holds every slot's sequence."""
 
     def __init__(self, path: Path, shape: ContextShape, offload: Offload | None = None) -> None:
-        _init_backend()
+        init_backend()
         self.path = path
         self.shape = shape
         self.offload = offload or Offload()

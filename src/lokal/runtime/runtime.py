@@ -31,6 +31,7 @@ from lokal.advise.offload import (
 )
 from lokal.config import Settings
 from lokal.engine.async_engine import EngineStopped, Submission
+from lokal.engine.devices import cpu_build_note
 from lokal.engine.draft import DraftMismatch
 from lokal.engine.embedder import EmbedResult, InputTooLong
 from lokal.engine.engine import EngineStats, PromptTooLong
@@ -351,8 +352,7 @@ class Runtime:
         found = cuda_visible(nvidia_gpus())
         if found and not self._said_cpu_build and not self.can_offload:
             self._said_cpu_build = True
-            log.warning("%d NVIDIA GPU(s) found, but this llama.cpp build is CPU-only; reinstall with "
-                        "LOKAL_GPU=cuda scripts/install.sh", len(found))
+            log.warning("%s", cpu_build_note(tuple(g.name for g in found)))
         return found
 
     def gpu_layers(self, manifest: Manifest) -> int | None:

@@ -49,8 +49,8 @@ def test_the_note_says_when_the_build_and_the_gpus_disagree() -> None:
     assert Backend("cuda", True, (H100, CPU)).note(("NVIDIA H100 80GB HBM3",)) == ""
     assert Backend("cpu", False, (CPU,)).note(()) == ""
     cpu_only = Backend("cpu", False, (CPU,)).note(("NVIDIA L4", "NVIDIA H100 80GB HBM3", "NVIDIA L4"))
-    assert cpu_only == ("NVIDIA H100 80GB HBM3, NVIDIA L4 found, but this llama.cpp is built for the CPU only: "
-                        "run scripts/install.sh (docs/gpu.md)")
+    assert cpu_only == ("NVIDIA H100 80GB HBM3, NVIDIA L4 found, but this llama.cpp build is CPU-only: the GPUs "
+                        "are not used; reinstall with LOKAL_GPU=cuda scripts/install.sh (docs/gpu.md)")
     # a CUDA build whose runtime finds no GPU (an older driver, CUDA_VISIBLE_DEVICES="") computes on the CPU
     assert Backend("cpu", True, (CPU,)).note(("NVIDIA H100 80GB HBM3",)).startswith(
         "this llama.cpp is built for GPUs but finds none")

@@ -140,7 +140,8 @@ def test_a_cpu_only_build_says_once_that_it_cannot_use_the_gpus(model_home: Path
         plans = [rt.offload_plan(manifest, rt.load_shape(manifest)) for _ in range(2)]
     assert plans[0].description == "CPU only: this llama.cpp build cannot offload"
     assert [r.getMessage() for r in caplog.records] == [
-        "1 NVIDIA GPU(s) found, but this llama.cpp build is CPU-only; reinstall with LOKAL_GPU=cuda scripts/install.sh"]
+        "Real but unused found, but this llama.cpp build is CPU-only: the GPUs are not used; reinstall with "
+        "LOKAL_GPU=cuda scripts/install.sh (docs/gpu.md)"]
 
 
 def test_the_gpu_and_pool_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
