@@ -64,20 +64,28 @@ mkdir -p "$OUT" "$LOGS" "$WORK/models"
 note() { echo "$(date -u +%H:%M:%S) +$(($(date +%s) - START))s $*" | tee -a "$OUT/summary.txt"; }
 pack() { tar -C "$WORK" -czf "$OUT/logs.tar.gz" logs 2>/dev/null || true; }
 
+cuda_runtime_dir() {  # where the build linked libcudart from: the loader may not look there by itself
+  sed -n 's|^CUDA_cudart_LIBRARY:FILEPATH=\(.*\)/[^/]*$|\1|p' "$BUILD_DIR/CMakeCache.txt" 2>/dev/null
+}
+
 # stage NAME FUNCTION: runs FUNCTION (errexit: its first failing command fails it) with its output in
 # $LOGS/NAME.log, within what is left of the budget.
 stage() {
-  local name="$1" fn="$2" var left rc
+  local name="$1" fn="$2" var left rc cudart
   var="SKIP_$(echo "$name" | tr '[:lower:]' '[:upper:]')"
   if [ "${!var:-0}" = 1 ]; then note "$name: skipped ($var=1)"; return 0; fi
   left=$((BUDGET_S - ($(date +%s) - START)))
   if [ "$left" -lt 20 ]; then note "$name: not started, ${left}s of the budget left"; return 1; fi
   note "$name: start (limit ${left}s)"
+  cudart="$(cuda_runtime_dir)"
+  if [ -n "$cudart" ] && [[ ":${LD_LIBRARY_PATH:-}:" != *":$cudart:"* ]]; then
+    export LD_LIBRARY_PATH="$cudart${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  fi
   if [ "$DRY_RUN" = 1 ]; then
     declare -f "$fn" | sed '1,2d;$d' | sed "s/^/  [$name] /"
     return 0
   fi
-  ( export -f "$fn" run_bg_f16 pip_cublas cuda_driver; timeout --kill-after=10 "$left" bash -c "set -eo pipefail; $fn" ) \
+  ( export -f "$fn" run_bg_f16 pip_cublas cuda_driver cuda_runtime_dir; timeout --kill-after=10 "$left" bash -c "set -eo pipefail; $fn" ) \
     >"$LOGS/$name.log" 2>&1
   rc=$?
   if [ "$rc" = 0 ]; then note "$name: ok"; else note "$name: FAILED (exit $rc; logs.tar.gz: logs/$name.log)"; fi
@@ -155,8 +163,10 @@ build() {
     -DCMAKE_CUDA_ARCHITECTURES="$arch" -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
     -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
     -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF \
-    -DCMAKE_INSTALL_RPATH="$rpath" -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON "${extra[@]}"
+    -DCMAKE_INSTALL_RPATH="$rpath" -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON -DCMAKE_INSTALL_RPATH_USE_LINK_PATH=ON \
+    "${extra[@]}"  # the RPATH: the libraries beside each other, and CUDA's wherever they were linked from
   cmake --build "$BUILD_DIR" --target "${BUILD_TARGET:-llama-server}" -j "$JOBS"
+  export LD_LIBRARY_PATH="$(cuda_runtime_dir)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   local lib
   mkdir -p "$SITE/llama_cpp/lib"
   cp -a "$BUILD_DIR"/bin/*.so* "$SITE/llama_cpp/lib/"
