@@ -8,13 +8,19 @@
 #                                                models, docs, tests, examples and unused ggml backends
 #   .gpu-kit/wheels/*.whl, requirements.txt      lokal's runtime dependencies (pinned to this .venv's
 #                                                versions), binary ones for each KIT_PYTHONS version
+#   .gpu-kit/models/NAME.head.gz                 the GGUF header of each KIT_LIKE catalog model
+#                                                (benchmarks/gpu/like_model.py: random weights there)
 #
-# Env: KIT (default .gpu-kit), KIT_PYTHONS (default "3.12": the device's python3, /work/.library/device/KINDS.md).
+# Env: KIT (default .gpu-kit), KIT_PYTHONS (default "3.12": the device's python3, /work/.library/device/KINDS.md),
+# KIT_LIKE (default "qwen2.5-coder:0.5b", the largest catalog model; "" for none), KIT_STORE (the lokal
+# home they are pulled into if missing; default $LOKAL_TEST_HOME or .test-home).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 KIT="${KIT:-.gpu-kit}"
 KIT_PYTHONS="${KIT_PYTHONS:-3.12}"
+KIT_LIKE="${KIT_LIKE-qwen2.5-coder:0.5b}"
+KIT_STORE="${KIT_STORE:-${LOKAL_TEST_HOME:-.test-home}}"
 PIP="${PIP:-.venv/bin/pip}"
 PYTHON="${PYTHON:-.venv/bin/python}"
 # The version and build label come from scripts/install.sh, the one place they are set.
@@ -69,6 +75,15 @@ for n in $(seq 17 39); do platforms+=(--platform "manylinux_2_${n}_x86_64"); don
 for py in $KIT_PYTHONS; do
   "$PIP" download --quiet --no-deps --only-binary :all: -d "$KIT/wheels" --python-version "$py" \
     --implementation cp "${platforms[@]}" "${binary_reqs[@]}"
+done
+
+echo "== headers of ${KIT_LIKE:-no catalog model}"
+mkdir -p "$KIT/models"
+for name in $KIT_LIKE; do
+  LOKAL_HOME="$KIT_STORE" "$PYTHON" -m lokal.cli.main pull "$name" >/dev/null
+  gguf="$("$PYTHON" -c 'import sys; from pathlib import Path; from lokal.store.model_store import ModelStore
+print(ModelStore(Path(sys.argv[1])).gguf_path(sys.argv[2]))' "$KIT_STORE" "$name")"
+  "$PYTHON" benchmarks/gpu/like_model.py head "$gguf" "$KIT/models/${name//:/-}.head.gz"
 done
 
 echo "== kit"

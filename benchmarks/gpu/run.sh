@@ -16,20 +16,23 @@
 #   bench   benchmarks/gpu/bench_peer.py: llama-server (CUDA) started on the model, `lokal bench run`
 #           against it at BENCH_CONCURRENCY; lokal joins when its `serve` can offload (--gpu-layers),
 #           else llama-server is measured alone and the bench log says so
+#   catalog the same on LIKE (the largest catalog model: its real header from the kit, random weights;
+#           benchmarks/gpu/like_model.py), when the budget has room left
 #
-# Results in $OUT (at most 8 files come back): summary.txt, bench.json, bench.txt, tests.txt,
-# logs.tar.gz (every stage's log, the servers' logs, the build log), refreshed after each stage.
+# Results in $OUT (at most 8 files come back): summary.txt, tests.txt, bench.json, bench.txt,
+# bench-catalog.json, bench-catalog.txt, logs.tar.gz (every stage's log, the servers' logs, the build
+# log), refreshed after each stage.
 #
 # Env (defaults in brackets):
 #   OUT [/tmp/gpu-out], KIT [.gpu-kit], WORK [/tmp/lokal-gpu: packages, build, models; a warm machine
 #   keeps it between calls], PYTHON [python3], BUILD_DIR [$WORK/build], JOBS [nproc], BUDGET_S [540:
 #   a stage with under 20 s of it left is not started; each stage is killed at its end]
-#   SKIP_INFO, SKIP_DEPS, SKIP_BUILD, SKIP_MODEL, SKIP_TESTS, SKIP_BENCH=1; DRY_RUN=1 prints each
+#   SKIP_INFO, SKIP_DEPS, SKIP_BUILD, SKIP_MODEL, SKIP_TESTS, SKIP_BENCH, SKIP_CATALOG=1; DRY_RUN=1 prints each
 #   stage's commands and runs nothing
 #   CUDA_ARCH [nvidia-smi's compute capability], BUILD_TARGET [llama-server; e.g. ggml-base rehearses
 #   the configure where there is no GPU], CUBLAS_LIB [a folder with libcublas.so.N when the toolkit
 #   has none: found in pip's nvidia/], CUDA_DRIVER_LIB [libcuda.so.1 when there is no libcuda.so]
-#   MODEL_DIMS [llama3-8b], QUANT [Q4_K_M]
+#   MODEL_DIMS [llama3-8b], QUANT [Q4_K_M], LIKE [qwen2.5-coder:0.5b: its header is in the kit]
 #   BENCH_CONCURRENCY [1,16,64,128], BENCH_SLOTS [128], BENCH_CTX [1024 tokens per slot: the same KV
 #   budget for both systems, and both fit on an 80 GB card at once], BENCH_MAX_TOKENS [128]
 set -uo pipefail
@@ -47,6 +50,7 @@ BENCH_CONCURRENCY="${BENCH_CONCURRENCY:-1,16,64,128}"
 BENCH_SLOTS="${BENCH_SLOTS:-128}"
 BENCH_CTX="${BENCH_CTX:-1024}"
 BENCH_MAX_TOKENS="${BENCH_MAX_TOKENS:-128}"
+LIKE="${LIKE:-qwen2.5-coder:0.5b}"
 BUDGET_S="${BUDGET_S:-540}"
 LLAMA_CPP_PYTHON="$(sed -n 's/^LLAMA_CPP_PYTHON=\([^ ]*\).*/\1/p' scripts/install.sh)"
 SITE="$WORK/site"
@@ -85,7 +89,7 @@ stage() {
     declare -f "$fn" | sed '1,2d;$d' | sed "s/^/  [$name] /"
     return 0
   fi
-  ( export -f "$fn" run_bg_f16 pip_cublas cuda_driver cuda_runtime_dir; timeout --kill-after=10 "$left" bash -c "set -eo pipefail; $fn" ) \
+  ( export -f "$fn" run_bg_f16 pip_cublas cuda_driver cuda_runtime_dir bench_on; timeout --kill-after=10 "$left" bash -c "set -eo pipefail; $fn" ) \
     >"$LOGS/$name.log" 2>&1
   rc=$?
   if [ "$rc" = 0 ]; then note "$name: ok"; else note "$name: FAILED (exit $rc; logs.tar.gz: logs/$name.log)"; fi
@@ -185,7 +189,7 @@ tests() {
   "$PY" -m pytest -p no:cacheprovider -m gpu tests/gpu -v -rs --junitxml="$LOGS/tests.xml" 2>&1 | tee "$OUT/tests.txt"
 }
 
-bench() {
+bench_on() {  # bench_on GGUF NAME RESULT: llama-server and (when it can offload) lokal on one model
   local with_lokal=() help
   help="$(COLUMNS=200 "$PY" -m lokal.cli.main serve --help)"  # not piped into grep -q: pipefail, SIGPIPE
   if [[ "$help" == *--gpu-layers* ]]; then
@@ -193,14 +197,25 @@ bench() {
   else
     echo "lokal serve has no --gpu-layers yet: lokal would run on the CPU, so llama-server is measured alone"
   fi
-  COLUMNS=160 "$PY" "$REPO/benchmarks/gpu/bench_peer.py" --llama-server "$BUILD_DIR/bin/llama-server" --gguf "$MODEL" \
-    --model "$MODEL_NAME" "${with_lokal[@]}" --slots "$BENCH_SLOTS" --ctx "$BENCH_CTX" --logs "$LOGS/servers" -- \
+  COLUMNS=160 "$PY" "$REPO/benchmarks/gpu/bench_peer.py" --llama-server "$BUILD_DIR/bin/llama-server" --gguf "$1" \
+    --model "$2" "${with_lokal[@]}" --slots "$BENCH_SLOTS" --ctx "$BENCH_CTX" --logs "$LOGS/servers-$3" -- \
     --scenario sweep --concurrency "$BENCH_CONCURRENCY" --max-tokens "$BENCH_MAX_TOKENS" --baseline llama-server \
-    --json "$OUT/bench.json" \
-    2>&1 | tee "$OUT/bench.txt"
+    --json "$OUT/$3.json" 2>&1 | tee "$OUT/$3.txt"
 }
 
-export REPO KIT WORK SITE PY BUILD_DIR MODEL MODEL_NAME F16 MODEL_DIMS QUANT JOBS LOGS OUT LLAMA_CPP_PYTHON \
+bench() {
+  bench_on "$MODEL" "$MODEL_NAME" bench
+}
+
+catalog() {  # the largest catalog model's own file (from its header in the kit) with random weights
+  local gguf="$WORK/models/like-${LIKE//:/-}.gguf"
+  [ -s "$gguf" ] || "$PY" "$REPO/benchmarks/gpu/like_model.py" fill "$KIT/models/${LIKE//:/-}.head.gz" "$gguf"
+  "$PY" -m lokal.cli.main show "random-$LIKE" >/dev/null 2>&1 \
+    || "$PY" -m lokal.cli.main import "$gguf" --name "random-$LIKE"
+  bench_on "$gguf" "random-$LIKE" bench-catalog
+}
+
+export LIKE REPO KIT WORK SITE PY BUILD_DIR MODEL MODEL_NAME F16 MODEL_DIMS QUANT JOBS LOGS OUT LLAMA_CPP_PYTHON \
   BENCH_CONCURRENCY BENCH_SLOTS BENCH_CTX BENCH_MAX_TOKENS
 
 note "run.sh: budget ${BUDGET_S}s, work $WORK, out $OUT, dry run $DRY_RUN"
@@ -210,5 +225,6 @@ stage build build || { pack; exit 1; }
 stage model model || { pack; exit 1; }
 stage tests tests
 stage bench bench
+stage catalog catalog
 note "run.sh: done"
 pack

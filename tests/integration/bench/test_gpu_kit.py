@@ -1,7 +1,8 @@
 """The GPU kit (benchmarks/gpu/) on the CPU: make_model.py's random Llama loads in llama.cpp (tiny dims
 here, Llama 3.1 8B's on the GPU machine), its synthetic BPE vocabulary tokenizes and detokenizes text,
-lokal's engine decodes from it, llama.cpp's quantizer turns it into Q4_K_M; table.py turns a bench
-run's JSON into the table docs/performance.md publishes."""
+lokal's engine decodes from it, llama.cpp's quantizer turns it into Q4_K_M; like_model.py rebuilds a
+catalog model's file from its header with random weights; table.py turns a bench run's JSON into the
+table docs/performance.md publishes."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from gguf import GGUFReader, LlamaFileType
 from lokal.engine.engine import Engine
 from lokal.engine.llama_model import ContextShape, LlamaModel
 from lokal.engine.sampling import SamplingParams
+from lokal.store.model_store import ModelStore
 from tests.conftest import REPO_ROOT
 
 
@@ -30,6 +32,7 @@ def load_kit(name: str) -> ModuleType:
 
 
 kit = load_kit("make_model")
+like = load_kit("like_model")
 table = load_kit("table")
 SHAPE = ContextShape(slot_ctx=256, n_slots=2, n_batch=64, n_threads=2)
 
@@ -114,3 +117,25 @@ def test_the_table_has_a_row_per_system_and_level_with_ratios_to_the_baseline() 
     assert "lokal: peak RSS 900 MiB, GPU 6000 MiB" in table.markdown(doc)
     smi = "name, driver_version, memory.total [MiB], compute_cap\nNVIDIA H100 80GB HBM3, 580.159.04, 81559 MiB, 9.0\n"
     assert table.gpu_line(smi) == "NVIDIA H100 80GB HBM3, driver 580.159.04, 81559 MiB, compute capability 9.0"
+
+
+@pytest.mark.slow
+def test_a_catalog_model_rebuilt_from_its_header_has_its_bytes_layout_and_loads(
+    model_home: Path, tmp_path: Path
+) -> None:
+    real = ModelStore(model_home).gguf_path("smollm2:135m")
+    head = tmp_path / "smollm2.head.gz"
+    header = like.write_head(real, head)
+    assert head.stat().st_size < real.stat().st_size / 20
+    out = tmp_path / "like.gguf"
+    like.fill(head, out)
+    assert out.stat().st_size == real.stat().st_size
+    with open(real, "rb") as a, open(out, "rb") as b:
+        assert a.read(header.data_offset) == b.read(header.data_offset)
+        assert a.read(1 << 20) != b.read(1 << 20)  # the weights are not the real ones
+    model = LlamaModel(out, SHAPE)
+    try:
+        assert model.architecture == "llama" and model.n_vocab == 49152
+        assert len(greedy(model, "Hello", 8)) == 8
+    finally:
+        model.close()
