@@ -102,7 +102,7 @@ stage() {
 info() {  # the last lines land in summary.txt: the GPU's CSV row last (benchmarks/gpu/table.py reads it)
   nvidia-smi
   nvcc --version
-  cmake --version | head -1
+  cmake --version | sed -n 1p
   df -h "$WORK"
   echo "python3 $("$PY" --version 2>&1), $(nproc) CPUs"
   nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv
@@ -132,28 +132,28 @@ pip_cublas() {  # the lib folder of cuBLAS from pip (nvidia-cublas, torch's) whe
     return 0
   fi
   found="$("$PY" -c 'import site; print(" ".join(site.getsitepackages()))' | xargs -n1 | sed 's|$|/nvidia|' \
-    | xargs -I{} find {} -name 'libcublas.so.*' 2>/dev/null | head -1)"
+    | xargs -I{} find {} -name 'libcublas.so.*' 2>/dev/null | sed -n 1p || true)"
   [ -z "$found" ] || dirname "$found"
 }
 
 cuda_driver() {  # libcuda.so.1 when neither the loader's cache nor the toolkit's stubs have libcuda.so
-  if ldconfig -p | grep -q 'libcuda\.so '; then return 0; fi
+  if ldconfig -p | grep 'libcuda\.so ' >/dev/null; then return 0; fi
   if ls /usr/local/cuda*/lib64/stubs/libcuda.so /usr/local/cuda*/targets/*/lib/stubs/libcuda.so >/dev/null 2>&1; then
     return 0
   fi
-  { ldconfig -p | sed -n 's/.*libcuda\.so\.1 .*=> //p'; find /usr/local/nvidia /usr/lib* -name 'libcuda.so.1' 2>/dev/null; } \
-    | head -1
+  { ldconfig -p | sed -n 's/.*libcuda\.so\.1 .*=> //p'; find /usr/local/nvidia /usr/lib* -name 'libcuda.so.1' 2>/dev/null \
+    || true; } | sed -n 1p
 }
 
 build() {
-  local arch="${CUDA_ARCH:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)}"
+  local arch="${CUDA_ARCH:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | sed -n 1p | tr -d .)}"
   local cublas driver rpath='$ORIGIN' extra=()
   echo "CUDA architecture: $arch"
   cublas="${CUBLAS_LIB:-$(pip_cublas)}"
   if [ -n "$cublas" ]; then  # link it by path, its headers beside it, and find it at run time
     echo "cuBLAS from $cublas"
-    extra=(-DCUDA_cublas_LIBRARY="$(ls "$cublas"/libcublas.so.* | head -1)"
-           -DCUDA_cublasLt_LIBRARY="$(ls "$cublas"/libcublasLt.so.* | head -1)"
+    extra=(-DCUDA_cublas_LIBRARY="$(ls "$cublas"/libcublas.so.* | sed -n 1p)"
+           -DCUDA_cublasLt_LIBRARY="$(ls "$cublas"/libcublasLt.so.* | sed -n 1p)"
            -DCMAKE_CUDA_FLAGS="-I$cublas/../include" -DCMAKE_CXX_FLAGS="-I$cublas/../include")
     rpath="\$ORIGIN;$cublas"
   fi
