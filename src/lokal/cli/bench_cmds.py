@@ -118,7 +118,8 @@ def run(
 
         store = ModelStore(settings.home)
         try:
-            pull_model(store, model_name)
+            if not store.exists(model_name):  # an imported (lokal create) model is not pulled
+                pull_model(store, model_name)
             local.gguf = store.gguf_path(model_name)
         except Exception as exc:  # noqa: BLE001 - any store failure is one line for the user
             raise _fail(f"model {model_name}: {exc}") from None
