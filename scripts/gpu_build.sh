@@ -40,6 +40,10 @@ gpu_backend() {
   if [ -z "$NVCC" ] && [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ]; then
     NVCC="${CUDA_HOME:-/usr/local/cuda}/bin/nvcc"
   fi
+  if [ -n "$NVCC" ] && ! cuda_has_cublas "$NVCC"; then  # nvcc alone (e.g. a pip-installed compiler)
+    echo "note: $NVCC's toolkit has no cuBLAS (cublas_v2.h): CUDA $CUDA_PYPI comes from PyPI instead" >&2
+    NVCC=""
+  fi
   if [ -z "$NVCC" ]; then  # CUDA from PyPI: check that this driver and these GPUs can use it
     driver="$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1 || true)"
     if ! [[ "${driver%%.*}" =~ ^[0-9]+$ ]] || [ "${driver%%.*}" -lt "$CUDA_PYPI_DRIVER" ]; then
@@ -54,6 +58,19 @@ gpu_backend() {
     return 0
   fi
   BACKEND=cuda
+}
+
+# Whether nvcc $1's toolkit has cuBLAS's header, which ggml's CUDA backend needs (an unreadable
+# toolkit root counts as yes: the build then says what is missing).
+cuda_has_cublas() {
+  local top
+  top="$(cuda_top "$1")"
+  [ -z "$top" ] || [ -e "$top/include/cublas_v2.h" ] || compgen -G "$top/targets/*/include/cublas_v2.h" >/dev/null
+}
+
+# The toolkit root nvcc $1 compiles with (its --dryrun's TOP), or "".
+cuda_top() {
+  "$1" --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p' | head -n 1
 }
 
 # Installs CUDA $CUDA_PYPI from PyPI into $1 (with pip $2) unless it is there, and makes $1/nvidia/cu13
@@ -98,7 +115,7 @@ cuda_toolchain_args() {
     # without the driver's libcuda to link, ggml uses its plain (cudaMalloc) memory pool
     [ -e "$(dirname "$nvcc")/../lib/stubs/libcuda.so" ] || args=" -DGGML_CUDA_NO_VMM=ON"
   fi
-  top="$("$nvcc" --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p' | head -n 1)"
+  top="$(cuda_top "$nvcc")"
   for lib in "$top/lib64" "$top/lib" "$top/targets/$(uname -m)-linux/lib"; do
     [ -e "$lib/libcudart.so" ] && break
   done

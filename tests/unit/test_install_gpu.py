@@ -135,3 +135,22 @@ def test_the_toolchain_puts_the_toolkits_libcudart_in_the_runpath(tmp_path: Path
     lib = Path(args["CMAKE_SHARED_LINKER_FLAGS"].removeprefix("-Wl,-rpath,"))
     assert (lib / "libcudart.so").exists()
     assert Path(args["CUDAToolkit_ROOT"]) in lib.parents
+
+
+@pytest.mark.parametrize("with_cublas", [True, False], ids=["full-toolkit", "nvcc-only"])
+def test_an_nvcc_whose_toolkit_lacks_cublas_gives_way_to_cuda_from_pypi(tmp_path: Path, with_cublas: bool) -> None:
+    top = tmp_path / "toolkit"
+    (top / "include").mkdir(parents=True)
+    if with_cublas:
+        (top / "include" / "cublas_v2.h").write_text("")
+    nvcc = tmp_path / "toolkit" / "bin" / "nvcc"
+    nvcc.parent.mkdir()
+    nvcc.write_text(f"#!/bin/sh\necho '#$ TOP={top}' >&2\n")  # what nvcc --dryrun says first
+    nvcc.chmod(0o755)
+    run = print_build(tmp_path, nvidia_smi("9.0\\n"), nvcc=False, CUDA_HOME=str(top))
+    build = fields(run)
+    if with_cublas:
+        assert build["nvcc"] == str(nvcc)
+    else:
+        assert build["nvcc"].startswith("CUDA 13.0 from PyPI")
+        assert "has no cuBLAS" in run.stderr
