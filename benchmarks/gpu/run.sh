@@ -34,7 +34,9 @@
 #   has none: found in pip's nvidia/], CUDA_DRIVER_LIB [libcuda.so.1 when there is no libcuda.so]
 #   MODEL_DIMS [llama3-8b], QUANT [Q4_K_M], LIKE [qwen2.5-coder:0.5b: its header is in the kit]
 #   BENCH_CONCURRENCY [1,16,64,128], BENCH_SLOTS [128], BENCH_CTX [1024 tokens per slot: the same KV
-#   budget for both systems, and both fit on an 80 GB card at once], BENCH_MAX_TOKENS [128]
+#   budget for both systems, and both fit on an 80 GB card at once], BENCH_MAX_TOKENS [128],
+#   BENCH_KV_POOL [shared: lokal's shared pool against llama-server's unified KV, both of
+#   BENCH_SLOTS x BENCH_CTX cells; per-slot: fixed slots on both]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 REPO="$PWD"
@@ -50,6 +52,10 @@ BENCH_CONCURRENCY="${BENCH_CONCURRENCY:-1,16,64,128}"
 BENCH_SLOTS="${BENCH_SLOTS:-128}"
 BENCH_CTX="${BENCH_CTX:-1024}"
 BENCH_MAX_TOKENS="${BENCH_MAX_TOKENS:-128}"
+BENCH_KV_POOL="${BENCH_KV_POOL:-shared}"
+if [ "$BENCH_KV_POOL" = shared ]; then  # the servers the bench starts read these
+  export LOKAL_KV_POOL=shared LOKAL_KV_CELLS=$((BENCH_SLOTS * BENCH_CTX)) LLAMA_ARG_KV_UNIFIED=1
+fi
 LIKE="${LIKE:-qwen2.5-coder:0.5b}"
 BUDGET_S="${BUDGET_S:-540}"
 LLAMA_CPP_PYTHON="$(sed -n 's/^LLAMA_CPP_PYTHON=\([^ ]*\).*/\1/p' scripts/install.sh)"
@@ -216,7 +222,7 @@ catalog() {  # the largest catalog model's own file (from its header in the kit)
 }
 
 export LIKE REPO KIT WORK SITE PY BUILD_DIR MODEL MODEL_NAME F16 MODEL_DIMS QUANT JOBS LOGS OUT LLAMA_CPP_PYTHON \
-  BENCH_CONCURRENCY BENCH_SLOTS BENCH_CTX BENCH_MAX_TOKENS
+  BENCH_CONCURRENCY BENCH_SLOTS BENCH_CTX BENCH_MAX_TOKENS BENCH_KV_POOL
 
 note "run.sh: budget ${BUDGET_S}s, work $WORK, out $OUT, dry run $DRY_RUN"
 stage info info
