@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from lokal.advise.hardware import Gpu
 from lokal.advise.memory import MemoryEstimate, ModelShape
+from lokal.engine.devices import gpu_offload_supported
+
+__all__ = ["gpu_offload_supported"]  # re-exported: advise and the runtime plan with it
 
 if TYPE_CHECKING:
     from lokal.engine.llama_model import Offload
@@ -286,12 +289,3 @@ def fallback_layers(gpu_layers: int) -> list[int]:
         tries.append(k)
     tries.append(0)
     return tries
-
-
-def gpu_offload_supported() -> bool:
-    """Whether the installed llama.cpp can put layers on a GPU (a CUDA build)."""
-    try:
-        import llama_cpp
-    except ImportError:
-        return False
-    return bool(llama_cpp.llama_supports_gpu_offload())

@@ -65,16 +65,25 @@ def cpu_build_note(nvidia_gpus: tuple[str, ...]) -> str:
             "not used; reinstall with LOKAL_GPU=cuda scripts/install.sh (docs/gpu.md)")
 
 
+def gpu_offload_supported() -> bool:
+    """Whether the installed llama.cpp can put layers on a GPU (a CUDA build, found GPU or not)."""
+    try:
+        import llama_cpp as C
+
+        return bool(C.llama_supports_gpu_offload())
+    except Exception:  # no llama_cpp, or one without the function
+        return False
+
+
 def backend() -> Backend:
     """This process's llama.cpp backend and devices, memory as of now. Never raises: without
     llama.cpp or its registry, the "cpu" backend with the devices that could be read."""
     try:
-        import llama_cpp as C
 
         from lokal.engine.llama_model import init_backend
 
         init_backend()  # llama.cpp's logging quieted before the registry initialises the backends
-        offload = bool(C.llama_supports_gpu_offload())
+        offload = gpu_offload_supported()
     except Exception:
         return Backend("cpu", False, ())
     devices: list[Device] = []
