@@ -1,5 +1,9 @@
 """lokal's VRAM figure (the offload plan advise and the runtime use) against NVML's reading of a
-process that loads the model with every layer on the GPU: within ±10 % (issue 17's target)."""
+process that loads the model with every layer on the GPU: within ±10 % (issue 17's target).
+
+The figure is what the model takes (weights, KV cache, compute buffers), so the reading starts once
+the CUDA context exists (its few hundred MiB are what the planner's 1 GiB margin leaves room for);
+the process's whole use is printed beside it."""
 
 from __future__ import annotations
 
@@ -18,14 +22,17 @@ from lokal.advise.offload import plan_for
 pytestmark = pytest.mark.gpu
 
 SLOT_CTX, SLOTS, BATCH = 4096, 4, 512
-# A fresh process: NVML's device reading before llama.cpp touches CUDA, then after the load and one
-# decode (which allocates what the first graph needs), and what NVML books to the process itself.
+# A fresh process: NVML's device reading once llama.cpp's CUDA backend has made its context (a memory
+# query makes it), then after the load and one decode (which allocates what the first graph needs),
+# and what NVML books to the process itself.
 MEASURE = """
 import json, os, sys
 from pathlib import Path
 import pynvml
 pynvml.nvmlInit()
 gpu = pynvml.nvmlDeviceGetHandleByIndex(0)
+from lokal.engine.devices import backend
+backend()
 before = pynvml.nvmlDeviceGetMemoryInfo(gpu).used
 from lokal.engine.llama_model import ContextShape, LlamaModel, Offload
 path, layers, ctx, slots, batch = Path(sys.argv[1]), *map(int, sys.argv[2:])
@@ -53,7 +60,7 @@ def test_the_vram_estimate_is_within_ten_percent_of_nvml(gpu_model_path: Path) -
     )
     assert run.returncode == 0, run.stderr[-3000:]
     seen = json.loads(run.stdout.strip().splitlines()[-1])
-    measured = seen["process"] or seen["device_delta"]
+    measured = seen["device_delta"]
     report = (f"estimate {plan.vram_bytes / 2**20:.0f} MiB (weights {estimate.weights / 2**20:.0f}, KV "
               f"{estimate.kv_cache / 2**20:.0f}, compute {estimate.compute / 2**20:.0f}), NVML: process "
               f"{(seen['process'] or 0) / 2**20:.0f} MiB, device grew {seen['device_delta'] / 2**20:.0f} MiB")
