@@ -459,6 +459,8 @@ class Runtime:
             raise DraftMismatch(f"`{draft}` cannot draft for it: {exc}") from exc
         loaded.plan = plan
         loaded.memory_bytes = plan.total_bytes
+        if draft is not None:  # the draft model has the same KV layout as its target
+            loaded.memory_bytes += model_memory_bytes(self.store.get(draft), shape, self.store.home)
         return loaded
 
     def draft_model(self, key: str, manifest: Manifest) -> str | None:

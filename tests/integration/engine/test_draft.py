@@ -214,7 +214,10 @@ def test_draft_reaches_the_runtime_from_settings_and_metrics(model_home: Path) -
         stats = llm.engine.stats()
         samples = {(s.name, s.labels["model"]): s.value
                    for m in EngineCollector(llm.runtime).collect() for s in m.samples}
+        (loaded,) = llm.runtime.loaded()
     assert stats.accepted_tokens > 0
+    assert loaded.plan is not None
+    assert llm.runtime.memory_bytes(loaded) == 2 * loaded.plan.total_bytes  # its draft (itself) counts too
     assert samples["lokal_speculative_drafted_tokens_total", SMOL] == stats.drafted_tokens
     assert samples["lokal_speculative_accepted_tokens_total", SMOL] == stats.accepted_tokens
 
