@@ -207,7 +207,7 @@ def candidate_shapes(home: Path | None, models: list[str] | None = None) -> list
             except EstimateError:
                 continue  # a model without layer facts (not a transformer lokal can size)
     for entry in CATALOG:
-        if entry.name not in seen:
+        if entry.name not in seen and entry.kind == "chat":  # the others serve beside a chat model
             shapes.append(model_shape(entry.name, None))
     shapes.extend(model_shape(size, None) for size in PLANNING_SIZES)
     return shapes

