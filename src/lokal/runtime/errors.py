@@ -28,6 +28,12 @@ class ContextLengthExceeded(InvalidRequest):
     code = "context_length_exceeded"
 
 
+class WrongModelKind(InvalidRequest):
+    """The model exists, but its kind cannot serve the request (a chat sent to an embedding model)."""
+
+    code = "model_kind_mismatch"
+
+
 class InvalidModelName(InvalidRequest):
     code = "invalid_model_name"
 

@@ -56,6 +56,7 @@ from lokal.runtime.sizing import (
 )
 from lokal.store import errors as store_errors
 from lokal.store.gguf_facts import GgufFacts
+from lokal.store.kinds import EMBEDDING_KINDS, GENERATING_KINDS, ModelKind
 from lokal.store.manifest import Manifest
 from lokal.store.model_store import ModelStore
 from lokal.store.names import parse_model_name
@@ -65,6 +66,7 @@ log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 1
 REAP_INTERVAL_S = 0.25  # how often idle models are checked against their keep_alive
+EMBEDDING_CTX = 8192  # the longest input of a model that only embeds, when it was trained on more
 _FOREVER_SPAN = timedelta(days=365 * 290)  # what "never expires" reads as (Ollama: now + max duration)
 T = TypeVar("T")
 
@@ -168,6 +170,7 @@ class Runtime:
         an unknown model, a bad option, template or prompt, a prompt too long, a full queue.
         Closing the stream (or dropping it) cancels the generation and frees its slot."""
         arrived = time.perf_counter()
+        self.check_kind(req.model, GENERATING_KINDS, "generate text")
         loaded = await self.model(req.model, req.keep_alive)
         wanted = self._wanted_context(loaded, req.options)
         if wanted is not None:
@@ -223,6 +226,7 @@ class Runtime:
         differs). An empty list only loads the model (Ollama's way to preload one). One
         embedding runs at a time; the others wait on the event loop, not in a worker thread."""
         started = time.perf_counter()
+        self.check_kind(model, EMBEDDING_KINDS, "embed text")
         loaded = await self.model(model, keep_alive)
         load_s = time.perf_counter() - started
         if dimensions is not None and dimensions != loaded.embedding_length:
@@ -305,6 +309,20 @@ class Runtime:
             raise errors.ModelNotFound(name, str(exc)) from exc
         except (store_errors.StoreError, ModelLoadError) as exc:
             raise errors.ModelLoadFailed(f"could not load model `{name}`: {exc}") from exc
+
+    def check_kind(self, name: str, kinds: frozenset[ModelKind], task: str) -> None:
+        """WrongModelKind, before anything loads, when the stored model's kind is not one of
+        ``kinds`` (those that can do ``task``); a name the store lacks is left to ``model``."""
+        try:
+            key = str(parse_model_name(name))
+            loaded = self._loaded.get(key)
+            kind = (loaded.manifest if loaded is not None else self.store.get(key)).kind
+        except store_errors.StoreError:
+            return
+        if kind not in kinds:
+            can = " or ".join(sorted(kinds))
+            raise errors.WrongModelKind(f"model `{key}` is a{'n' if kind[0] in 'aeiou' else ''} {kind} model "
+                                        f"and cannot {task}; use a {can} model", param="model")
 
     @staticmethod
     def canonical_name(name: str) -> str:
@@ -414,6 +432,12 @@ class Runtime:
     def load_shape(self, manifest: Manifest) -> ContextShape:
         """The shape a stored model is loaded with: in automatic mode its Modelfile's ``num_ctx``
         (clamped to the trained length) when it has one, as Ollama loads it; else ``shape``."""
+        if manifest.kind not in GENERATING_KINDS:
+            # It never generates: one slot of its trained context for the engine, which stays idle
+            # (embeddings run in the Embedder's own context).
+            ctx = min(manifest.facts.context_length or EMBEDDING_CTX, self.settings.ctx_size or EMBEDDING_CTX)
+            return ContextShape(slot_ctx=ctx, n_slots=1, n_batch=self.settings.batch_size,
+                                n_threads=self.settings.threads)
         free, on_gpu = self.kv_room(manifest)
         num_ctx = (manifest.parameters or {}).get("num_ctx")
         if self.settings.ctx_size or not isinstance(num_ctx, int) or isinstance(num_ctx, bool) or num_ctx < 64:
