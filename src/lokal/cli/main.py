@@ -175,12 +175,12 @@ def list_models() -> None:
     """List models in the store."""
     models = _store(_settings()).list()
     table = Table(box=None, header_style="bold")
-    for col in ("NAME", "ID", "SIZE", "QUANTIZATION", "MODIFIED"):
+    for col in ("NAME", "ID", "SIZE", "KIND", "QUANTIZATION", "MODIFIED"):
         table.add_column(col)
     for m in models:
         digest = m.digest.split(":", 1)[-1][:12]
         quant = escape(m.facts.quantization or "?")
-        table.add_row(escape(m.name), digest, _human_size(m.size), quant, _ago(m.modified_at))
+        table.add_row(escape(m.name), digest, _human_size(m.size), m.kind, quant, _ago(m.modified_at))
     console.print(table)
 
 
@@ -227,6 +227,7 @@ def show(
     table.add_column()
     rows = [
         ("name", m.name),
+        ("kind", m.kind),
         ("architecture", f.architecture or "?"),
         ("parameters", params),
         ("quantization", f.quantization or "?"),

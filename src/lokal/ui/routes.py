@@ -263,6 +263,7 @@ async def models(request: Request) -> dict[str, Any]:
         out.append({
             "name": m.name,
             "size": m.size,
+            "kind": m.kind,
             "quantization": f.quantization,
             "architecture": f.architecture,
             "parameter_count": f.parameter_count,

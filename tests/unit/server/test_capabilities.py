@@ -31,10 +31,13 @@ def test_tools_come_from_a_template_that_renders_them_and_thinking_from_a_reason
     assert capabilities(LLAMA, QWEN3_LIKE, None) == ["completion", "thinking"]
 
 
-def test_embedding_models_and_pooling_generative_models() -> None:
+def test_embedding_models_and_pooling_generative_models_only_embed() -> None:
     assert capabilities(GgufFacts(architecture="bert"), None, None) == ["embedding"]
+    # A pooling type marks an embedding model (Qwen3-Embedding: qwen3 with LAST pooling), as in Ollama.
     pooled = GgufFacts(architecture="qwen2", metadata={"qwen2.pooling_type": 1})
-    assert capabilities(pooled, "x", None) == ["completion", "embedding"]
+    assert capabilities(pooled, "x", None) == ["embedding"]
+    ranker = GgufFacts(architecture="bert", metadata={"bert.pooling_type": 4})
+    assert capabilities(ranker, None, None) == []
 
 
 @pytest.mark.parametrize("names", [

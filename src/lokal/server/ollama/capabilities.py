@@ -1,7 +1,7 @@
 """What ``/api/show`` says a model can do, from its GGUF and its chat template (as Ollama does):
 
-- ``completion``: every model that is not an embedding-only architecture;
-- ``embedding``: an embedding architecture, or a pooling type in the GGUF;
+- ``completion``: every chat model (``lokal.store.kinds``);
+- ``embedding``: an embedding model alone (a chat model embeds too, but Ollama does not say so);
 - ``tools``: the chat template renders ``tools`` itself (lokal still answers a tools request to
   any other model, through its fallback block: see docs/api.md, "Tools without native support");
 - ``insert``: the vocabulary has llama.cpp's fill-in-the-middle tokens (prefix, suffix, middle);
@@ -20,9 +20,8 @@ from pathlib import Path
 from lokal.runtime.reasoning import supports_thinking
 from lokal.runtime.tools import has_native_tools
 from lokal.store.gguf_facts import GgufFacts
+from lokal.store.kinds import kind_from_facts
 from lokal.templates.chat_template import CHATML_TEMPLATE, FALLBACK_BY_ARCHITECTURE
-
-EMBEDDING_ARCHITECTURES = {"bert", "nomic-bert", "jina-bert-v2", "jina-bert-v3", "modern-bert", "neo-bert"}
 
 # llama.cpp's FIM tokens: the GGUF keys that name them, else the token texts it recognizes
 # (llama-vocab.cpp): Qwen, StarCoder/SantaCoder, DeepSeek, CodeLlama, CodeGemma/GLM.
@@ -43,17 +42,15 @@ def template_source(template: str | None, facts: GgufFacts) -> str:
 
 def capabilities(facts: GgufFacts, template: str | None, gguf: Path | None) -> list[str]:
     """Ollama's capability names for a model, in Ollama's order."""
-    arch = facts.architecture or ""
-    if arch in EMBEDDING_ARCHITECTURES:
-        return ["embedding"]
+    kind = kind_from_facts(facts)
+    if kind != "chat":
+        return ["embedding"] if kind == "embedding" else []
     caps = ["completion"]
     source = template_source(template, facts)
     if has_native_tools(source):
         caps.append("tools")
     if has_fim(facts, gguf):
         caps.append("insert")
-    if f"{arch}.pooling_type" in facts.metadata:
-        caps.append("embedding")
     if supports_thinking(source):
         caps.append("thinking")
     return caps

@@ -53,6 +53,7 @@ def details(manifest: Manifest) -> ModelDetails:
         families=[family] if family else None,
         parameter_size=human_number(facts.parameter_count) if facts.parameter_count else "",
         quantization_level=facts.quantization or "",
+        kind=manifest.kind,
     )
 
 

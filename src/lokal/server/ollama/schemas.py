@@ -113,6 +113,7 @@ class ModelDetails(BaseModel):
     families: list[str] | None = None
     parameter_size: str = ""
     quantization_level: str = ""
+    kind: str = "chat"  # lokal's: chat, embedding, reranker, … (Ollama's clients ignore it)
 
 
 class ListedModel(BaseModel):

@@ -57,7 +57,7 @@ def sse(data: dict[str, Any] | str) -> bytes:
 @router.get("/models", response_model=ModelList)
 async def list_models(runtime: Runtime = Depends(get_runtime)) -> ModelList:
     cards = [
-        ModelCard(id=m.name, created=int(m.modified_at.timestamp()))
+        ModelCard(id=m.name, created=int(m.modified_at.timestamp()), kind=m.kind)
         for m in runtime.store.list()
     ]
     return ModelList(data=cards)
@@ -72,7 +72,7 @@ async def get_model(model_id: str, runtime: Runtime = Depends(get_runtime)) -> M
     except StoreError as exc:
         raise APIError(404, f"The model `{model_id}` does not exist", param="model",
                        code="model_not_found") from exc
-    return ModelCard(id=m.name, created=int(m.modified_at.timestamp()))
+    return ModelCard(id=m.name, created=int(m.modified_at.timestamp()), kind=m.kind)
 
 
 def _messages(req: ChatCompletionRequest) -> list[dict[str, Any]]:

@@ -124,6 +124,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "lokal"
+    kind: str = "chat"  # lokal's model kind: chat, embedding, reranker, … (an extra field clients ignore)
 
 
 class ModelList(BaseModel):

@@ -30,6 +30,12 @@ export class ModelsPage {
       badge.textContent = FIT_TEXT[m.fit] || m.fit;
       badge.title = `needs about ${formatBytes(m.needed_bytes)}, ${formatBytes(m.available_bytes)} available`;
       const nameCell = cell(m.name);
+      if (m.kind !== "chat") {  // embedding, reranker, …: not offered in the chat and arena pickers
+        const kind = document.createElement("span");
+        kind.className = "badge kind";
+        kind.textContent = m.kind;
+        nameCell.append(" ", kind);
+      }
       if (m.loaded) {
         const loaded = document.createElement("span");
         loaded.className = "badge loaded";
@@ -119,7 +125,7 @@ export class ModelsPage {
     d.append(title, close);
     const facts = document.createElement("dl");
     const rows = {
-      family: info.details?.family, parameters: info.details?.parameter_size,
+      kind: info.details?.kind, family: info.details?.family, parameters: info.details?.parameter_size,
       quantization: info.details?.quantization_level, format: info.details?.format,
       capabilities: (info.capabilities || []).join(", "), license: (info.license || "").split("\n")[0],
     };

@@ -18,9 +18,10 @@ export async function listModels(refresh = false) {
   return modelsCache;
 }
 
-// Fill a <select> with the stored models, keeping `selected` (or the current value, or the default).
+// Fill a <select> with the stored chat models, keeping `selected` (or the current value, or the default).
 export async function modelOptions(select, selected, refresh = false) {
-  const { models, default_model: fallback } = await listModels(refresh);
+  const { models: all, default_model: fallback } = await listModels(refresh);
+  const models = all.filter((m) => m.kind === "chat");
   const want = selected || select.value || fallback;
   select.replaceChildren();
   for (const m of models) select.append(new Option(m.name, m.name));
