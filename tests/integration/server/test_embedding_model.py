@@ -144,3 +144,13 @@ def test_keep_alive_zero_unloads_the_embedding_model_after_the_request(minilm_se
     ps = {m["name"]: m for m in httpx.get(url + "/api/ps").json()["models"]}
     # One idle slot of 512 tokens beside the weights: well under the chat model's figure.
     assert MODEL in ps and 40e6 < ps[MODEL]["size"] < 120e6
+
+
+def test_inputs_longer_than_512_tokens_are_cut_by_ollama_and_refused_by_openai(
+        oai: openai.OpenAI, minilm_server: LiveServer) -> None:
+    long_text = "word " * 600  # 602 tokens with [CLS] and [SEP]
+    r = httpx.post(minilm_server.url + "/api/embed", json={"model": MODEL, "input": long_text}, timeout=60)
+    assert r.status_code == 200 and r.json()["prompt_eval_count"] == 512
+    with pytest.raises(openai.BadRequestError) as info:
+        oai.embeddings.create(model=MODEL, input=long_text)
+    assert info.value.code == "context_length_exceeded"
