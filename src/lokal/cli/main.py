@@ -531,6 +531,17 @@ def serve(
     kv_cells: Annotated[
         int | None, typer.Option("--kv-cells", help="cells of the shared KV pool; 0 (default) = automatic")
     ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray", metavar="ADDRESS",
+                     help="serve from replicas on Ray Serve, on the Ray cluster at ADDRESS (ray.init's: local = a "
+                          "new one on this machine, auto, host:port, ray://host:port; docs/scale-out.md)"),
+    ] = None,
+    replicas: Annotated[int, typer.Option("--replicas", min=1, help="with --ray: replicas, each a whole lokal")] = 1,
+    autoscale: Annotated[
+        str | None, typer.Option("--autoscale", metavar="MIN:MAX",
+                                 help="with --ray: replicas scaled by Ray Serve on queued+running requests")
+    ] = None,
 ) -> None:
     """Serve the OpenAI-compatible API (and /docs) on one port."""
 
@@ -548,7 +559,19 @@ def serve(
     if not no_preload:
         _ensure_pulled(settings, settings.default_model)
     preload = [] if no_preload else [settings.default_model]
-    app_ = create_app(settings, Runtime(settings), preload=preload)
+    if ray_address is not None or autoscale is not None or replicas != 1:
+        try:
+            from lokal.scale.serve import ScaleError, ray_runtime
+        except ImportError as exc:
+            raise UserError(f"--ray needs Ray Serve: pip install 'lokal[ray]' ({exc})") from None
+        try:
+            runtime: Runtime = ray_runtime(settings, ray_address or "local", replicas, autoscale, preload)
+        except ScaleError as exc:
+            raise UserError(str(exc)) from None
+        preload = []  # the replicas load it
+    else:
+        runtime = Runtime(settings)
+    app_ = create_app(settings, runtime, preload=preload)
     console.print(
         f"lokal {__version__} serving on [bold]http://{escape(settings.host)}:{settings.port}[/bold] "
         f"(slots={settings.parallel or 'auto'}, ctx={settings.ctx_size or 'auto'}, threads={settings.threads}, "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import AsyncGenerator, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from lokal.engine.sequence import FinishReason, Timings, Usage
@@ -126,9 +127,15 @@ class GenerationRecord:
 Subscriber = Callable[[GenerationRecord, Event], object]
 
 
+# True while ``finished`` reads a stream for its result alone (no event reaches a client): a
+# runtime that can restart a generation elsewhere (lokal.scale's, when a replica dies) may then.
+result_only: ContextVar[bool] = ContextVar("lokal_result_only", default=False)
+
+
 async def finished(stream: AsyncGenerator[Event, None]) -> Finished:
     """Read a generation to its end: its ``Finished`` event, or its error raised. The stream is
     closed before this returns, so the model's hold is released (a keep_alive of 0 unloads it)."""
+    reading = result_only.set(True)
     try:
         async for event in stream:
             if isinstance(event, Failed):
@@ -136,5 +143,6 @@ async def finished(stream: AsyncGenerator[Event, None]) -> Finished:
             if isinstance(event, Finished):
                 return event
     finally:
+        result_only.reset(reading)
         await stream.aclose()
     raise GenerationFailed("generation ended without a result")

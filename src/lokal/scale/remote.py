@@ -1,0 +1,259 @@
+"""The ingress's runtime: the ``Runtime`` interface the API adapters use, answered by replicas.
+
+Generations, embeddings and tokenization go to a replica through a Ray Serve deployment handle
+(streams with ``stream=True``); the router (``lokal.scale.router``) picks the replica. The
+ingress's own subscribers (metrics, rate limits, audit, the monitor) see every event as if the
+generation ran here. The model store is answered locally: ``/api/tags``, ``/v1/models``, show,
+pull, create and delete read and write the store on the ingress's machine (on one machine, the
+replicas' store; on a cluster each node pulls what its replicas load)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any
+
+from ray.exceptions import NodeDiedError, RayActorError, RayError, WorkerCrashedError
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+
+from lokal.config import Settings
+from lokal.engine.embedder import EmbedResult
+from lokal.runtime import errors
+from lokal.runtime.events import Delta, Event, Failed, Finished, FirstToken, GenerationRecord, Queued, result_only
+from lokal.runtime.loaded_model import LoadedModel
+from lokal.runtime.request import GenerateRequest
+from lokal.runtime.runtime import RETRY_AFTER_S, ModelStatus, Runtime
+from lokal.scale.cluster import undeploy
+from lokal.scale.replica import Refused
+from lokal.scale.router import ROUTERS, affinity_key, replica_status
+from lokal.store.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+# What a replica that died, or could not be reached, raises at the ingress (a RayTaskError, an
+# exception in lokal's own code on the replica, is not retried).
+REPLICA_LOST = (RayActorError, WorkerCrashedError, NodeDiedError)
+
+
+def replica_lost(exc: BaseException) -> errors.GenerationFailed:
+    return errors.GenerationFailed(f"the replica serving this request failed: {type(exc).__name__}",
+                                   code="replica_failed")
+
+
+def replica_error(exc: RayError) -> errors.GenerationFailed:
+    """Any other Ray failure (a bug in the replica's code): the request fails, with its cause logged."""
+    log.error("replica request failed: %s", exc)
+    return errors.GenerationFailed(f"the replica failed: {type(exc).__name__}")
+
+
+def route_name(name: str) -> str:
+    """The model's canonical name for the router; a name that does not parse is left to the
+    replica to refuse."""
+    try:
+        return Runtime.canonical_name(name)
+    except StoreError:
+        return name
+
+
+def _unwrap(value: Any) -> Any:
+    if isinstance(value, Refused):
+        raise value.error()
+    return value
+
+
+def observe(record: GenerationRecord, event: Event) -> None:
+    """Fill in the ingress's record of a generation from a replica's events (what the runtime's
+    pipeline does from the engine's deltas on a single lokal)."""
+    now = time.perf_counter()
+    if isinstance(event, Queued):
+        record.prompt_tokens = event.prompt_tokens
+    elif isinstance(event, FirstToken):
+        record.ttft_s = now - record.arrived
+    elif isinstance(event, Delta):
+        record.completion_tokens += len(event.token_ids)
+        if record.last_token is not None:
+            record.inter_token_s.append(now - record.last_token)
+        record.last_token = now
+    elif isinstance(event, Finished):
+        record.prompt_tokens = event.usage.prompt_tokens if event.index == 0 else 0
+        record.completion_tokens = event.usage.completion_tokens
+        record.outcome = event.reason.value
+        record.duration_s = now - record.arrived
+    elif isinstance(event, Failed):
+        record.outcome = "error"
+        record.duration_s = now - record.arrived
+
+
+class RemoteRuntime(Runtime):
+    """A ``Runtime`` whose models live on Ray Serve replicas (``handle``: the replica deployment's)."""
+
+    def __init__(self, settings: Settings, handle: DeploymentHandle) -> None:
+        super().__init__(settings)
+        self.handle = handle
+
+    # ---- replicas ------------------------------------------------------------------------------
+    def replica_count(self) -> int | None:
+        """Running replicas as the router knows them (None before the first request built one)."""
+        routers = list(ROUTERS)
+        return max(len(r.curr_replicas) for r in routers) if routers else None
+
+    def _check_healthy(self) -> None:
+        if self.replica_count() == 0:
+            raise errors.ServerBusy("no healthy replica is serving; try again shortly", retry_after_s=RETRY_AFTER_S)
+
+    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """A runtime method on one replica (one serving the model, ``args[0]``); retried once (on
+        another replica) if it dies."""
+        self._check_healthy()
+        model = route_name(str(args[0]))
+        for attempt in (1, 2):
+            try:
+                return _unwrap(await self.handle.call.remote(method, args, kwargs, model=model))
+            except REPLICA_LOST as exc:
+                if attempt == 2:
+                    raise errors.ServerBusy(f"the replica failed twice: {type(exc).__name__}",
+                                            retry_after_s=RETRY_AFTER_S) from exc
+                log.warning("replica failed during %s (%s): retrying on another", method, type(exc).__name__)
+            except RayError as exc:
+                raise replica_error(exc) from exc
+        raise AssertionError("unreachable")
+
+    # ---- the service ---------------------------------------------------------------------------
+    async def generate(self, req: GenerateRequest) -> AsyncGenerator[Event, None]:
+        """A generation on the replica the router picks. A replica that dies before the first event
+        is replaced by another (once). One that dies midway: a stream read for its result alone
+        (``events.result_only``: a non-streaming response) starts again on another replica (once);
+        a stream read by a client ends with ``Failed``."""
+        self._check_healthy()
+        arrived = time.perf_counter()
+        model = route_name(req.model)
+        first, remote = await self._start(req, model)
+        record = GenerationRecord(model=model, caller=req.caller, arrived=arrived)
+        return self._relay(req, model, first, remote, record)
+
+    async def _start(self, req: GenerateRequest, model: str) -> tuple[Event, Any]:
+        """The first event of a generation on a replica and the replica's stream, or the
+        runtime's refusal raised."""
+        for attempt in (1, 2):
+            remote: DeploymentResponseGenerator[Any] = self.handle.options(stream=True).generate.remote(  # type: ignore[assignment]
+                req, affinity=affinity_key(req), model=model)
+            try:
+                first = await remote.__anext__()
+            except REPLICA_LOST as exc:
+                remote.cancel()
+                if attempt == 2:
+                    raise errors.ServerBusy(f"the replica failed twice: {type(exc).__name__}",
+                                            retry_after_s=RETRY_AFTER_S) from exc
+                log.warning("replica failed before a generation began (%s): retrying on another", type(exc).__name__)
+                continue
+            except RayError as exc:
+                remote.cancel()
+                raise replica_error(exc) from exc
+            except StopAsyncIteration as exc:
+                raise errors.GenerationFailed("the replica ended the generation without an event") from exc
+            if isinstance(first, Refused):
+                remote.cancel()
+                raise first.error()
+            return first, remote
+        raise AssertionError("unreachable")
+
+    async def _relay(self, req: GenerateRequest, model: str, first: Event, remote: Any,
+                     record: GenerationRecord) -> AsyncGenerator[Event, None]:
+        """The replica's events, each published to the ingress's subscribers. Closing it cancels
+        the generation on the replica."""
+        ended = False
+        restarted = False
+        try:
+            event: Event | Refused = first
+            while True:
+                if isinstance(event, Refused):
+                    event = Failed(event.error())
+                observe(record, event)
+                self._publish(record, event)
+                yield event
+                try:
+                    event = await remote.__anext__()
+                except StopAsyncIteration:
+                    ended = True
+                    return
+                except RayError as exc:
+                    lost = isinstance(exc, REPLICA_LOST)
+                    if lost and result_only.get() and not restarted:
+                        restarted = True
+                        log.warning("replica failed during a generation (%s): starting it again on another",
+                                    type(exc).__name__)
+                        try:
+                            event, remote = await self._start(req, model)
+                            continue
+                        except errors.LokalError as refused:
+                            event = Failed(refused)
+                    else:
+                        event = Failed(replica_lost(exc) if lost else replica_error(exc))
+                    ended = True
+                    observe(record, event)
+                    self._publish(record, event)
+                    yield event
+                    return
+        finally:
+            if not ended:
+                remote.cancel()
+
+    async def embed(self, model: str, inputs: Sequence[str | Sequence[int]], *, truncate: bool = True,
+                    normalize: bool = True, keep_alive: float | None = None, dimensions: int | None = None,
+                    param: str = "input") -> tuple[EmbedResult, int, float]:
+        result: tuple[EmbedResult, int, float] = await self._call(
+            "embed", model, list(inputs), truncate=truncate, normalize=normalize, keep_alive=keep_alive,
+            dimensions=dimensions, param=param)
+        return result
+
+    async def tokenize(self, model: str, text: str, *, special: bool = True, keep_alive: float | None = None,
+                       parse_special: bool | None = None) -> list[int]:
+        ids: list[int] = await self._call("tokenize", model, text, special=special, keep_alive=keep_alive,
+                                          parse_special=parse_special)
+        return ids
+
+    async def tokenize_chat(self, model: str, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True,
+                            keep_alive: float | None = None) -> list[int]:
+        ids: list[int] = await self._call("tokenize_chat", model, messages,
+                                          add_generation_prompt=add_generation_prompt, keep_alive=keep_alive)
+        return ids
+
+    async def token_pieces(self, model: str, tokens: list[int], keep_alive: float | None = None,
+                           special: bool = True) -> list[bytes]:
+        pieces: list[bytes] = await self._call("token_pieces", model, tokens, keep_alive, special)
+        return pieces
+
+    async def context_length(self, model: str) -> int:
+        length: int = await self._call("context_length", model)
+        return length
+
+    async def model(self, name: str, keep_alive: float | None = None) -> LoadedModel:
+        """Loads the model on one replica (Ollama's load request); there is no local model to
+        return, so the callers that need one (Anthropic's count_tokens) fail with InvalidRequest."""
+        self.check_name(name)
+        await self._call("load", name, keep_alive)
+        raise errors.InvalidRequest("this request needs the model in the ingress's process, which lokal serve --ray "
+                                    "does not have yet", code="not_supported_on_ray")
+
+    def status(self) -> list[ModelStatus]:
+        """Every replica's loaded models, as the replicas last reported them to the router."""
+        routers = list(ROUTERS)
+        if not routers:
+            return []
+        return [s for r in routers[0].curr_replicas.values() for s in replica_status(r)]
+
+    def is_loaded(self, name: str) -> bool:
+        key = self.canonical_name(name)
+        return any(s.name == key for s in self.status())
+
+    async def close(self) -> None:
+        """The ingress is going: its replicas go too (the Serve application is deleted)."""
+        await super().close()
+        await asyncio.to_thread(undeploy)
+
+    async def unload(self, name: str) -> bool:
+        """Unloads it on the replica the handle reaches (replicas unload idle models after keep_alive)."""
+        unloaded: bool = await self._call("unload", name)
+        return unloaded

@@ -1,0 +1,88 @@
+"""One Ray Serve replica: a whole lokal ``Runtime`` (its store, its engines) behind a deployment.
+
+The ingress reaches it only through ``generate`` (a stream of runtime events) and ``call`` (one
+runtime method by name). A refusal (a ``LokalError``) travels as a value, never as a Ray task
+error, so the ingress raises the runtime's own error type and each API renders it as usual."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from lokal.config import Settings
+from lokal.runtime.errors import LokalError
+from lokal.runtime.events import Event, Failed
+from lokal.runtime.request import GenerateRequest
+from lokal.runtime.runtime import Runtime
+
+# The runtime methods the ingress may call by name (``call``); everything else stays on the replica.
+REMOTE_METHODS = frozenset({"embed", "tokenize", "tokenize_chat", "token_pieces", "context_length", "unload",
+                            "load"})
+
+
+class Refused:
+    """A LokalError as it crosses to the ingress: its class and fields, rebuilt there as they were
+    (pickling an exception calls its ``__init__`` with the message, which some of ours do not take)."""
+
+    def __init__(self, error: LokalError) -> None:
+        self.kind = type(error)
+        self.fields = dict(vars(error))
+        self.message = error.message
+
+    def error(self) -> LokalError:
+        error = self.kind.__new__(self.kind)
+        Exception.__init__(error, self.message)
+        vars(error).update(self.fields)
+        return error
+
+
+def portable(event: Event) -> Event | Refused:
+    """An event as it crosses to the ingress (a ``Failed`` carries its error as a ``Refused``)."""
+    return Refused(event.error) if isinstance(event, Failed) else event
+
+
+class LokalReplica:
+    """The deployment's class (``deployment.py`` wraps it): settings arrive as a dict of
+    ``Settings`` fields, so each replica builds the same configuration wherever Ray puts it."""
+
+    async def __init__(self, settings: dict[str, Any], preload: list[str]) -> None:  # type: ignore[misc]
+        """Ray Serve awaits it: the replica is ready (and gets requests) once ``preload`` is loaded."""
+        self.settings = Settings(**settings)
+        self.runtime = Runtime(self.settings)
+        for name in preload:
+            await self.runtime.get(name)
+
+    async def generate(self, req: GenerateRequest, affinity: str = "",
+                       model: str = "") -> AsyncGenerator[Event | Refused, None]:
+        """The events of one generation; a refusal before any event comes as one ``Refused``.
+        ``affinity`` and ``model`` are for the router (``lokal.scale.router``). Closing the stream
+        cancels the generation."""
+        try:
+            stream = await self.runtime.generate(req)
+        except LokalError as exc:
+            yield Refused(exc)
+            return
+        try:
+            async for event in stream:
+                yield portable(event)
+        finally:
+            await stream.aclose()
+
+    async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], model: str = "") -> Any:
+        """``Runtime.<method>(*args, **kwargs)``'s result, or a ``Refused`` (``model``: for the router)."""
+        if method not in REMOTE_METHODS:
+            raise ValueError(f"{method} is not a remote runtime method")
+        try:
+            if method == "load":
+                return (await self.runtime.model(*args, **kwargs)).name
+            return await getattr(self.runtime, method)(*args, **kwargs)
+        except LokalError as exc:
+            return Refused(exc)
+
+    def record_routing_stats(self) -> dict[str, Any]:
+        """What the router (in the ingress) knows of this replica: its loaded models' status and pid."""
+        return {"status": self.runtime.status(), "pid": os.getpid()}
+
+    async def __del__(self) -> None:
+        await self.runtime.close()

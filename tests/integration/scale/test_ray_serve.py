@@ -1,0 +1,129 @@
+"""lokal serve --ray on a real two-node Ray cluster (loopback): the same APIs through the ingress,
+prefix-affine routing, and a replica killed under load."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+
+import httpx
+import ollama
+import openai
+import pytest
+
+from tests.integration.conftest import LiveServer
+from tests.integration.scale.conftest import RayCluster
+
+pytestmark = pytest.mark.slow
+MODEL = "smollm2:135m"
+
+
+def test_openai_client_through_the_ingress_streams_and_not(ingress: LiveServer) -> None:
+    client = openai.OpenAI(base_url=ingress.url + "/v1", api_key="none")
+    messages = [{"role": "user", "content": "Say hello."}]
+    answer = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8)  # type: ignore[arg-type]
+    assert answer.choices[0].message.content
+    assert answer.usage is not None and answer.usage.completion_tokens > 0
+    chunks = list(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8,  # type: ignore[arg-type]
+                                                 stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert any(c.choices and c.choices[0].finish_reason for c in chunks)
+
+
+def test_ollama_client_through_the_ingress_streams_and_not(ingress: LiveServer) -> None:
+    client = ollama.Client(host=ingress.url)
+    messages = [{"role": "user", "content": "Say hello."}]
+    answer = client.chat(model=MODEL, messages=messages, options={"num_predict": 8})
+    assert answer.message.content and answer.done
+    parts = list(client.chat(model=MODEL, messages=messages, options={"num_predict": 8}, stream=True))
+    assert "".join(p.message.content or "" for p in parts) and parts[-1].done
+    assert client.generate(model=MODEL, prompt="Count: 1, 2,", options={"num_predict": 4}).response
+
+
+def test_unknown_model_is_the_same_404_as_a_single_lokal(ingress: LiveServer, server: LiveServer) -> None:
+    body = {"model": "no-such-model:1b", "messages": [{"role": "user", "content": "hi"}]}
+    for path in ("/v1/chat/completions", "/api/chat"):
+        remote = httpx.post(ingress.url + path, json=body, timeout=30)
+        local = httpx.post(server.url + path, json=body, timeout=30)
+        assert remote.status_code == local.status_code == 404
+        assert remote.json() == local.json()
+
+
+def test_second_turns_find_their_prefix_cached_on_the_replica(ingress: LiveServer) -> None:
+    """10 two-turn conversations: the second turn goes to the replica that read the first."""
+    client = openai.OpenAI(base_url=ingress.url + "/v1", api_key="none")
+    hits = 0
+    for i in range(10):
+        messages = [{"role": "system", "content": f"You are assistant number {i}. Answer briefly and kindly."},
+                    {"role": "user", "content": f"Name a colour, please (conversation {i})."}]
+        first = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8)  # type: ignore[arg-type]
+        messages += [{"role": "assistant", "content": first.choices[0].message.content or ""},
+                     {"role": "user", "content": "And another one?"}]
+        second = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8)  # type: ignore[arg-type]
+        details = second.usage.prompt_tokens_details if second.usage else None
+        hits += bool(details and details.cached_tokens)
+    print(f"prefix hits: {hits}/10")
+    assert hits >= 9
+
+
+async def _complete(client: httpx.AsyncClient, i: int) -> str:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": f"Write a long story about ship {i}."}],
+            "max_tokens": 48}
+    r = await client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["finish_reason"] in ("stop", "length")
+    return "ok"
+
+
+async def _stream(client: httpx.AsyncClient, i: int) -> str:
+    """'done' if the stream completes, 'error' if it ends with an error event; anything else fails."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": f"Write a long story about tree {i}."}],
+            "max_tokens": 48, "stream": True}
+    finish = None
+    async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200
+        async for line in r.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            data = line.removeprefix("data: ")
+            if data == "[DONE]":
+                assert finish is not None, "[DONE] without a finish_reason"
+                return "done"
+            chunk = json.loads(data)
+            if "error" in chunk:
+                return "error"
+            for choice in chunk.get("choices", []):
+                finish = choice.get("finish_reason") or finish
+    raise AssertionError("the stream ended silently, without [DONE] or an error event")
+
+
+def test_a_replica_killed_under_load_loses_no_request(ingress: LiveServer, ray_cluster: RayCluster) -> None:
+    """kill -9 one replica during 20 concurrent requests: every non-streaming one succeeds, every
+    stream completes or ends with an error event, and Ray Serve brings the replica back."""
+    before = ray_cluster.replica_pids()
+    assert len(before) == 2, before
+
+    async def run() -> list[str]:
+        async with httpx.AsyncClient(base_url=ingress.url, timeout=120) as client:
+            tasks = [asyncio.create_task(_complete(client, i) if i % 2 else _stream(client, i)) for i in range(20)]
+            await asyncio.sleep(1.5)
+            os.kill(before[0], signal.SIGKILL)
+            return await asyncio.gather(*tasks)
+
+    outcomes = asyncio.run(run())
+    print("outcomes:", {o: outcomes.count(o) for o in set(outcomes)})
+    assert outcomes.count("ok") == 10
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        now = ray_cluster.replica_pids()
+        if len(now) == 2 and before[0] not in now:
+            break
+        time.sleep(1)
+    else:
+        raise AssertionError(f"the killed replica did not come back: {ray_cluster.replica_pids()}")
+    answer = httpx.post(ingress.url + "/api/generate", json={"model": MODEL, "prompt": "Hi", "stream": False,
+                                                           "options": {"num_predict": 4}}, timeout=120)
+    assert answer.status_code == 200 and answer.json()["done"]

@@ -1,0 +1,29 @@
+"""What crosses from a replica to the ingress: a refusal keeps the runtime's error type and fields."""
+
+from __future__ import annotations
+
+import pickle
+
+from lokal.runtime import errors
+from lokal.scale.cluster import Scale
+from lokal.scale.replica import Refused
+
+
+def test_a_refusal_comes_back_as_the_same_error() -> None:
+    error = pickle.loads(pickle.dumps(Refused(errors.ModelNotFound("x:1b", "pull it")))).error()
+    assert type(error) is errors.ModelNotFound
+    assert (error.message, str(error), error.name, error.param, error.code) == (
+        "The model `x:1b` does not exist. pull it", "The model `x:1b` does not exist. pull it", "x:1b", "model",
+        "model_not_found")
+    busy = pickle.loads(pickle.dumps(Refused(errors.ServerBusy("busy", retry_after_s=3)))).error()
+    assert isinstance(busy, errors.ServerBusy) and busy.retry_after_s == 3
+
+
+def test_autoscale_is_min_colon_max() -> None:
+    assert Scale.parse_autoscale("1:4") == Scale(min_replicas=1, max_replicas=4)
+    for bad in ("4:1", "0:0", "2", "a:b", "-1:2"):
+        try:
+            Scale.parse_autoscale(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad!r} was accepted")
