@@ -26,6 +26,7 @@ from lokal.advise.memory import (
 from lokal.advise.offload import VRAM_MARGIN_BYTES, OffloadPlan, plan_for
 from lokal.engine.devices import cpu_build_note
 from lokal.runtime.sizing import MAX_AUTO_SLOTS
+from lokal.store.kinds import kind_from_facts
 
 CTX_STEP = 256
 PLANNING_SIZES = ("1b", "3b", "7b", "14b", "32b", "70b")  # generic rows of the default table, at Q4_K_M
@@ -216,7 +217,8 @@ def candidate_shapes(home: Path | None, models: list[str] | None = None) -> list
 def serve_model(rows: list[FitRow], shapes: list[ModelShape]) -> ModelShape | None:
     """The model to suggest serving: the largest that fits (or is tight), preferring models already
     in the store over ones that would be pulled; never a generic size."""
-    fitting = [(r, s) for r, s in zip(rows, shapes, strict=True) if r.fit != "wont_fit" and s.source != "generic"]
+    fitting = [(r, s) for r, s in zip(rows, shapes, strict=True)
+               if r.fit != "wont_fit" and s.source != "generic" and kind_from_facts(s.facts) == "chat"]
     if not fitting:
         return None
     return max(fitting, key=lambda rs: (rs[1].source == "store", rs[1].weights_bytes))[1]

@@ -139,6 +139,13 @@ def test_serve_model_prefers_the_store_and_never_a_generic_size() -> None:
     assert serve_model(fit_table([model_shape("70b")], machine(1.0), 4096, 1), [model_shape("70b")]) is None
 
 
+def test_serve_model_never_suggests_an_embedding_model() -> None:
+    small = model_shape("smollm2:135m")
+    pooled = small.facts.model_copy(update={"metadata": {**small.facts.metadata, "llama.pooling_type": 1}})
+    embedder = replace(small, name="embedder:1", facts=pooled, source="store")
+    assert serve_model(fit_table([embedder], machine(64.0), 4096, 1), [embedder]) is None
+
+
 # ---- targets: "7B at 8k, 4 users" ------------------------------------------------------------
 @pytest.mark.parametrize(
     ("text", "size", "ctx", "users"),
