@@ -166,7 +166,8 @@ def pull(name: Annotated[str, typer.Argument(help="catalog name (smollm2:135m) o
         warn_if_wont_fit(name, settings)  # the same estimate as lokal advise and the web UI's badge
     with PullProgressBar(err_console, name) as bar:
         manifest = pull_model(_store(settings), name, bar)
-    console.print(f"[green]✔[/green] {escape(manifest.name)} ({_human_size(manifest.size)}) is ready")
+    kind = "" if manifest.kind == "chat" else f", {manifest.kind}"
+    console.print(f"[green]✔[/green] {escape(manifest.name)} ({_human_size(manifest.size)}{kind}) is ready")
 
 
 @app.command("list")
