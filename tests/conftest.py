@@ -37,6 +37,7 @@ def write_tiny_gguf(
     chat_template: str | None = TINY_CHAT_TEMPLATE,
     parameter_count: int | None = None,
     n_vocab: int = 64,
+    tokenizer_model: str | None = None,
 ) -> Path:
     """Write a few-KB GGUF with llama-style metadata and tensors; ``seed`` varies its bytes."""
     rng = np.random.default_rng(seed)
@@ -51,6 +52,8 @@ def write_tiny_gguf(
     writer.add_array("general.tags", ["tiny", "test"])
     writer.add_array("tokenizer.ggml.tokens", [f"tok{i}" for i in range(n_vocab)])
     writer.add_array("tokenizer.ggml.scores", [float(i) for i in range(n_vocab)])
+    if tokenizer_model is not None:
+        writer.add_tokenizer_model(tokenizer_model)
     writer.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)
     if file_type is not None:
         writer.add_file_type(file_type)

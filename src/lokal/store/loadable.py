@@ -17,7 +17,7 @@ import difflib
 from pathlib import Path
 
 from lokal.store.errors import InvalidGguf
-from lokal.store.gguf_facts import GgufFacts, read_gguf_facts
+from lokal.store.gguf_facts import ArraySummary, GgufFacts, read_gguf_facts
 
 # LLM_ARCH_NAMES of llama.cpp (src/llama-arch.cpp), as compiled into the llama-cpp-python wheel lokal
 # pins (0.3.36+lokal.2, libllama.so.0.5.0). The names are read from that library, where the
@@ -57,6 +57,18 @@ NO_ATTENTION: frozenset[str] = frozenset(
 )
 
 
+# The special tokens llama.cpp's vocabulary loader reads (llama_vocab::impl::load), and the ids it falls back
+# to per tokenizer model when a file names none or one outside the vocabulary. A tokenizer that then
+# meets an id past the vocabulary's end aborts the process (GGML_ASSERT), so such files are refused.
+SPECIAL_TOKEN_KEYS = ("bos", "eos", "unknown", "seperator", "padding", "mask")  # llama.cpp's spelling
+SPECIAL_TOKEN_DEFAULTS: dict[str, dict[str, int]] = {
+    "llama": {"bos": 1, "eos": 2, "unknown": 0},
+    "bert": {"bos": 101, "unknown": 100, "seperator": 102, "padding": 0, "mask": 103},
+    "gpt2": {"bos": 11, "eos": 11},
+    "t5": {"eos": 1, "unknown": 2, "padding": 0},
+}
+
+
 class UnloadableGguf(InvalidGguf):
     """A well-formed GGUF file that llama.cpp cannot load as a model; ``reason`` says why."""
 
@@ -94,6 +106,26 @@ def loadability_problem(facts: GgufFacts) -> str | None:
             return f"{arch}.{key} is {value}; llama.cpp needs a positive number"
     if facts.tensor_count == 0:
         return "the file has no tensors (no weights to load)"
+    return _special_token_problem(facts)
+
+
+def _special_token_problem(facts: GgufFacts) -> str | None:
+    """A special token llama.cpp would use that lies outside the vocabulary, in one line; else None."""
+    tokens = facts.metadata.get("tokenizer.ggml.tokens")
+    model = facts.metadata.get("tokenizer.ggml.model")
+    n_vocab = tokens.length if isinstance(tokens, ArraySummary) else len(tokens) if isinstance(tokens, list) else None
+    if n_vocab is None or not isinstance(model, str):
+        return None
+    defaults = SPECIAL_TOKEN_DEFAULTS.get(model, {})
+    for name in SPECIAL_TOKEN_KEYS:
+        given = facts.metadata.get(f"tokenizer.ggml.{name}_token_id")
+        token = given if isinstance(given, int) and not isinstance(given, bool) and 0 <= given < n_vocab else None
+        if token is None:
+            token = defaults.get(name)  # llama.cpp's fallback for a missing or out-of-range id
+        if token is not None and token >= n_vocab:
+            said = f" (the file says {given})" if given is not None else ""
+            return (f"its {name} token would be id {token}{said}, outside its vocabulary of {n_vocab} tokens "
+                    f"(tokenizer.ggml.model '{model[:32]}')")
     return None
 
 

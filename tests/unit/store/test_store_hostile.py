@@ -102,6 +102,18 @@ def test_import_refuses_a_gguf_llama_cpp_cannot_load(store: ModelStore, tiny_ggu
     assert store.list() == [] and files_under(store.home) == []
 
 
+def test_a_special_token_outside_the_vocabulary_is_refused(store: ModelStore, tiny_gguf: MakeGguf) -> None:
+    # llama.cpp falls back to its default ids for a WordPiece (bert) vocabulary, [CLS] = 101 and so
+    # on, and its tokenizer aborts the process on an id past the end of a 64-token vocabulary.
+    with pytest.raises(InvalidGguf, match="bos token would be id 101, outside its vocabulary of 64 tokens"):
+        store.import_file(tiny_gguf("wpm.gguf", tokenizer_model="bert"), "bad")
+    with pytest.raises(InvalidGguf, match="bos token would be id 11, outside its vocabulary of 8 tokens"):
+        store.import_file(tiny_gguf("bpe.gguf", tokenizer_model="gpt2", n_vocab=8), "bad")
+    # an SPM vocabulary's defaults (0, 1, 2) fit in it
+    assert store.import_file(tiny_gguf("spm.gguf", tokenizer_model="llama"), "ok").facts.architecture == "llama"
+    assert store.list() and [m.name for m in store.list()] == ["ok:latest"]
+
+
 def test_an_unknown_architecture_is_named_with_the_closest_known_one(store: ModelStore,
                                                                      tiny_gguf: MakeGguf) -> None:
     with pytest.raises(InvalidGguf, match="did you mean 'llama'"):
