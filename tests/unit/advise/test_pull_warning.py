@@ -74,6 +74,7 @@ def test_warn_if_wont_fit_prints_one_warning_line_to_stderr(tmp_path: Path, caps
 class _Pulled:
     name: str
     size: int
+    kind: str = "chat"
 
 
 def test_lokal_pull_warns_then_pulls_anyway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
