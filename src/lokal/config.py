@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     responses_retention_days: float = Field(
         default=30, ge=0, description="days stored Responses API responses are kept; 0 = forever"
     )
+    ray_route_timeout: float = Field(
+        default=5.0, gt=0, description="lokal serve --ray: seconds a request waits for a replica to take it "
+        "before a 503 (no replica running, or all full)"
+    )
 
     @field_validator("ctx_size")
     @classmethod

@@ -36,10 +36,11 @@ class Scale:
 
     @classmethod
     def parse_autoscale(cls, text: str) -> Scale:
-        """``MIN:MAX`` (ValueError otherwise)."""
+        """``MIN:MAX`` with 1 <= MIN <= MAX (ValueError otherwise). No scale to zero: the ingress
+        answers 503 while no replica runs, and a model's load is too slow to wait for."""
         low, sep, high = text.partition(":")
-        if not sep or not low.isdigit() or not high.isdigit() or int(high) < max(1, int(low)):
-            raise ValueError(f"--autoscale takes MIN:MAX with 0 <= MIN <= MAX and MAX >= 1, not {text!r}")
+        if not sep or not low.isdigit() or not high.isdigit() or not 1 <= int(low) <= int(high):
+            raise ValueError(f"--autoscale takes MIN:MAX with 1 <= MIN <= MAX, not {text!r}")
         return cls(min_replicas=int(low), max_replicas=int(high))
 
 
@@ -78,7 +79,7 @@ def deploy(settings: Settings, scale: Scale, preload: list[str]) -> DeploymentHa
     most = slots(settings) + settings.max_queue  # a replica never gets more than its slots and queue
     if scale.max_replicas is not None:
         autoscaling: AutoscalingConfig | None = AutoscalingConfig(
-            min_replicas=scale.min_replicas or 0, max_replicas=scale.max_replicas,
+            min_replicas=scale.min_replicas or 1, max_replicas=scale.max_replicas,
             target_ongoing_requests=slots(settings))
         replicas: int | str | None = None
     else:

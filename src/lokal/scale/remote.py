@@ -26,7 +26,7 @@ from lokal.runtime.loaded_model import LoadedModel
 from lokal.runtime.request import GenerateRequest
 from lokal.runtime.runtime import RETRY_AFTER_S, ModelStatus, Runtime
 from lokal.scale.cluster import undeploy
-from lokal.scale.replica import Refused
+from lokal.scale.replica import Accepted, Refused
 from lokal.scale.router import ROUTERS, affinity_key, replica_status
 from lokal.store.errors import StoreError
 
@@ -140,6 +140,7 @@ class RemoteRuntime(Runtime):
             remote: DeploymentResponseGenerator[Any] = self.handle.options(stream=True).generate.remote(  # type: ignore[assignment]
                 req, affinity=affinity_key(req), model=model)
             try:
+                await self._accepted(remote)
                 first = await remote.__anext__()
             except REPLICA_LOST as exc:
                 remote.cancel()
@@ -158,6 +159,18 @@ class RemoteRuntime(Runtime):
                 raise first.error()
             return first, remote
         raise AssertionError("unreachable")
+
+    async def _accepted(self, remote: Any) -> None:
+        """Wait for a replica to take the request (``Accepted``); ServerBusy (503) after
+        ``ray_route_timeout``: no replica runs (they are being replaced) or every one is full."""
+        try:
+            taken = await asyncio.wait_for(remote.__anext__(), self.settings.ray_route_timeout)
+        except TimeoutError:
+            remote.cancel()
+            raise errors.ServerBusy(f"no replica took the request within {self.settings.ray_route_timeout:g} s "
+                                    "(none is running, or all are full)", retry_after_s=RETRY_AFTER_S) from None
+        if not isinstance(taken, Accepted):
+            raise errors.GenerationFailed(f"the replica answered {type(taken).__name__} before accepting")
 
     async def _relay(self, req: GenerateRequest, model: str, first: Event, remote: Any,
                      record: GenerationRecord) -> AsyncGenerator[Event, None]:

@@ -37,6 +37,10 @@ class Refused:
         return error
 
 
+class Accepted:
+    """A replica's first answer to ``generate``: it has the request (before any model load)."""
+
+
 def portable(event: Event) -> Event | Refused:
     """An event as it crosses to the ingress (a ``Failed`` carries its error as a ``Refused``)."""
     return Refused(event.error) if isinstance(event, Failed) else event
@@ -54,10 +58,11 @@ class LokalReplica:
             await self.runtime.get(name)
 
     async def generate(self, req: GenerateRequest, affinity: str = "",
-                       model: str = "") -> AsyncGenerator[Event | Refused, None]:
+                       model: str = "") -> AsyncGenerator[Accepted | Event | Refused, None]:
         """The events of one generation; a refusal before any event comes as one ``Refused``.
         ``affinity`` and ``model`` are for the router (``lokal.scale.router``). Closing the stream
-        cancels the generation."""
+        cancels the generation. ``Accepted`` comes first."""
+        yield Accepted()
         try:
             stream = await self.runtime.generate(req)
         except LokalError as exc:

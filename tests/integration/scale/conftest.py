@@ -83,9 +83,10 @@ def ray_cluster() -> Iterator[RayCluster]:
 
 @pytest.fixture(scope="module")
 def ingress(ray_cluster: RayCluster, model_home: Path) -> Iterator[LiveServer]:
-    """``lokal serve --ray ADDRESS --replicas 2`` with 1 thread and 4 slots per replica."""
+    """``lokal serve --ray ADDRESS --replicas 2`` with 1 thread and 4 slots per replica; a request no
+    replica takes within 1 s is a 503."""
     live = LiveServer(model_home, "--ray", ray_cluster.address, "--replicas", "2", "--threads", "1",
                       "--parallel", "4", "--ctx-size", "1024", "--max-queue", "64", "--keep-alive", "-1",
-                      env={"LOKAL_AUDIT_LOG": "false"})
+                      env={"LOKAL_AUDIT_LOG": "false", "LOKAL_RAY_ROUTE_TIMEOUT": "1"})
     yield live
     live.stop()

@@ -127,3 +127,26 @@ def test_a_replica_killed_under_load_loses_no_request(ingress: LiveServer, ray_c
     answer = httpx.post(ingress.url + "/api/generate", json={"model": MODEL, "prompt": "Hi", "stream": False,
                                                            "options": {"num_predict": 4}}, timeout=120)
     assert answer.status_code == 200 and answer.json()["done"]
+
+
+def test_no_healthy_replica_is_503_with_retry_after_until_one_is_back(ingress: LiveServer,
+                                                                      ray_cluster: RayCluster) -> None:
+    """Both replicas killed at once: each request gets an answer at once, 503 with Retry-After
+    (never a 500 or a hang) while none runs, 200 once Ray Serve has replaced them."""
+    pids = ray_cluster.replica_pids()
+    assert len(pids) == 2, pids
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    statuses = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        r = httpx.post(ingress.url + "/v1/chat/completions", json=body, timeout=60)
+        statuses.append(r.status_code)
+        if r.status_code == 200:
+            break
+        assert r.status_code == 503, r.text
+        assert int(r.headers["retry-after"]) >= 1
+        time.sleep(0.5)
+    print("statuses:", {s: statuses.count(s) for s in set(statuses)})
+    assert statuses[-1] == 200 and 503 in statuses

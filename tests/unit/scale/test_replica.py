@@ -21,7 +21,7 @@ def test_a_refusal_comes_back_as_the_same_error() -> None:
 
 def test_autoscale_is_min_colon_max() -> None:
     assert Scale.parse_autoscale("1:4") == Scale(min_replicas=1, max_replicas=4)
-    for bad in ("4:1", "0:0", "2", "a:b", "-1:2"):
+    for bad in ("4:1", "0:0", "0:2", "2", "a:b", "-1:2"):
         try:
             Scale.parse_autoscale(bad)
         except ValueError:
