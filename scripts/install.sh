@@ -21,7 +21,7 @@ FLAGS="-DGGML_LLAMAFILE=ON"
 CACHE="${LOKAL_WHEEL_CACHE:-$HOME/.cache/lokal/wheels}"
 WHEELS="$CACHE/$BUILD"
 EXTRAS="[bench]"  # `lokal bench run --html` works after the README's quick start
-if [ "${1:-}" = "test" ]; then EXTRAS="[test,bench,ray]"; fi
+if [ "${1:-}" = "test" ]; then EXTRAS="[test,bench,ray,speech]"; fi
 
 source scripts/gpu_build.sh
 gpu_backend  # BACKEND, CUDA_ARCHS, NVCC, CUDA_NOTE
