@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import ray
 from ray import serve
 from ray.serve.config import AutoscalingConfig, RequestRouterConfig
+from ray.serve.deployment import Application
 from ray.serve.handle import DeploymentHandle
 
 from lokal.config import Settings
@@ -71,19 +72,17 @@ def slots(settings: Settings) -> int:
     return settings.parallel or MAX_AUTO_SLOTS
 
 
-def deploy(settings: Settings, scale: Scale, preload: list[str]) -> DeploymentHandle:
-    """Deploy the replicas (each a ``LokalReplica`` with these settings and ``settings.threads``
-    CPUs) with lokal's router, and return their handle. No Serve HTTP proxy: the ingress is
-    lokal's own app in this process."""
-    serve.start(http_options={"location": "NoServer"})
-    most = slots(settings) + settings.max_queue  # a replica never gets more than its slots and queue
+def replicas(settings: Settings, scale: Scale, preload: list[str]) -> Application:
+    """The replicas as a Serve application: each a ``LokalReplica`` with these settings and
+    ``settings.threads`` CPUs, routed by lokal's router, taking at most its slots and queue."""
+    most = slots(settings) + settings.max_queue
     if scale.max_replicas is not None:
         autoscaling: AutoscalingConfig | None = AutoscalingConfig(
             min_replicas=scale.min_replicas or 1, max_replicas=scale.max_replicas,
             target_ongoing_requests=slots(settings))
-        replicas: int | str | None = None
+        count: int | None = None
     else:
-        autoscaling, replicas = None, scale.replicas
+        autoscaling, count = None, scale.replicas
     router = RequestRouterConfig(
         request_router_class=f"{PrefixAffinityRouter.__module__}.{PrefixAffinityRouter.__name__}",  # type: ignore[arg-type]
         request_router_kwargs={"slots": slots(settings)},
@@ -91,15 +90,21 @@ def deploy(settings: Settings, scale: Scale, preload: list[str]) -> DeploymentHa
     )
     deployment = serve.deployment(
         name=DEPLOYMENT_NAME,
-        num_replicas=replicas,
+        num_replicas=count,
         autoscaling_config=autoscaling,
         max_ongoing_requests=most,
         ray_actor_options={"num_cpus": settings.threads},
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
         request_router_config=router,
     )(LokalReplica)
-    app = deployment.bind(settings.model_dump(mode="json"), preload)
-    return serve.run(app, name=APP_NAME, route_prefix=None)
+    return deployment.bind(settings.model_dump(mode="json"), preload)
+
+
+def deploy(settings: Settings, scale: Scale, preload: list[str]) -> DeploymentHandle:
+    """Deploy the replicas and return their handle. No Serve HTTP proxy: the ingress is lokal's
+    own app in this process."""
+    serve.start(http_options={"location": "NoServer"})
+    return serve.run(replicas(settings, scale, preload), name=APP_NAME, route_prefix=None)
 
 
 def undeploy() -> None:

@@ -89,9 +89,12 @@ def observe(record: GenerationRecord, event: Event) -> None:
 class RemoteRuntime(Runtime):
     """A ``Runtime`` whose models live on Ray Serve replicas (``handle``: the replica deployment's)."""
 
-    def __init__(self, settings: Settings, handle: DeploymentHandle) -> None:
+    def __init__(self, settings: Settings, handle: DeploymentHandle, owns_replicas: bool = True) -> None:
+        """``owns_replicas``: closing deletes the Serve application (``lokal serve --ray``; not a
+        Serve-managed ingress, ``lokal.scale.application``)."""
         super().__init__(settings)
         self.handle = handle
+        self.owns_replicas = owns_replicas
 
     # ---- replicas ------------------------------------------------------------------------------
     def replica_count(self) -> int | None:
@@ -264,7 +267,8 @@ class RemoteRuntime(Runtime):
     async def close(self) -> None:
         """The ingress is going: its replicas go too (the Serve application is deleted)."""
         await super().close()
-        await asyncio.to_thread(undeploy)
+        if self.owns_replicas:
+            await asyncio.to_thread(undeploy)
 
     async def unload(self, name: str) -> bool:
         """Unloads it on the replica the handle reaches (replicas unload idle models after keep_alive)."""
