@@ -14,6 +14,7 @@ from lokal.config import Settings
 from lokal.runtime.runtime import Runtime
 from lokal.server import security
 from lokal.server.anthropic.routes import router as anthropic_router
+from lokal.server.audio import router as audio_router
 from lokal.server.embeddings import router as embeddings_router
 from lokal.server.errors import install_error_handlers
 from lokal.server.json_body import JsonBodyMiddleware
@@ -59,6 +60,7 @@ def create_app(
     app.include_router(responses_router)
     app.include_router(tokens_router)
     app.include_router(rerank_router)
+    app.include_router(audio_router)
 
     metrics = Metrics(runtime)
     request_log = RequestLog()  # recent generations, for the UI's monitor

@@ -620,5 +620,10 @@ from lokal.cli.advise_cmds import register as register_advise  # noqa: E402  (af
 register_advise(app)  # lokal advise | cost | recommend
 
 
+from lokal.cli.transcribe_cmd import register as register_transcribe  # noqa: E402  (after every command above)
+
+register_transcribe(app, friendly)  # lokal transcribe FILE
+
+
 if __name__ == "__main__":
     app()

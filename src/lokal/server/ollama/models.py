@@ -92,6 +92,11 @@ async def ps(runtime: Runtime = Depends(get_runtime)) -> PsResponse:
             size_vram=status.offload.size_vram if status.offload is not None else 0,
             context_length=status.context_length,
         ))
+    for speech in runtime.speech.status():  # Whisper and Piper models: weights in RAM, no context
+        running.append(RunningModel(
+            name=speech.name, model=speech.name, size=speech.memory_bytes, digest=short_digest(speech.manifest.digest),
+            details=details(speech.manifest), expires_at=rfc3339(speech.expires_at), size_vram=0, context_length=0,
+        ))
     return PsResponse(models=running)
 
 

