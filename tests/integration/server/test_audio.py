@@ -90,6 +90,13 @@ def test_translation_of_english_speech_is_english_text(oai: openai.OpenAI, spoke
     assert word_error_rate(SENTENCE, result.text) <= 0.20
 
 
+def test_openai_model_names_mean_the_stores_model_of_that_kind(oai: openai.OpenAI, spoken: bytes) -> None:
+    text = oai.audio.transcriptions.create(model="whisper-1", file=("s.wav", spoken), response_format="text")
+    assert word_error_rate(SENTENCE, text) <= 0.20
+    audio = oai.audio.speech.create(model="tts-1", voice=VOICE, input="Hello.", response_format="flac").content
+    assert audio[:4] == b"fLaC"
+
+
 def test_speech_in_every_format_decodes_to_the_same_length_and_speed_shortens_it(oai: openai.OpenAI,
                                                                                   spoken: bytes) -> None:
     with wave.open(io.BytesIO(spoken)) as w:
