@@ -28,6 +28,7 @@ from lokal.runtime.runtime import RETRY_AFTER_S, ModelStatus, Runtime
 from lokal.scale.cluster import undeploy
 from lokal.scale.replica import Accepted, Refused
 from lokal.scale.router import ROUTERS, affinity_key, replica_status
+from lokal.scale.status import combined
 from lokal.store.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -254,11 +255,12 @@ class RemoteRuntime(Runtime):
                                     "does not have yet", code="not_supported_on_ray")
 
     def status(self) -> list[ModelStatus]:
-        """Every replica's loaded models, as the replicas last reported them to the router."""
+        """The replicas' loaded models as they last reported them to the router, one entry per
+        model (``lokal.scale.status.combined``)."""
         routers = list(ROUTERS)
         if not routers:
             return []
-        return [s for r in routers[0].curr_replicas.values() for s in replica_status(r)]
+        return combined([s for r in routers[0].curr_replicas.values() for s in replica_status(r)])
 
     def is_loaded(self, name: str) -> bool:
         key = self.canonical_name(name)

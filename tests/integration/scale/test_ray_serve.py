@@ -43,6 +43,21 @@ def test_ollama_client_through_the_ingress_streams_and_not(ingress: LiveServer) 
     assert client.generate(model=MODEL, prompt="Count: 1, 2,", options={"num_predict": 4}).response
 
 
+def test_ps_and_metrics_show_the_model_once_with_both_replicas_slots(ingress: LiveServer) -> None:
+    httpx.post(ingress.url + "/api/generate", json={"model": MODEL, "prompt": "Hi", "stream": False,
+                                                   "options": {"num_predict": 2}}, timeout=60)
+    deadline = time.monotonic() + 10  # the replicas report every second
+    while time.monotonic() < deadline:
+        ps = httpx.get(ingress.url + "/api/ps", timeout=10).json()["models"]
+        metrics = httpx.get(ingress.url + "/metrics", timeout=10).text
+        if f'lokal_slots{{model="{MODEL}"}} 8.0' in metrics:
+            break
+        time.sleep(0.5)
+    assert [m["name"] for m in ps] == [MODEL]
+    assert f'lokal_slots{{model="{MODEL}"}} 8.0' in metrics  # 2 replicas x --parallel 4
+    assert metrics.count(f'lokal_model_loaded{{model="{MODEL}"}}') == 1
+
+
 def test_unknown_model_is_the_same_404_as_a_single_lokal(ingress: LiveServer, server: LiveServer) -> None:
     body = {"model": "no-such-model:1b", "messages": [{"role": "user", "content": "hi"}]}
     for path in ("/v1/chat/completions", "/api/chat"):
