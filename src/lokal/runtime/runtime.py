@@ -660,7 +660,7 @@ class Runtime:
         loaded = self._loaded.pop(key, None)
         self._residency.pop(key, None)
         if loaded is None:
-            return False
+            return await self.speech.unload(key)  # a speech model (Ollama's keep_alive 0, lokal stop)
         log.info("unloading %s", key)
         await asyncio.to_thread(loaded.close)
         return True

@@ -113,12 +113,15 @@ def test_speech_in_every_format_decodes_to_the_same_length_and_speed_shortens_it
     assert len(decode_audio(fast)) / 16_000 < seconds * 0.7
 
 
-def test_speech_models_are_listed_with_their_kind_and_shown_loaded_in_ps(speech_server: LiveServer,
-                                                                          spoken: bytes) -> None:
+def test_speech_models_are_listed_with_their_kind_shown_loaded_in_ps_and_unloaded_with_keep_alive_0(
+        speech_server: LiveServer, spoken: bytes) -> None:
     tags = {m["name"]: m["details"].get("kind") for m in httpx.get(speech_server.url + "/api/tags").json()["models"]}
     assert tags[STT] == "speech-to-text" and tags[TTS] == "text-to-speech"
     running = {m["name"]: m for m in httpx.get(speech_server.url + "/api/ps").json()["models"]}
     assert TTS in running and running[TTS]["size"] > 50_000_000
+    # Ollama's way to unload a model (what `lokal stop` sends) unloads a speech model too
+    assert httpx.post(speech_server.url + "/api/generate", json={"model": TTS, "keep_alive": 0}).status_code == 200
+    assert TTS not in {m["name"] for m in httpx.get(speech_server.url + "/api/ps").json()["models"]}
 
 
 def _error(response: httpx.Response, status: int) -> dict[str, object]:
