@@ -27,3 +27,16 @@ def test_autoscale_is_min_colon_max() -> None:
         except ValueError:
             continue
         raise AssertionError(f"{bad!r} was accepted")
+
+
+def test_replicas_take_their_slots_and_queue_at_most_and_autoscale_on_slots() -> None:
+    from lokal.config import Settings
+    from lokal.scale.cluster import replicas
+
+    settings = Settings(threads=2, parallel=4, max_queue=16)
+    fixed = replicas(settings, Scale(replicas=3), ["m:1"])._bound_deployment
+    assert (fixed.num_replicas, fixed.max_ongoing_requests, fixed.ray_actor_options) == (3, 20, {"num_cpus": 2})
+    assert fixed.init_args == (settings.model_dump(mode="json"), ["m:1"])
+    scaled = replicas(settings, Scale(min_replicas=1, max_replicas=3), [])._bound_deployment
+    autoscaling = scaled._deployment_config.autoscaling_config  # no public accessor in Ray 2.60
+    assert (autoscaling.min_replicas, autoscaling.max_replicas, autoscaling.target_ongoing_requests) == (1, 3, 4)
