@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import logging
 import time
@@ -34,12 +35,22 @@ from lokal.store.names import parse_model_name
 
 log = logging.getLogger(__name__)
 
-SPEECH_KINDS: frozenset[ModelKind] = frozenset({"speech-to-text", "text-to-speech"})
 DECODE_TIMEOUT_S = 60.0  # FFmpeg reading one upload; past it the request gets a 400, not a hang
 REAP_INTERVAL_S = 0.25
 MAX_SPEECH_CHARS = 4096  # OpenAI's limit on /v1/audio/speech input
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 T = TypeVar("T")
+# The `speech` extra's libraries, by the module each kind (and decoding) needs.
+_LIBRARIES: dict[ModelKind, tuple[str, ...]] = {"speech-to-text": ("faster_whisper", "av"),
+                                                "text-to-speech": ("piper", "onnxruntime", "av")}
+
+
+def require_libraries(kind: ModelKind) -> None:
+    """ModelLoadFailed naming the extra to install when a library ``kind`` needs is missing."""
+    missing = [m for m in _LIBRARIES[kind] if importlib.util.find_spec(m) is None]
+    if missing:
+        raise errors.ModelLoadFailed(f"{kind} models need {', '.join(missing)}: pip install 'lokal[speech]'",
+                                     param="model")
 
 
 @dataclass(frozen=True)
@@ -128,6 +139,7 @@ class SpeechModels:
         """The text of an audio file's bytes (any format FFmpeg reads). ``on_segment(segment,
         duration)`` is called from the worker thread as each segment is done (progress)."""
         self._check_kind(model, frozenset({"speech-to-text"}), "transcribe audio")
+        require_libraries("speech-to-text")
         try:
             samples = await asyncio.wait_for(asyncio.to_thread(decode_audio, audio), DECODE_TIMEOUT_S)
         except TimeoutError as exc:
@@ -141,6 +153,7 @@ class SpeechModels:
                     keep_alive: float | None = None) -> tuple[bytes, float]:
         """Speech for ``text`` in ``fmt``, and its length in seconds."""
         self._check_kind(model, frozenset({"text-to-speech"}), "synthesize speech")
+        require_libraries("text-to-speech")
         if not text.strip():
             raise errors.InvalidRequest("input is empty: there is no text to speak", param="input")
         if len(text) > MAX_SPEECH_CHARS:
