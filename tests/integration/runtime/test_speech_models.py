@@ -1,5 +1,6 @@
 """Speech models in the runtime, in-process: loaded on first use, unloaded by keep_alive, requests
-on one model taken in turn; a decode past its time limit is a 400, not a hang; `lokal transcribe`."""
+on one model taken in turn; a recording longer than Whisper's 30-second window, with progress; a
+decode past its time limit is a 400, not a hang; `lokal transcribe`."""
 
 from __future__ import annotations
 
@@ -68,3 +69,23 @@ async def test_lokal_transcribe_prints_subtitles_and_its_real_time_factor(runtim
                          text=True, timeout=120, env={**os.environ, "LOKAL_HOME": str(runtime.settings.home)})
     assert bad.returncode == 1 and "could not decode the audio file" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+async def test_a_recording_longer_than_whispers_window_is_transcribed_in_order_with_progress(
+        runtime: Runtime) -> None:
+    passage = " ".join(f"Sentence number {n} of this recording is about the {topic}." for n, topic in
+                       enumerate(["weather", "garden", "harbour", "library", "kitchen", "mountain", "river",
+                                  "market", "station", "school", "bridge", "forest"], 1))
+    wav, seconds = await runtime.speech.speak(TTS, passage, voice="joe", fmt="wav")
+    assert seconds > 32  # more than one 30-second window
+    progress: list[tuple[float, float]] = []
+    result = await runtime.speech.transcribe(STT, wav, language="en",
+                                             on_segment=lambda s, total: progress.append((s.end, total)))
+    assert result.segments[-1].end > 30 and [s.start for s in result.segments] == sorted(s.start for s in
+                                                                                         result.segments)
+    assert [p[0] for p in progress] == [s.end for s in result.segments] and progress[-1][1] == result.duration
+    from tests.integration.server.test_audio import word_error_rate
+
+    wer = word_error_rate(passage, result.text)
+    print(f"\n{seconds:.1f} s in {len(result.segments)} segments, word error rate {wer:.1%}")
+    assert wer <= 0.20
