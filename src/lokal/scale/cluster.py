@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import ray
 from ray import serve
+from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
 from ray.serve.config import AutoscalingConfig, RequestRouterConfig
 from ray.serve.deployment import Application
 from ray.serve.handle import DeploymentHandle
@@ -61,6 +62,10 @@ def connect(address: str) -> None:
     """Join the cluster at ``address`` (``auto``, ``host:port`` or ``ray://host:port``), or start a
     new one on this machine (``local``). ClusterUnreachable when it cannot be joined."""
     _probe(address)
+    if address != "local":
+        # As `ray start` does, and ray.init(address=...) does not in Ray 2.60: a token in
+        # RAY_AUTH_TOKEN(_PATH) or ~/.ray/auth_token means the cluster wants it (RAY_AUTH_MODE unset).
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
     try:
         ray.init(address=address, log_to_driver=False, ignore_reinit_error=True)
     except (ConnectionError, RuntimeError, ValueError) as exc:

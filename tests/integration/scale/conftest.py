@@ -4,6 +4,7 @@ directory) and ``lokal serve --ray`` in front of two replicas of smollm2:135m on
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,9 @@ from tests.integration.conftest import LiveServer, free_port
 
 RAY = str(Path(sys.executable).parent / "ray")
 REPLICA_TITLE = "ServeReplica:lokal:LokalReplica"
+# Every process of the test cluster (nodes, ingress, serve run) without Ray's token auth, whether or
+# not this machine has a ~/.ray/auth_token (a local ray.init() writes one).
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
 
 
 class RayCluster:
@@ -28,7 +32,7 @@ class RayCluster:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         common = ["--num-cpus", "1", "--disable-usage-stats", "--block"]
-        env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+        env = {**os.environ, **RAY_ENV}
         self.log = Path(self.temp) / "ray-start.log"
         out = self.log.open("w")
         head = ["--head", "--port", str(self.port), "--temp-dir", self.temp, "--include-dashboard=false"]
@@ -72,6 +76,7 @@ class RayCluster:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        shutil.rmtree(self.temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +92,6 @@ def ingress(ray_cluster: RayCluster, model_home: Path) -> Iterator[LiveServer]:
     replica takes within 1 s is a 503."""
     live = LiveServer(model_home, "--ray", ray_cluster.address, "--replicas", "2", "--threads", "1",
                       "--parallel", "4", "--ctx-size", "1024", "--max-queue", "64", "--keep-alive", "-1",
-                      env={"LOKAL_AUDIT_LOG": "false", "LOKAL_RAY_ROUTE_TIMEOUT": "1"})
+                      env={"LOKAL_AUDIT_LOG": "false", "LOKAL_RAY_ROUTE_TIMEOUT": "1", **RAY_ENV})
     yield live
     live.stop()

@@ -3,6 +3,7 @@ the same routes behind Serve's own HTTP proxy."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ import pytest
 import yaml
 
 from tests.integration.conftest import free_port
-from tests.integration.scale.conftest import RayCluster
+from tests.integration.scale.conftest import RAY_ENV, RayCluster
 
 pytestmark = pytest.mark.slow
 SERVE = str(Path(sys.executable).parent / "serve")
@@ -34,7 +35,7 @@ def serve_app(ray_cluster: RayCluster, model_home: Path, tmp_path_factory: pytes
     }))
     log = config.with_suffix(".log")
     proc = subprocess.Popen([SERVE, "run", "--address", ray_cluster.address, str(config)],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+                            env={**os.environ, **RAY_ENV}, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
