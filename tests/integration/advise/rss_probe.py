@@ -21,11 +21,11 @@ def _status_kib(field: str) -> int:
 def main() -> None:
     import psutil
 
-    from lokal.engine.llama_model import ContextShape, LlamaModel, _init_backend
+    from lokal.engine.llama_model import ContextShape, LlamaModel, init_backend
 
     path, ctx = Path(sys.argv[1]), int(sys.argv[2])
     n_batch = 512
-    _init_backend()
+    init_backend()
     proc = psutil.Process()
     before = proc.memory_info().rss
     model = LlamaModel(path, ContextShape(slot_ctx=ctx, n_slots=1, n_batch=n_batch, n_threads=2))
