@@ -115,15 +115,35 @@ async def _stream(client: httpx.AsyncClient, i: int) -> str:
     raise AssertionError("the stream ended silently, without [DONE] or an error event")
 
 
+async def _ollama_stream(client: httpx.AsyncClient, i: int) -> str:
+    """The same for an Ollama NDJSON stream: 'done' after a done line, 'error' after an error line."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": f"Write a long story about river {i}."}],
+            "options": {"num_predict": 48}}
+    async with client.stream("POST", "/api/chat", json=body) as r:
+        assert r.status_code == 200
+        async for line in r.aiter_lines():
+            if not line.strip():
+                continue
+            chunk = json.loads(line)
+            if "error" in chunk:
+                return "error"
+            if chunk.get("done"):
+                return "done"
+    raise AssertionError("the Ollama stream ended silently, without done or an error line")
+
+
 def test_a_replica_killed_under_load_loses_no_request(ingress: LiveServer, ray_cluster: RayCluster) -> None:
     """kill -9 one replica during 20 concurrent requests: every non-streaming one succeeds, every
-    stream completes or ends with an error event, and Ray Serve brings the replica back."""
+    stream (OpenAI's SSE and Ollama's NDJSON) completes or ends with its API's error event, and Ray
+    Serve brings the replica back."""
     before = ray_cluster.replica_pids()
     assert len(before) == 2, before
 
     async def run() -> list[str]:
         async with httpx.AsyncClient(base_url=ingress.url, timeout=120) as client:
-            tasks = [asyncio.create_task(_complete(client, i) if i % 2 else _stream(client, i)) for i in range(20)]
+            streams = (_stream, _ollama_stream)
+            tasks = [asyncio.create_task(_complete(client, i) if i % 2 else streams[i % 4 // 2](client, i))
+                     for i in range(20)]
             await asyncio.sleep(1.5)
             os.kill(before[0], signal.SIGKILL)
             return await asyncio.gather(*tasks)
