@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import time
 
+from lokal.bench.metrics import word_error_rate
 from lokal.config import Settings
 from lokal.runtime.runtime import Runtime
 
@@ -22,16 +22,6 @@ PASSAGE = (
     "The numbers below say how many seconds of work each second of audio takes on two processor cores. "
     "A real-time factor under one means the machine is faster than the speaker."
 )
-
-
-def word_error_rate(reference: str, hypothesis: str) -> float:
-    ref, hyp = (re.findall(r"[a-z0-9']+", text.lower()) for text in (reference, hypothesis))
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1] / len(ref)
 
 
 async def main(threads: int) -> None:

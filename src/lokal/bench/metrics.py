@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 from typing import Any
 
 from lokal.bench.loadgen import RequestRecord
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    """Word-level Levenshtein distance over the reference's length (case and punctuation ignored)."""
+    ref, hyp = (re.findall(r"[a-z0-9']+", text.lower()) for text in (reference, hypothesis))
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1] / len(ref)
 
 
 def percentile(values: list[float], q: float) -> float:

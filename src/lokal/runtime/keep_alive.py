@@ -2,10 +2,46 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import math
 import re
+from collections.abc import Awaitable, Callable
 
 FOREVER = math.inf
+REAP_INTERVAL_S = 0.25  # how often idle models are checked against their keep_alive
+
+log = logging.getLogger(__name__)
+
+
+class Reaper:
+    """The background task that unloads idle models whose keep_alive ran out: it runs while any
+    model is loaded (``start`` after each load) and checks every REAP_INTERVAL_S."""
+
+    def __init__(self, name: str, unload_expired: Callable[[], Awaitable[None]], loaded: Callable[[], bool]) -> None:
+        self.name = name
+        self._unload_expired = unload_expired
+        self._loaded = loaded
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while self._loaded():
+            await asyncio.sleep(REAP_INTERVAL_S)
+            try:
+                await self._unload_expired()
+            except Exception:  # one failed unload must not stop keep_alive for the others
+                log.exception("%s: unloading an expired model failed", self.name)
 
 # Go's time.ParseDuration units, as Ollama accepts them ("5m", "1h30m", "1.5h", "500ms").
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}

@@ -8,7 +8,6 @@ its last request. See docs/architecture.md."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import weakref
@@ -40,7 +39,7 @@ from lokal.engine.sampling import SamplingParams
 from lokal.engine.scheduler import QueueFull
 from lokal.runtime import errors
 from lokal.runtime.events import Event, Failed, FirstToken, GenerationRecord, Queued, Started, Subscriber
-from lokal.runtime.keep_alive import FOREVER
+from lokal.runtime.keep_alive import FOREVER, REAP_INTERVAL_S, Reaper
 from lokal.runtime.loaded_model import LoadedModel
 from lokal.runtime.pipeline import events, prepare
 from lokal.runtime.request import GenerateRequest
@@ -66,7 +65,6 @@ from lokal.templates.chat_template import TemplateError
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 1
-REAP_INTERVAL_S = 0.25  # how often idle models are checked against their keep_alive
 EMBEDDING_CTX = 8192  # the longest input of a model that only embeds, when it was trained on more
 _FOREVER_SPAN = timedelta(days=365 * 290)  # what "never expires" reads as (Ollama: now + max duration)
 T = TypeVar("T")
@@ -147,7 +145,7 @@ class Runtime:
         self._locks: dict[str, asyncio.Lock] = {}
         self._last_used: dict[str, float] = {}
         self._residency: dict[str, Residency] = {}
-        self._reaper: asyncio.Task[None] | None = None
+        self._reaper = Reaper("keep-alive", self.unload_expired, lambda: bool(self._loaded))
         self._holds: dict[str, int] = {}
         self._subscribers: list[Subscriber] = []
         self._embedding_turn: asyncio.Lock | None = None
@@ -523,7 +521,7 @@ class Runtime:
         self._last_used[key] = time.time()
         seconds = self.settings.keep_alive_s if keep_alive is None else keep_alive
         self._residency[key] = Residency(keep_alive_s=seconds, idle_since=time.monotonic())
-        self._start_reaper()
+        self._reaper.start()
         return loaded
 
     # ---- a request's num_ctx (Ollama's): reload with a larger context ---------------------------
@@ -585,7 +583,7 @@ class Runtime:
                                          f"{exc}") from exc
         self._loaded[key] = grown
         self._residency.setdefault(key, Residency(self.settings.keep_alive_s, time.monotonic()))
-        self._start_reaper()
+        self._reaper.start()
         return grown
 
     def loaded(self) -> list[LoadedModel]:
@@ -677,18 +675,6 @@ class Runtime:
             elif now - residency.idle_since >= residency.keep_alive_s:
                 await self.unload(key)
 
-    def _start_reaper(self) -> None:
-        if self._reaper is None or self._reaper.done():
-            self._reaper = asyncio.get_running_loop().create_task(self._reap(), name="keep-alive")
-
-    async def _reap(self) -> None:
-        while self._loaded:
-            await asyncio.sleep(REAP_INTERVAL_S)
-            try:
-                await self.unload_expired()
-            except Exception:  # one failed unload must not stop keep_alive for the others
-                log.exception("unloading an expired model failed")
-
     async def _evict_beyond_limit(self, keep: str) -> None:
         for key in list(self._loaded):
             if len(self._loaded) <= self.settings.max_loaded_models:
@@ -698,10 +684,7 @@ class Runtime:
                 await self.unload(key)
 
     async def close(self) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
+        await self._reaper.stop()
         for key in list(self._loaded):
             await self.unload(key)
         await self.speech.close()

@@ -9,7 +9,6 @@ the others wait on the event loop. The work itself runs in a worker thread."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import json
 import logging
@@ -26,6 +25,7 @@ import numpy as np
 from lokal.config import Settings
 from lokal.runtime import errors
 from lokal.runtime.audio import WHISPER_RATE, SpeechFormat, decode_audio, encode_speech
+from lokal.runtime.keep_alive import Reaper
 from lokal.store import errors as store_errors
 from lokal.store.archive import unpack, unpacked_folder
 from lokal.store.kinds import ModelKind
@@ -36,7 +36,6 @@ from lokal.store.names import parse_model_name
 log = logging.getLogger(__name__)
 
 DECODE_TIMEOUT_S = 60.0  # FFmpeg reading one upload; past it the request gets a 400, not a hang
-REAP_INTERVAL_S = 0.25
 MAX_SPEECH_CHARS = 4096  # OpenAI's limit on /v1/audio/speech input
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 T = TypeVar("T")
@@ -129,7 +128,7 @@ class SpeechModels:
         self._check_kind = check_kind
         self._loaded: OrderedDict[str, LoadedSpeech] = OrderedDict()
         self._loading: dict[str, asyncio.Lock] = {}
-        self._reaper: asyncio.Task[None] | None = None
+        self._reaper = Reaper("speech-keep-alive", self.unload_expired, lambda: bool(self._loaded))
 
     # ---- the service ---------------------------------------------------------------------------
     async def transcribe(self, model: str, audio: bytes, *, task: Literal["transcribe", "translate"] = "transcribe",
@@ -211,7 +210,7 @@ class SpeechModels:
         self._loaded.move_to_end(key)
         loaded.keep_alive_s = self.settings.keep_alive_s if keep_alive is None else keep_alive
         loaded.idle_since = time.monotonic()
-        self._start_reaper()
+        self._reaper.start()
         return loaded
 
     def _load(self, manifest: Manifest) -> Any:
@@ -258,23 +257,8 @@ class SpeechModels:
             if key != keep and not loaded.busy:
                 await self.unload(key)
 
-    def _start_reaper(self) -> None:
-        if self._reaper is None or self._reaper.done():
-            self._reaper = asyncio.get_running_loop().create_task(self._reap(), name="speech-keep-alive")
-
-    async def _reap(self) -> None:
-        while self._loaded:
-            await asyncio.sleep(REAP_INTERVAL_S)
-            try:
-                await self.unload_expired()
-            except Exception:  # one failed unload must not stop keep_alive for the others
-                log.exception("unloading an expired speech model failed")
-
     async def close(self) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
+        await self._reaper.stop()
         for key in list(self._loaded):
             await self.unload(key)
 

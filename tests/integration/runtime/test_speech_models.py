@@ -84,7 +84,7 @@ async def test_a_recording_longer_than_whispers_window_is_transcribed_in_order_w
     assert result.segments[-1].end > 30 and [s.start for s in result.segments] == sorted(s.start for s in
                                                                                          result.segments)
     assert [p[0] for p in progress] == [s.end for s in result.segments] and progress[-1][1] == result.duration
-    from tests.integration.server.test_audio import word_error_rate
+    from lokal.bench.metrics import word_error_rate
 
     wer = word_error_rate(passage, result.text)
     print(f"\n{seconds:.1f} s in {len(result.segments)} segments, word error rate {wer:.1%}")

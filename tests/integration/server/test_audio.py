@@ -15,6 +15,7 @@ import numpy as np
 import openai
 import pytest
 
+from lokal.bench.metrics import word_error_rate
 from lokal.runtime.audio import PCM_RATE, decode_audio
 from tests.integration.conftest import LiveServer
 
@@ -24,17 +25,6 @@ STT = "whisper:tiny"
 TTS = "piper:joe-medium"
 VOICE = "joe"
 SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank."
-
-
-def word_error_rate(reference: str, hypothesis: str) -> float:
-    """Word-level Levenshtein distance over the reference's length (case and punctuation ignored)."""
-    ref, hyp = (re.findall(r"[a-z0-9']+", text.lower()) for text in (reference, hypothesis))
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1] / len(ref)
 
 
 @pytest.fixture(scope="session")
