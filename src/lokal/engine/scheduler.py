@@ -130,10 +130,11 @@ class Scheduler:
         sequences still need (their unread prompts and next tokens) and a 1 % reserve; cached
         prefixes of free slots count as free (the engine drops them when the cells are needed)."""
         assert self.pool is not None
-        free = self.pool.free + sum(self.pool.exclusive(s) for s in self.free_slots if s != a.source)
         promised = sum(max(s.pending, 1) for s in self.running)
-        reserve = max(1, self.pool.capacity // 100)
-        return len(seq.tokens) - a.n_reused + promised + reserve <= free
+        need = len(seq.tokens) - a.n_reused + promised + max(1, self.pool.capacity // 100)
+        if need <= self.pool.free:  # the usual case: no need to count the cached prefixes' cells
+            return True
+        return need <= self.pool.free + sum(self.pool.exclusive(s) for s in self.free_slots if s != a.source)
 
     def preempt(self, seq: Sequence) -> None:
         """Put a running sequence back at the head of the queue; the engine has dropped its cells."""
