@@ -324,20 +324,27 @@ def advise_target(target: Target, available: int) -> TargetAdvice:
                         f"{_gb(smallest.needed_bytes)} of {_gb(available)} available; fewer users or a shorter context")
 
 
-def pull_warnings(name: str, ctx: int, parallel: int, hardware: Hardware, home: Path | None = None) -> list[str]:
+def pull_warnings(name: str, ctx: int, parallel: int, hardware: Hardware, home: Path | None = None,
+                  can_offload: bool = True) -> list[str]:
     """What to say before pulling ``name``: it will not fit (or is tight) in the RAM available at
-    ``ctx`` x ``parallel``, or its file is larger than the free disk under the store. Empty when
-    all is well or the model cannot be sized (a pull is never stopped by a guess)."""
+    ``ctx`` x ``parallel`` (with GPUs: the part that stays in RAM once its layers are offloaded), or
+    its file is larger than the free disk under the store. Empty when all is well or the model cannot
+    be sized (a pull is never stopped by a guess)."""
     try:
         shape = model_shape(name, None)  # not ``home``: the store copy is what a pull would replace
         estimate = estimate_memory(shape, ctx, parallel)
     except (EstimateError, OSError):
         return []
     warnings = []
-    verdict = classify(estimate.total, hardware.ram_available)
+    placement = Placement(hardware.gpus, can_offload)
+    plan = placement.plan(shape, estimate)
+    needed = placement.ram_needed(shape, estimate) or 0
+    verdict = classify(needed, hardware.ram_available)
     if verdict != "fits":
         word = "will not fit" if verdict == "wont_fit" else "will be tight"
-        warnings.append(f"{name} {word}: it needs about {_gb(estimate.total)} at ctx {ctx} x {parallel} slot(s) "
+        on_gpu = (f" in RAM besides the {_gb(plan.vram_bytes)} on the GPU ({plan.description})"
+                  if plan is not None and plan.verdict != "cpu" else "")
+        warnings.append(f"{name} {word}: it needs about {_gb(needed)}{on_gpu} at ctx {ctx} x {parallel} slot(s) "
                         f"and {_gb(hardware.ram_available)} of RAM is available now (see lokal advise)")
     size = download_size(name, shape)
     if hardware.disk_free is not None and size > hardware.disk_free:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from lokal.advise.hardware import Gpu
@@ -279,6 +279,15 @@ def plan_for(
     kv_layer = estimate.kv_cache // max(1, len(weights.layers))
     return plan_offload(weights, kv_layer, estimate.compute, estimate.overhead, gpus, gpu_layers, tensor_split,
                         main_gpu, can_offload)
+
+
+def reserve(gpus: Sequence[Gpu], nbytes: int) -> tuple[Gpu, ...]:
+    """``gpus`` with ``nbytes`` taken out of their free memory, shared as their free memory is (what
+    a second model loaded with the same split, a draft, will take)."""
+    free = sum(g.memory_free for g in gpus)
+    if free <= 0:
+        return tuple(gpus)
+    return tuple(replace(g, memory_free=max(0, g.memory_free - nbytes * g.memory_free // free)) for g in gpus)
 
 
 def fallback_layers(gpu_layers: int) -> list[int]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lokal.advise.advise import serve_advice
+from lokal.advise.advise import Placement, serve_advice
 from lokal.advise.cost import Throughput
 from lokal.advise.hardware import Hardware
 from lokal.advise.memory import EstimateError, ModelShape, classify, estimate_memory, model_shape
@@ -57,8 +57,9 @@ class Recommendation:
 
 
 def recommend(needs: Needs, hardware: Hardware, home: Path | None = None,
-              throughput: Throughput | None = None) -> Recommendation:
-    """Pick a model and serve settings for ``needs`` on ``hardware``, saying why."""
+              throughput: Throughput | None = None, can_offload: bool = True) -> Recommendation:
+    """Pick a model and serve settings for ``needs`` on ``hardware`` (with GPUs: judged by what stays
+    in RAM once the layers that fit are offloaded; ``can_offload`` False for a CPU-only build), saying why."""
     if needs.use_case not in USE_CASES:
         raise ValueError(f"use case must be one of {', '.join(USE_CASES)}")
     if needs.api not in APIS:
@@ -72,6 +73,7 @@ def recommend(needs: Needs, hardware: Hardware, home: Path | None = None,
     warnings: list[str] = []
     candidates = [needs.model] if needs.model else list(wants["prefer"])
     chosen: ModelShape | None = None
+    placement = Placement(hardware.gpus, can_offload)
     for name in candidates:
         try:
             shape = model_shape(name, home)
@@ -84,9 +86,13 @@ def recommend(needs: Needs, hardware: Hardware, home: Path | None = None,
             raise EstimateError(f'"{name}" is a size for planning (lokal advise --target), not a model to serve; '
                                 "name a model in the store or the catalog, a .gguf file or an hf.co/ name")
         use_ctx = min(ctx, shape.context_length or ctx)
-        total = estimate_memory(shape, use_ctx, slots).total
+        estimate = estimate_memory(shape, use_ctx, slots)
+        plan = placement.plan(shape, estimate)
+        total = placement.ram_needed(shape, estimate) or 0
         verdict = classify(total, hardware.ram_available)
-        reasons.append(f"{shape.name} with {slots} slot(s) of {use_ctx} tokens needs {total / 1e9:.2f} GB "
+        in_ram = (f" in RAM besides {plan.vram_bytes / 1e9:.2f} GB on the GPU ({plan.description})"
+                  if plan is not None and plan.verdict != "cpu" else "")
+        reasons.append(f"{shape.name} with {slots} slot(s) of {use_ctx} tokens needs {total / 1e9:.2f} GB{in_ram} "
                        f"(estimate: weights, KV cache, compute, overhead) of {hardware.ram_available / 1e9:.2f} GB "
                        f"available: {FIT_WORDS[verdict]}")
         if verdict != "wont_fit":
@@ -95,7 +101,7 @@ def recommend(needs: Needs, hardware: Hardware, home: Path | None = None,
             break
     if chosen is None:
         return Recommendation(None, None, {}, reasons, warnings + ["no candidate model fits this machine"])
-    advice = serve_advice(chosen, hardware, ctx, slots=needs.users)
+    advice = serve_advice(chosen, hardware, ctx, slots=needs.users, can_offload=can_offload)
     reasons.extend(advice.reasons)
     if needs.users > advice.parallel:
         reasons.append(f"{needs.users} users share {advice.parallel} slots: the rest wait in the queue "

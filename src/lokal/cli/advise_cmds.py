@@ -287,6 +287,7 @@ def recommend(
     """A lokal configuration for your needs, with the reasoning (asks when run in a terminal)."""
     from lokal.advise.cost import read_bench_throughput
     from lokal.advise.hardware import detect_hardware
+    from lokal.advise.offload import gpu_offload_supported
     from lokal.advise.recommend import APIS, USE_CASES, Needs
     from lokal.advise.recommend import recommend as recommend_for
     from lokal.runtime.sizing import MAX_AUTO_SLOTS
@@ -309,7 +310,7 @@ def recommend(
     throughput = read_bench_throughput(bench, concurrency=min(users, MAX_AUTO_SLOTS)) if bench is not None else None
     needs = Needs(use_case=use_case.strip().lower(), users=users, private=private, api=api.strip().lower(),
                   lan=lan, model=model)
-    rec = recommend_for(needs, hw, home, throughput)
+    rec = recommend_for(needs, hw, home, throughput, can_offload=gpu_offload_supported())
     if as_json:
         _emit_json({"schema": "lokal.recommend/1", "kind": "recommend", "needs": vars(needs),
                     "hardware": hw.to_dict(), "recommendation": rec.to_dict()})
@@ -329,12 +330,13 @@ def warn_if_wont_fit(name: str, settings: Settings, hardware: Hardware | None = 
     an estimate that cannot be made says nothing. ``hardware`` is detected unless given (tests)."""
     from lokal.advise.advise import pull_warnings
     from lokal.advise.hardware import detect_hardware
+    from lokal.advise.offload import gpu_offload_supported
     from lokal.runtime.sizing import AUTO_CTX_FLOOR
 
     try:
         hw = hardware or detect_hardware(settings.home)
         warnings = pull_warnings(name, settings.ctx_size or AUTO_CTX_FLOOR, max(1, settings.parallel), hw,
-                                 settings.home)
+                                 settings.home, can_offload=gpu_offload_supported())
     except Exception:
         return
     for warning in warnings:

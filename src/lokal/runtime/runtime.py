@@ -27,6 +27,7 @@ from lokal.advise.offload import (
     fallback_layers,
     gpu_offload_supported,
     plan_for,
+    reserve,
 )
 from lokal.config import Settings
 from lokal.engine.async_engine import EngineStopped, Submission
@@ -291,6 +292,21 @@ class Runtime:
         """The context one sequence of a model gets (loading it if needed)."""
         return (await self.model(model)).context_length
 
+    async def load(self, name: str, keep_alive: float | None = None) -> str:
+        """Load a model without generating (Ollama's load request); its canonical name."""
+        return (await self.model(name, keep_alive)).name
+
+    async def prompt_tokens(self, req: GenerateRequest) -> int:
+        """The tokens ``req``'s prompt takes, rendered and tokenized as ``generate`` would (its
+        system prompt, tools and template included); nothing is generated."""
+        loaded = await self.model(req.model, req.keep_alive)
+        hold = self.hold(loaded.name)
+        try:
+            prepared = await asyncio.to_thread(prepare, loaded, req, self.settings)
+        finally:
+            await hold.release()
+        return len(prepared.prompt)
+
     def status(self) -> list[ModelStatus]:
         """Every loaded model with its memory figure, engine state and keep_alive expiry."""
         return [
@@ -384,17 +400,24 @@ class Runtime:
         return None
 
     def offload_plan(self, manifest: Manifest, shape: ContextShape, gpus: tuple[Gpu, ...] | None = None,
-                     gpu_layers: int | None | str = "configured") -> OffloadPlan:
+                     gpu_layers: int | None | str = "configured", draft: str | None = None) -> OffloadPlan:
         """Where a model loaded with ``shape`` goes: its layers on ``gpus`` (None: those there now) per
-        ``gpu_layers`` ("configured": ``gpu_layers(manifest)``). ModelLoadError for impossible
-        settings (``--main-gpu`` beyond the GPUs, a split that leaves them all out)."""
+        ``gpu_layers`` ("configured": ``gpu_layers(manifest)``), leaving room for its ``draft`` model,
+        which follows a target that is all on the GPUs (engine/draft.py). ModelLoadError for
+        impossible settings (``--main-gpu`` beyond the GPUs, a split that leaves them all out)."""
         s = self.settings
         layers = self.gpu_layers(manifest) if gpu_layers == "configured" else gpu_layers
         assert layers is None or isinstance(layers, int)
         model = model_shape(manifest, self.store.home)
+        devices = self.gpus() if gpus is None else gpus
         try:
-            return plan_for(model, model_estimate(model, shape), self.gpus() if gpus is None else gpus, layers,
-                            s.tensor_shares, s.main_gpu, self.can_offload)
+            plan = plan_for(model, model_estimate(model, shape), devices, layers, s.tensor_shares, s.main_gpu,
+                            self.can_offload)
+            if draft is not None and plan.verdict == "gpu":
+                drafts = model_memory_bytes(self.store.get(draft), shape, self.store.home)
+                plan = plan_for(model, model_estimate(model, shape), reserve(devices, drafts), layers,
+                                s.tensor_shares, s.main_gpu, self.can_offload)
+            return plan
         except ValueError as exc:
             raise ModelLoadError(str(exc)) from exc
 
@@ -478,7 +501,8 @@ class Runtime:
             return self.offload_plan(manifest, shape, gpus, layers)
 
         try:
-            loaded, plan = load_with_fallback(key, self.offload_plan(manifest, shape, gpus), load, replan)
+            loaded, plan = load_with_fallback(key, self.offload_plan(manifest, shape, gpus, draft=draft), load,
+                                              replan)
         except DraftMismatch as exc:
             raise DraftMismatch(f"`{draft}` cannot draft for it: {exc}") from exc
         loaded.plan = plan

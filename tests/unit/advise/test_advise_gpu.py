@@ -91,3 +91,32 @@ def test_advise_answers_in_vram_terms(lokal: Any) -> None:
     assert [m["offload"]["verdict"] for m in doc["models"]] == ["gpu", "partial"]
     plain = json.loads(lokal(["advise", "--json", "-m", "7b"], machine(64)).stdout)
     assert plain["models"][0]["offload"] is None and "no NVIDIA GPU" in plain["notes"][-1]
+
+
+def test_pull_warns_in_vram_terms_a_model_on_the_gpu_needs_little_ram() -> None:
+    from lokal.advise.advise import pull_warnings
+
+    # qwen2.5-coder:0.5b does not fit in 0.5 GiB of RAM on the CPU, but on a 4 GiB GPU only the
+    # embeddings stay in RAM
+    assert pull_warnings("qwen2.5-coder:0.5b", 4096, 1, machine(0.5))
+    assert pull_warnings("qwen2.5-coder:0.5b", 4096, 1, with_gpus(0.5, 4)) == []
+    # a CPU-only llama.cpp build cannot use the GPU: judged on RAM as before
+    assert pull_warnings("qwen2.5-coder:0.5b", 4096, 1, with_gpus(0.5, 4), can_offload=False)
+
+
+def test_pull_warning_on_a_partial_offload_names_the_part_on_the_gpu() -> None:
+    from lokal.advise.advise import pull_warnings
+
+    (warning,) = pull_warnings("70b:q8_0", 4096, 1, with_gpus(8, 24))
+    assert "will not fit" in warning and "on the GPU (partial:" in warning
+
+
+def test_recommend_counts_the_gpu_a_model_that_only_fits_with_it() -> None:
+    from lokal.advise.recommend import Needs, recommend
+
+    needs = Needs(model="qwen2.5-coder:0.5b")
+    assert recommend(needs, machine(0.5)).model is None  # RAM alone: nothing fits
+    rec = recommend(needs, with_gpus(0.5, 4))
+    assert rec.model == "qwen2.5-coder:0.5b"
+    assert any("on the GPU (fits on GPU)" in r for r in rec.reasons)
+    assert recommend(needs, with_gpus(0.5, 4), can_offload=False).model is None

@@ -155,3 +155,18 @@ def test_the_gpu_and_pool_settings_come_from_the_environment(monkeypatch: pytest
     assert (s.gpu_layer_count, s.tensor_shares, s.main_gpu, s.kv_pool, s.kv_cells) == (24, (3.0, 1.0), 1, "shared",
                                                                                       65536)
     assert Settings(gpu_layers="AUTO").gpu_layer_count is None and Settings(gpu_layers=0).gpu_layer_count == 0
+
+
+def test_a_draft_model_gets_its_room_on_the_gpu_before_its_target_is_placed(model_home: Path) -> None:
+    rt = _runtime(model_home, (Gpu("Simulated", 24 * GIB, 20 * GIB),), parallel=1, ctx_size=512)
+    manifest = rt.store.get(MODEL)
+    shape = rt.load_shape(manifest)
+    alone = rt.offload_plan(manifest, shape)
+    draft = model_memory_bytes(manifest, shape, model_home)  # smollm2 drafting for itself
+    both = rt.offload_plan(manifest, shape, draft=MODEL)  # plenty of room for both
+    assert (both.verdict, both.gpu_layers, both.device_bytes) == (alone.verdict, alone.gpu_layers, alone.device_bytes)
+    # a GPU with room for the target alone: with its draft the target no longer goes whole
+    just = GIB + alone.vram_bytes + draft // 2
+    tight = (Gpu("Simulated", just + GIB, just),)
+    assert rt.offload_plan(manifest, shape, tight).verdict == "gpu"
+    assert rt.offload_plan(manifest, shape, tight, draft=MODEL).verdict == "partial"
