@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from lokal.engine.engine import Engine, EngineStats
 from lokal.engine.sampling import SamplingParams
-from lokal.engine.sequence import Delta, FinishReason, Sequence
+from lokal.engine.sequence import Delta, FinishReason, ImageSpan, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +64,14 @@ class AsyncEngine:
         consume the stream."""
         return self.submit_group(prompt, params, 1)[0]
 
-    def submit_group(self, prompt: list[int], params: SamplingParams, n: int) -> list[Submission]:
+    def submit_group(self, prompt: list[int], params: SamplingParams, n: int,
+                     images: tuple[ImageSpan, ...] = ()) -> list[Submission]:
         """Queue n sequences for one prompt (``Engine.new_group``: the prompt is read once), each
-        with its own stream, as ``submit`` does for one."""
+        with its own stream, as ``submit`` does for one. ``images``: the prompt's image spans."""
         if self._stopping:
             raise EngineStopped("the engine is shutting down")
         loop = asyncio.get_running_loop()
-        group = self.engine.new_group(prompt, params, n)
+        group = self.engine.new_group(prompt, params, n, images)
         queues: list[asyncio.Queue[Delta]] = [asyncio.Queue() for _ in group]
         for seq, queue in zip(group, queues, strict=True):
             self._inboxes[seq.id] = (loop, queue)  # before enqueue: its first delta may come at once

@@ -10,12 +10,14 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+import numpy as np
+
 from lokal.engine.draft import DraftModel
 from lokal.engine.host_prefixes import HostPrefixes
 from lokal.engine.llama_model import KvPoolFull, LlamaModel, SamplerChain
 from lokal.engine.sampling import SamplingParams
 from lokal.engine.scheduler import Admission, QueueFull, Scheduler
-from lokal.engine.sequence import Delta, FinishReason, Sequence, SequenceStatus
+from lokal.engine.sequence import Delta, FinishReason, ImageSpan, Sequence, SequenceStatus
 from lokal.engine.speculate import Drafter, LookupDrafter, Speculation
 from lokal.options import MAX_SEED
 
@@ -109,20 +111,30 @@ class Engine:
         self._swapped_bytes = 0  # preempted sequences' saved cells, within the host tier's capacity
 
     # ---- called from any thread -----------------------------------------------------------
-    def add(self, prompt: list[int], params: SamplingParams) -> Sequence:
+    def add(self, prompt: list[int], params: SamplingParams, images: tuple[ImageSpan, ...] = ()) -> Sequence:
         """Queue a request. Raises PromptTooLong, ValueError or QueueFull at once."""
-        seq = self.new_sequence(prompt, params)
+        seq = self.new_sequence(prompt, params, images)
         self.enqueue(seq)
         return seq
 
-    def new_sequence(self, prompt: list[int], params: SamplingParams) -> Sequence:
-        """A checked, not yet queued sequence (PromptTooLong or ValueError if it cannot run)."""
+    def new_sequence(self, prompt: list[int], params: SamplingParams,
+                     images: tuple[ImageSpan, ...] = ()) -> Sequence:
+        """A checked, not yet queued sequence (PromptTooLong or ValueError if it cannot run).
+        ``images``: the prompt's image spans (their positions hold placeholder ids, not tokens)."""
         n_ctx = self.model.shape.slot_ctx
         if len(prompt) == 0:
             raise ValueError("the prompt is empty")
         if len(prompt) >= n_ctx:
             raise PromptTooLong(len(prompt), n_ctx)
-        bad = next((t for t in prompt if not self.model.valid_token(t)), None)
+        in_image: set[int] = set()
+        last_end = 0
+        for span in images:
+            if span.start < last_end or span.end > len(prompt) or span.embd.ndim != 2 \
+                    or span.embd.shape[1] != self.model.n_embd_inp:
+                raise ValueError("image embeddings do not match the prompt or the model")
+            in_image.update(range(span.start, span.end))
+            last_end = span.end
+        bad = next((t for i, t in enumerate(prompt) if i not in in_image and not self.model.valid_token(t)), None)
         if bad is not None:
             raise ValueError(f"token id {bad} is outside the vocabulary (0..{self.model.n_vocab - 1})")
         for tok in params.logit_bias:
@@ -132,20 +144,21 @@ class Engine:
             if params.ignore_eos:
                 raise ValueError("ignore_eos cannot be combined with a grammar (structured output)")
             self.model.check_grammar(params.grammar)  # GrammarError (a ValueError) if llama.cpp refuses it
-        return Sequence(prompt=prompt, params=params, max_context=n_ctx)
+        return Sequence(prompt=prompt, params=params, max_context=n_ctx, images=images)
 
-    def new_group(self, prompt: list[int], params: SamplingParams, n: int) -> list[Sequence]:
+    def new_group(self, prompt: list[int], params: SamplingParams, n: int,
+                  images: tuple[ImageSpan, ...] = ()) -> list[Sequence]:
         """n checked sequences for one prompt (an n > 1 request): the first reads the prompt, the
         others copy its KV cells once it has (``Sequence.leader``) and then decode on their own.
         With a seed, sibling i samples with seed + i, so that seed and n reproduce every choice."""
         if not 1 <= n <= MAX_CHOICES:
             raise ValueError(f"n must be between 1 and {MAX_CHOICES}")
-        first = self.new_sequence(prompt, params)
+        first = self.new_sequence(prompt, params, images)
         group = [first]
         for i in range(1, n):
             seed = None if params.seed is None else (params.seed + i) % (MAX_SEED + 1)
             sibling = Sequence(prompt=prompt, params=params.model_copy(update={"seed": seed}),
-                               max_context=first.max_context, leader=first)
+                               max_context=first.max_context, leader=first, images=images)
             group.append(sibling)
         return group
 
@@ -181,6 +194,10 @@ class Engine:
             plan = self._fit_pool(plan)
         if not plan:
             return out
+        # Image rows are input embeddings: a llama_decode of their own (prompt mode), after the others.
+        images = [p for p in plan if p[0].images and p[0].segment_end(p[0].n_past)[1] is not None]
+        if images:
+            plan = [p for p in plan if p not in images]
         if self.model.has_kernel_modes:
             # Generated tokens (with their drafts) and prompt chunks go to llama.cpp in separate calls, so
             # each always meets the same kernels: decode mode and prompt mode (docs/engine.md). A resumed
@@ -194,14 +211,20 @@ class Engine:
         for part, prompt in passes:
             if part:
                 n_out += self._decode(part, prompt, out)
+        if images:
+            n_out += self._decode(images, True, out, embeddings=True)
         self.n_steps += 1
         self._record_step(time.perf_counter(), n_out)
         return out
 
-    def _decode(self, plan: list[tuple[Sequence, int]], prompt: bool, out: list[tuple[Sequence, Delta]]) -> int:
+    def _decode(self, plan: list[tuple[Sequence, int]], prompt: bool, out: list[tuple[Sequence, Delta]],
+                embeddings: bool = False) -> int:
         """One llama_decode over the plan's rows, then each sequence's pick (or its drafts' verification).
+        ``embeddings``: the rows are image positions, fed as their projector embeddings.
         Returns how many tokens it produced."""
         rows: list[tuple[int, int, int, bool]] = []
+        blocks: list[tuple[np.ndarray, int, int, bool]] = []  # image rows: (embeddings, first position, slot, logits)
+        n_blocked = 0
         to_sample: list[tuple[Sequence, int]] = []
         to_verify: list[tuple[Sequence, int, list[int]]] = []
         for seq, n in plan:
@@ -214,13 +237,24 @@ class Engine:
                 seq.n_past = start + 1
                 continue
             end = start + n
+            seq.n_past = end
+            if embeddings:  # within one image (Scheduler.schedule cuts chunks at its edges)
+                span = seq.segment_end(start)[1]
+                assert span is not None and end <= span.end
+                blocks.append((span.embd[start - span.start:end - span.start], start, slot, end == len(toks)))
+                n_blocked += n
+                if end == len(toks):
+                    to_sample.append((seq, n_blocked - 1))
+                continue
             last = len(toks) - 1
             rows.extend((toks[p], p, slot, p == last) for p in range(start, end))
-            seq.n_past = end
             if end == len(toks):
                 to_sample.append((seq, len(rows) - 1))
         try:
-            self.model.decode(rows, prompt=prompt)
+            if embeddings:
+                self.model.decode_embeddings(blocks)
+            else:
+                self.model.decode(rows, prompt=prompt)
         except KvPoolFull:  # nothing was computed: undo, and free the newest sequence's cells
             for seq, _ in plan:
                 seq.n_past = self.model.cells.held(seq.slot) if seq.slot is not None else 0
@@ -376,11 +410,15 @@ class Engine:
             return
         seq.n_cached = n
         recent_n = seq.params.repeat_last_n if seq.params.repeat_last_n >= 0 else seq.n_prompt
-        seq.sampler = self.model.new_sampler(seq.params, seq.prompt[-recent_n:] if recent_n else [])
+        recent = seq.prompt[-recent_n:] if recent_n else []
+        if seq.images:  # an image's placeholder ids are no tokens to penalise
+            recent = [t for t in recent if t >= 0]
+        seq.sampler = self.model.new_sampler(seq.params, recent)
         # Speculation for greedy and sampled sequences alike: _verify samples each row with the sequence's
         # own chain, one random draw per emitted token as without drafts, and keeps a draft only where
         # the pick equals it (accepted with probability p(draft): the target distribution is kept).
-        if self.drafter is not None and seq.params.grammar is None:
+        # Not with images: a draft model cannot read their placeholder ids.
+        if self.drafter is not None and seq.params.grammar is None and not seq.images:
             seq.lookup = self.drafter.new_state()
         self.n_prompt += seq.n_prompt
         self.n_cached += n

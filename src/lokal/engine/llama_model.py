@@ -213,6 +213,8 @@ class LlamaModel:
         self._mem = C.llama_get_memory(ctx)
         self.cells = CellLedger(shape.n_ctx, shared=shape.shared)  # follows every KV memory operation below
         self._batch = C.llama_batch_init(shape.n_batch, 0, 1)
+        self._embd_batch: C.llama_batch | None = None  # image rows (decode_embeddings)
+        self.n_embd_inp: int = C.llama_model_n_embd_inp(model)
         self._max_token_bytes = 0
         self._lltokenizer: llguidance.LLTokenizer | None = None  # built on the first grammar
         self._lltokenizer_lock = threading.Lock()
@@ -330,6 +332,41 @@ class LlamaModel:
         for _, p, s, _ in rows:
             self.cells.append(s, p)
 
+    def decode_embeddings(self, rows: list[tuple[np.ndarray, int, int, bool]]) -> None:
+        """One llama_decode of input embeddings instead of tokens (an image's rows from its vision
+        projector), in prompt mode: rows of (embeddings of k consecutive positions, k × n_embd_inp;
+        the first position; seq_id; whether the last of them wants logits). llama.cpp takes a batch
+        of tokens or of embeddings, never both, so these never share a call with token rows."""
+        if self._set_mode is not None:
+            self._set_mode(True)
+        n = sum(len(block) for block, _, _, _ in rows)
+        if self._embd_batch is None:  # made on a vision model's first image
+            self._embd_batch = C.llama_batch_init(self.shape.n_batch, self.n_embd_inp, 1)
+        if n > self.shape.n_batch:
+            raise ValueError(f"{n} embedding rows do not fit in a batch of {self.shape.n_batch}")
+        b = self._embd_batch
+        flat = np.ctypeslib.as_array(b.embd, shape=(self.shape.n_batch * self.n_embd_inp,))
+        pos, n_seq, seq, logits = b.pos, b.n_seq_id, b.seq_id, b.logits
+        i = 0
+        for block, first, s, out in rows:
+            k = len(block)
+            flat[i * self.n_embd_inp:(i + k) * self.n_embd_inp] = np.asarray(block, dtype=np.float32).reshape(-1)
+            for j in range(k):
+                pos[i + j] = first + j
+                n_seq[i + j] = 1
+                seq[i + j][0] = s
+                logits[i + j] = out and j == k - 1
+            i += k
+        b.n_tokens = n
+        rc = C.llama_decode(self._ctx, b)
+        if rc == 1:
+            raise KvPoolFull(f"no free KV cells for {n} image rows")
+        if rc != 0:
+            raise RuntimeError(f"llama_decode of image embeddings failed with code {rc}")
+        for block, first, s, _ in rows:
+            for j in range(len(block)):
+                self.cells.append(s, first + j)
+
     def sample(self, sampler: SamplerChain, batch_index: int) -> int:
         if sampler.greedy_in_numpy:  # the greedy chain's own pick, without a candidate array in C
             logits = C.llama_get_logits_ith(self._ctx, batch_index)
@@ -445,6 +482,8 @@ class LlamaModel:
     def close(self) -> None:
         if self._ctx:
             C.llama_batch_free(self._batch)
+            if self._embd_batch is not None:
+                C.llama_batch_free(self._embd_batch)
             C.llama_free(self._ctx)
             C.llama_model_free(self._model)
             self._ctx = None

@@ -241,6 +241,8 @@ class Scheduler:
                 n = min(seq.pending, budget)
                 if not self.reuse_generated and seq.n_past < seq.n_prompt:
                     n = min(n, seq.n_prompt - seq.n_past)  # a resumed sequence: prompt rows first, alone
+                if seq.images:  # text rows and an image's embedding rows go to llama.cpp in separate calls
+                    n = min(n, seq.segment_end(seq.n_past)[0] - seq.n_past)
                 plan.append((seq, n))
                 budget -= n
         plan.sort(key=lambda row: row[0].slot or 0)

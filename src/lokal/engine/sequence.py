@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable, Sized
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from lokal.engine.detokenize import Detokenizer
 from lokal.engine.sampling import SamplingParams
 from lokal.engine.speculate import Acceptance
@@ -76,6 +78,30 @@ class Delta:
 
 DeltaSink = Callable[[Delta], None]
 
+
+@dataclass(frozen=True, eq=False)
+class ImageSpan:
+    """An image in a prompt: its ``embd`` rows (n_tokens × the model's n_embd, float32, from the
+    vision projector) take the prompt's positions ``start`` .. ``end`` - 1, where the prompt holds
+    placeholder ids (``image_placeholders``) derived from the image's content hash: the prefix
+    cache compares them like tokens, so the same image after the same prefix is reused and
+    another image never is."""
+
+    start: int
+    embd: np.ndarray
+    digest: bytes
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.embd)
+
+
+def image_placeholders(digest: bytes, n_tokens: int) -> list[int]:
+    """The ids that stand for an image's positions in a prompt: negative (never a token), one per
+    position, each made of 46 bits of the content hash and the position within the image."""
+    base = (int.from_bytes(digest[:6], "big") >> 2) << 16
+    return [-(1 + base + j) for j in range(n_tokens)]
+
 _ids = itertools.count(1)
 
 
@@ -105,6 +131,7 @@ class Sequence:
     drafts: list[int] = field(default_factory=list)  # this step's draft tokens, fed after the last one
     preemptions: int = 0  # times the shared KV pool ran out and it went back to the queue
     swapped: Sized | None = None  # while preempted: its KV cells as saved state in host memory (else recomputed)
+    images: tuple[ImageSpan, ...] = ()  # the prompt's images, in order; their positions hold placeholder ids
 
     def __post_init__(self) -> None:
         self.tokens = list(self.prompt)
@@ -124,6 +151,17 @@ class Sequence:
     def pending(self) -> int:
         """Tokens known but not yet in the KV cache (prompt left to read, or the last sample)."""
         return len(self.tokens) - self.n_past
+
+    def segment_end(self, pos: int) -> tuple[int, ImageSpan | None]:
+        """Where the run of prompt positions from ``pos`` ends: the end of the image ``pos`` is in
+        (and that image), else the start of the next image (or the end of the tokens) and None.
+        A prompt chunk never crosses one: image rows are decoded as embeddings, in their own call."""
+        for span in self.images:
+            if span.start <= pos < span.end:
+                return span.end, span
+            if pos < span.start:
+                return span.start, None
+        return len(self.tokens), None
 
     def take_logprobs(self) -> tuple[TokenLogprob, ...]:
         """The logprobs not yet reported, for the delta about to go out."""
