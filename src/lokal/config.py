@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     max_tokens_limit: int = Field(default=0, ge=0, description="largest max_tokens/num_predict per request; 0 = off")
     max_prompt_tokens: int = Field(default=0, ge=0, description="largest prompt in tokens per request; 0 = off")
     request_timeout: float = Field(default=0, ge=0, description="seconds a generation may run; 0 = no limit")
+    # Images sent to vision models (lokal.runtime.images); the request body limit bounds data: URLs too.
+    image_max_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="largest image, encoded; 400 beyond")
+    image_max_pixels: int = Field(default=33_554_432, ge=1, description="largest image in pixels; 400 beyond")
+    image_urls: bool = Field(
+        default=False, description="fetch http(s) image URLs (public addresses only); off: data: URLs only"
+    )
+    image_url_timeout: float = Field(default=10.0, gt=0, description="seconds an image URL download may take")
     origins: str = Field(default="", description="CORS allow-list, comma-separated origins; empty = CORS off")
     audit_log: bool = Field(default=True, description="one JSON line per request in $LOKAL_HOME/logs/audit.log")
     audit_prompts: bool = Field(default=False, description="also write prompt text into the audit log")

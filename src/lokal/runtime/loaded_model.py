@@ -14,7 +14,9 @@ from lokal.engine.embedder import Embedder, EmbedResult
 from lokal.engine.engine import Engine
 from lokal.engine.llama_model import ContextShape, LlamaModel, Offload
 from lokal.engine.sampling import SamplingParams
+from lokal.engine.sequence import ImageSpan
 from lokal.engine.speculate import Speculation
+from lokal.engine.vision import IMAGE_MARKER, Bitmap, Projector
 from lokal.options import SAMPLING_NAMES, from_ollama
 from lokal.runtime.errors import ContextLengthExceeded, InvalidRequest
 from lokal.store.create import prepare_template
@@ -36,17 +38,20 @@ class LoadedModel:
     embedder: Embedder | None = None  # its llama.cpp context is made on the first embed
     memory_bytes: int | None = None  # lokal's estimate, made once (Runtime.memory_bytes)
     plan: OffloadPlan | None = None  # where its bytes went (VRAM, RAM); None: not planned (loaded by hand)
+    vision: Projector | None = None  # its vision projector: it accepts images
 
     @classmethod
     def load(cls, name: str, manifest: Manifest, path: Path, shape: ContextShape,
              max_queue: int, prefix_cache: bool, start_thread: bool = True,
              prefix_cache_ram_mib: int = 0, speculate: str = "off", draft: Path | None = None,
-             offload: Offload | None = None) -> LoadedModel:
+             offload: Offload | None = None, projector: Path | None = None) -> LoadedModel:
         """Load weights and start the engine thread (blocking: call it off the event loop). ``draft``:
         a draft model's GGUF (DraftMismatch if it cannot draft for this one); ``offload``: its GPU
-        layers (None: the CPU)."""
+        layers (None: the CPU); ``projector``: its vision projector's GGUF (ProjectorError if mtmd
+        cannot use it with this model)."""
         model = LlamaModel(path, shape, offload)
         try:
+            vision = Projector(projector, model) if projector is not None else None
             drafter = DraftModel(draft, model) if draft is not None else None
         except BaseException:
             model.close()
@@ -60,7 +65,7 @@ class LoadedModel:
         # Modelfile parameters, as canonical options (num_predict -1: no limit, as in Ollama's runner)
         defaults = {k: v for k, v in from_ollama(manifest.parameters or {}, prefix="parameters.").items()
                     if v is not None}
-        return cls(name, manifest, model, engine, runner, template, defaults, Embedder(model))
+        return cls(name, manifest, model, engine, runner, template, defaults, Embedder(model), vision=vision)
 
     @property
     def embedding_length(self) -> int:
@@ -104,6 +109,17 @@ class LoadedModel:
         """Render messages through the chat template (or a request's own, Jinja or Go) and
         tokenize. Raises TemplateError, or ModelfileError for a template that cannot be used.
         ``variables``: more for the template to read (``enable_thinking``)."""
+        return self.chat_prompt_with_images(messages, [], tools, template, max_tokens, variables,
+                                            add_generation_prompt)[0]
+
+    def chat_prompt_with_images(
+        self, messages: list[dict[str, Any]], images: list[Bitmap], tools: list[dict[str, Any]] | None = None,
+        template: str | None = None, max_tokens: int | None = None, variables: dict[str, Any] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> tuple[list[int], tuple[ImageSpan, ...]]:
+        """``chat_prompt`` for messages whose text holds ``IMAGE_MARKER`` once per image (in
+        order): the tokens, and the images' spans from the vision projector (ValueError if the
+        template lost an image, or the projector refuses one)."""
         if template is None:
             text = self.template.render(self.with_system(messages), add_generation_prompt=add_generation_prompt,
                                         tools=tools, variables=variables)
@@ -111,7 +127,16 @@ class LoadedModel:
             own = ChatTemplate(prepare_template(template), self.model.bos_text, self.model.eos_text)
             text = own.render(self.with_system(messages, turns=False), add_generation_prompt=add_generation_prompt,
                               variables=variables)
-        return self.formatted_prompt(text, max_tokens)
+        if not images:
+            return self.formatted_prompt(text, max_tokens), ()
+        if self.vision is None:
+            raise InvalidRequest(f"model {self.name} does not accept images", param="messages",
+                                 code="images_not_supported")
+        if text.count(IMAGE_MARKER) != len(images):
+            raise ValueError(f"the chat template kept {text.count(IMAGE_MARKER)} of the {len(images)} images")
+        self.check_length(text, max_tokens)
+        add_bos = self.model.add_bos and not (self.model.bos_text and text.startswith(self.model.bos_text))
+        return self.vision.prompt(text, images, add_special=add_bos)
 
     def formatted_prompt(self, text: str, max_tokens: int | None = None) -> list[int]:
         """Tokenize text already in the model's format: special tokens parsed, BOS added if the
@@ -163,6 +188,8 @@ class LoadedModel:
         return self.embedder.embed(texts, truncate=truncate, normalize=normalize)
 
     def close(self) -> None:
+        if self.vision is not None:  # before the model it reads from is freed
+            self.vision.close()
         if self.embedder is not None:
             self.embedder.close()  # before the model it borrows is freed
         if self.runner is not None:

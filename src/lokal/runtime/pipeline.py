@@ -18,7 +18,7 @@ from lokal.engine.engine import MAX_CHOICES
 from lokal.engine.grammar import SchemaError, json_object_grammar, schema_grammar
 from lokal.engine.sampling import MAX_TOP_LOGPROBS, SamplingParams
 from lokal.engine.sequence import Delta as EngineDelta
-from lokal.engine.sequence import FinishReason, Timings, Usage
+from lokal.engine.sequence import FinishReason, ImageSpan, Timings, Usage
 from lokal.engine.sequence import TokenLogprob as EngineLogprob
 from lokal.options import BY_NAME, OptionError, check
 from lokal.runtime.errors import ContextLengthExceeded, GenerationFailed, InvalidRequest, RequestTimedOut
@@ -32,6 +32,7 @@ from lokal.runtime.events import (
     Started,
     TokenLogprob,
 )
+from lokal.runtime.images import split_images
 from lokal.runtime.loaded_model import LoadedModel
 from lokal.runtime.reasoning import ReasoningSplitter, opens_thinking, supports_thinking, template_variables
 from lokal.runtime.request import GenerateRequest, JsonOutput
@@ -58,6 +59,7 @@ class Prepared:
     params: SamplingParams
     think_open: bool | None = None  # None: no reasoning to split; else whether the prompt opened a think block
     dropped_messages: int = 0  # oldest chat messages left out to fit the context (req.truncate)
+    images: tuple[ImageSpan, ...] = ()  # the prompt's images (their positions hold placeholder ids)
 
 
 def prepare(loaded: LoadedModel, req: GenerateRequest, settings: Settings) -> Prepared:
@@ -76,7 +78,7 @@ def prepare(loaded: LoadedModel, req: GenerateRequest, settings: Settings) -> Pr
     variables = template_variables(think, req.reasoning_effort) if thinks else None
     max_prompt = _max_prompt_tokens(loaded, options.get("num_ctx"), settings)
     fitted, dropped = _fit_chat(loaded, req, max_prompt, variables) if req.truncate and req.messages else (None, 0)
-    prompt = fitted if fitted is not None else _prompt(loaded, req, max_prompt, variables)
+    prompt, images = fitted if fitted is not None else _prompt(loaded, req, max_prompt, variables)
     try:
         params = loaded.sampling(options, grammar)
     except ValidationError as exc:
@@ -88,7 +90,7 @@ def prepare(loaded: LoadedModel, req: GenerateRequest, settings: Settings) -> Pr
     params = _fit_to_context(params, len(prompt), options.get("num_ctx"), loaded.context_length)
     think_open = None
     if thinks and req.messages is not None:
-        think_open = opens_thinking(b"".join(loaded.model.token_text(t) for t in prompt[-16:]).decode(
+        think_open = opens_thinking(b"".join(loaded.model.token_text(t) for t in prompt[-16:] if t >= 0).decode(
             "utf-8", "replace"))
     params = within_limits(settings, prompt, params)
     if req.logprobs is not None:
@@ -97,7 +99,7 @@ def prepare(loaded: LoadedModel, req: GenerateRequest, settings: Settings) -> Pr
         params = params.model_copy(update={"logprobs": req.logprobs})
     if not 1 <= req.n <= MAX_CHOICES:
         raise InvalidRequest(f"n must be between 1 and {MAX_CHOICES}", param="n")
-    return Prepared(prompt, params, think_open, dropped)
+    return Prepared(prompt, params, think_open, dropped, images)
 
 
 def _thinks(loaded: LoadedModel, req: GenerateRequest) -> bool:
@@ -130,12 +132,14 @@ def _max_prompt_tokens(loaded: LoadedModel, num_ctx: object, settings: Settings)
 
 
 def _prompt(loaded: LoadedModel, req: GenerateRequest, max_tokens: int,
-            variables: dict[str, object] | None = None) -> list[int]:
+            variables: dict[str, object] | None = None) -> tuple[list[int], tuple[ImageSpan, ...]]:
+    """The prompt's tokens, and its images' spans (a chat with image parts)."""
+    images: tuple[ImageSpan, ...] = ()
     try:
         if req.suffix is not None:
             tokens = _fim_prompt(loaded, req, max_tokens)
         elif req.messages is not None:
-            tokens = _chat_prompt(loaded, req, max_tokens, variables)
+            tokens, images = _chat_prompt(loaded, req, max_tokens, variables)
         elif isinstance(req.prompt, str):
             tokens = (loaded.formatted_prompt(req.prompt, max_tokens) if req.raw
                       else loaded.text_prompt(req.prompt, max_tokens))
@@ -151,14 +155,17 @@ def _prompt(loaded: LoadedModel, req: GenerateRequest, max_tokens: int,
         raise InvalidRequest(str(exc), param="template" if req.template else "messages") from exc
     if req.context:
         # The context already starts with BOS: do not put a second one in the middle.
+        shift = len(req.context)
         if loaded.model.add_bos and tokens and tokens[0] == req.context[0]:
             tokens = tokens[1:]
+            shift -= 1
         tokens = list(req.context) + tokens
-    return tokens
+        images = tuple(ImageSpan(s.start + shift, s.embd, s.digest) for s in images)
+    return tokens, images
 
 
-def _fit_chat(loaded: LoadedModel, req: GenerateRequest, max_tokens: int,
-              variables: dict[str, object] | None) -> tuple[list[int] | None, int]:
+def _fit_chat(loaded: LoadedModel, req: GenerateRequest, max_tokens: int, variables: dict[str, object] | None
+              ) -> tuple[tuple[list[int], tuple[ImageSpan, ...]] | None, int]:
     """The prompt of the chat with its oldest turns dropped until it fits in ``max_tokens``, as
     Ollama truncates a chat: system messages, the tools and the latest turn (from the last user
     message on) are always kept; a turn (a user message and the answers and tool results after
@@ -169,11 +176,11 @@ def _fit_chat(loaded: LoadedModel, req: GenerateRequest, max_tokens: int,
     users = [i for i, m in enumerate(req.messages) if m.get("role") == "user"]
     latest = users[-1] if users else total - 1
     dropped = 0
-    prompt: list[int] | None = None
+    prompt: tuple[list[int], tuple[ImageSpan, ...]] | None = None
     while True:
         try:
             prompt = _prompt(loaded, req, max_tokens, variables)
-            if len(prompt) <= max_tokens:
+            if len(prompt[0]) <= max_tokens:
                 break
         except ContextLengthExceeded:
             pass  # longer than the context by its byte length alone
@@ -195,13 +202,18 @@ def _fit_chat(loaded: LoadedModel, req: GenerateRequest, max_tokens: int,
 
 
 def _chat_prompt(loaded: LoadedModel, req: GenerateRequest, max_tokens: int,
-                 variables: dict[str, object] | None = None) -> list[int]:
+                 variables: dict[str, object] | None = None) -> tuple[list[int], tuple[ImageSpan, ...]]:
     assert req.messages is not None
+    messages, images = split_images(req.messages)
+    if images and loaded.vision is None:
+        raise InvalidRequest(f"model {req.model} does not accept images", param="messages",
+                             code="images_not_supported")
     shown = list(req.tools.shown)
     native = has_native_tools(loaded.template.source)
-    convo = conversation(req.messages, shown, native)
+    convo = conversation(messages, shown, native)
     specs = [t.spec() for t in shown] if native and shown else None
-    return loaded.chat_prompt(convo, specs, template=req.template, max_tokens=max_tokens, variables=variables)
+    return loaded.chat_prompt_with_images(convo, images, specs, template=req.template, max_tokens=max_tokens,
+                                          variables=variables)
 
 
 def _fim_prompt(loaded: LoadedModel, req: GenerateRequest, max_tokens: int) -> list[int]:

@@ -38,6 +38,7 @@ from lokal.engine.engine import EngineStats, PromptTooLong
 from lokal.engine.llama_model import ContextShape, ModelLoadError, Offload
 from lokal.engine.sampling import SamplingParams
 from lokal.engine.scheduler import QueueFull
+from lokal.engine.sequence import ImageSpan
 from lokal.runtime import errors
 from lokal.runtime.events import Event, Failed, FirstToken, GenerationRecord, Queued, Started, Subscriber
 from lokal.runtime.keep_alive import FOREVER, REAP_INTERVAL_S, Reaper
@@ -182,7 +183,7 @@ class Runtime:
             # Templates are rendered and prompts tokenized off the event loop: a slow one stalls
             # only its own request.
             prepared = await asyncio.to_thread(prepare, loaded, req, self.settings)
-            submissions = self._submit(loaded, prepared.prompt, prepared.params, req.n)
+            submissions = self._submit(loaded, prepared.prompt, prepared.params, req.n, prepared.images)
         except BaseException:
             await hold.release()
             raise
@@ -205,11 +206,12 @@ class Runtime:
         return stream
 
     @staticmethod
-    def _submit(loaded: LoadedModel, prompt: list[int], params: SamplingParams, n: int = 1) -> list[Submission]:
+    def _submit(loaded: LoadedModel, prompt: list[int], params: SamplingParams, n: int = 1,
+                images: tuple[ImageSpan, ...] = ()) -> list[Submission]:
         if loaded.runner is None:
             raise RuntimeError("this model is stepped by its owner; it has no engine thread")
         try:
-            return loaded.runner.submit_group(prompt, params, n)
+            return loaded.runner.submit_group(prompt, params, n, images)
         except PromptTooLong as exc:
             raise errors.ContextLengthExceeded(str(exc), param="messages") from exc
         except QueueFull as exc:
@@ -495,6 +497,7 @@ class Runtime:
                 self.settings.speculate,
                 draft_path,
                 offload=offload,
+                projector=self.store.blob_path(manifest.projector) if manifest.projector else None,
             )
 
         def replan(layers: int) -> OffloadPlan:

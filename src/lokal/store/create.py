@@ -9,6 +9,7 @@ from pathlib import Path
 from lokal.store.catalog import find_catalog_entry
 from lokal.store.errors import InvalidModelName, ModelNotFound
 from lokal.store.gguf_facts import GgufFacts, read_gguf_facts
+from lokal.store.kinds import kind_from_facts
 from lokal.store.loadable import check_loadable, read_loadable_gguf_facts
 from lokal.store.manifest import Manifest, utc_now
 from lokal.store.model_store import ModelStore
@@ -70,6 +71,8 @@ def create_model(
     report(PullProgress("using base model"))
     base = _resolve_base(store, modelfile.from_.strip(), base_dir, report, allow_paths)
     inherited = base.manifest
+    projector = (_resolve_projector(store, modelfile.projector.strip(), base_dir, allow_paths)
+                 if modelfile.projector is not None else inherited.projector if inherited else None)
     manifest = Manifest(
         name=str(target),
         digest=base.digest,
@@ -81,6 +84,7 @@ def create_model(
         parameters={**(inherited.parameters if inherited else {}), **parameters},
         messages=messages or (list(inherited.messages) if inherited else []),
         license=modelfile.license or (inherited.license if inherited else None) or base.facts.license,
+        projector=projector,
         modified_at=utc_now(),
     )
     report(PullProgress("writing manifest"))
@@ -185,6 +189,35 @@ def _import_base(
     return _Base(digest, store.blob_path(digest).stat().st_size, f"file:{path}", facts, None)
 
 
+def _resolve_projector(store: ModelStore, ref: str, base_dir: Path | None, allow_paths: bool) -> str:
+    """The blob digest of a second FROM: a vision projector's GGUF (a path, a sha256 digest, or a
+    stored model of kind vision-projector). Whether it fits the model is checked when it loads."""
+    where = f"FROM {ref}"
+    digest_match = _DIGEST.fullmatch(ref)
+    in_store = None if digest_match else _existing_name(store, ref)
+    if in_store is not None:
+        if in_store.kind != "vision-projector":
+            raise ModelfileError(f"{where}: a second FROM must be a vision projector, not a {in_store.kind} model")
+        return in_store.digest
+    if digest_match:
+        digest = f"sha256:{digest_match.group(1)}"
+        if not store.blob_path(digest).is_file():
+            raise ModelNotFound(f"{where}: no such blob in the store")
+    else:
+        if not allow_paths:
+            raise ModelfileError(f"{where}: file paths are not accepted here; use a model name or sha256 digest")
+        path = Path(ref).expanduser()
+        path = ((base_dir or Path.cwd()) / path if not path.is_absolute() else path).resolve()
+        if not path.is_file():
+            raise ModelfileError(f"{where}: no such file ({path})")
+        if kind_from_facts(read_gguf_facts(path)) != "vision-projector":
+            raise ModelfileError(f"{where}: a second FROM must be a vision projector (mmproj) GGUF")
+        digest = store.add_blob(path)
+    if kind_from_facts(read_gguf_facts(store.blob_path(digest))) != "vision-projector":
+        raise ModelfileError(f"{where}: a second FROM must be a vision projector (mmproj) GGUF")
+    return digest
+
+
 def _looks_like_path(ref: str, base_dir: Path | None) -> bool:
     if ref.startswith(("/", "./", "../", "~")) or ref.lower().endswith(".gguf"):
         return True
@@ -212,5 +245,5 @@ def _existing(store: ModelStore, name: str) -> Manifest | None:
 def _collect_unused_blob(store: ModelStore, digest: str) -> None:
     """Drop the blob a replaced model used if no model uses it any more."""
     with store.lock():
-        if all(m.digest != digest for m in store.list()):
+        if all(digest not in (m.digest, m.projector) for m in store.list()):
             store.blob_path(digest).unlink(missing_ok=True)

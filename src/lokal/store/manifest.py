@@ -36,6 +36,10 @@ class Manifest(BaseModel):
     parameters: dict[str, Any] = {}
     messages: list[dict[str, str]] = Field(default=[], description="MESSAGE turns put before every chat")
     license: str | None = None
+    projector: str | None = Field(
+        default=None, pattern=r"^sha256:[0-9a-f]{64}$",
+        description="sha256 of its vision projector's blob (a second FROM in its Modelfile); None: text only",
+    )
     modified_at: datetime = Field(default_factory=utc_now)
 
     @model_validator(mode="before")

@@ -237,7 +237,7 @@ class ModelStore:
             self._remove_empty_parents(path.parent)
             if manifest is None:
                 return
-            if all(m.digest != manifest.digest for m in self._read_all_manifests()):
+            if all(manifest.digest not in (m.digest, m.projector) for m in self._read_all_manifests()):
                 self.blob_path(manifest.digest).unlink(missing_ok=True)
                 shutil.rmtree(unpacked_folder(self.home, manifest.digest), ignore_errors=True)  # a folder model's
 

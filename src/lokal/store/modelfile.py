@@ -31,6 +31,7 @@ class Modelfile:
 
     from_: str
     parameters: dict[str, Any] = field(default_factory=dict)
+    projector: str | None = None  # a second FROM: the vision projector (mmproj GGUF), as in Ollama
     system: str | None = None
     template: str | None = None
     messages: list[dict[str, str]] = field(default_factory=list)
@@ -76,6 +77,7 @@ def parse_modelfile(text: str) -> Modelfile:
 
     reader = _Reader(text.replace("\r\n", "\n"))
     from_: str | None = None
+    projector: str | None = None
     parameters: dict[str, Any] = {}
     system: str | None = None
     template: str | None = None
@@ -126,9 +128,13 @@ def parse_modelfile(text: str) -> Modelfile:
             continue
         value = reader.value(keyword.upper(), allow_empty=instruction in ("system", "template"))
         if instruction == "from":
-            if from_ is not None:
-                raise ModelfileError(f"line {line}: a second FROM (a Modelfile has one base model)")
-            from_ = value
+            if from_ is None:
+                from_ = value
+            elif projector is None:  # Ollama's way to give a model its vision projector
+                projector = value
+            else:
+                raise ModelfileError(f"line {line}: a third FROM (a Modelfile has one base model and at most "
+                                     "one vision projector)")
         elif instruction == "system":
             system = value
         elif instruction == "template":
@@ -139,6 +145,7 @@ def parse_modelfile(text: str) -> Modelfile:
         raise ModelfileError("the Modelfile has no FROM line (FROM <model name, .gguf path or sha256:digest>)")
     return Modelfile(
         from_=from_,
+        projector=projector,
         parameters=parameters,
         system=system,
         template=template,
@@ -158,6 +165,8 @@ def render_modelfile(manifest: Manifest) -> str:
         "",
         f"FROM {manifest.digest}",
     ]
+    if manifest.projector is not None:
+        lines.append(f"FROM {manifest.projector}")
     if manifest.template is not None:
         lines.append(f"TEMPLATE {quote(manifest.template)}")
     if manifest.system is not None:

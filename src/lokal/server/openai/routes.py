@@ -11,10 +11,12 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
+from lokal.config import Settings
 from lokal.engine.sequence import Usage
 from lokal.options import OptionError, from_openai
 from lokal.runtime.errors import InvalidRequest
 from lokal.runtime.events import Delta, Event, Failed, Finished
+from lokal.runtime.images import ImagePart, image_from_url
 from lokal.runtime.request import GenerateRequest, JsonOutput, ToolUse
 from lokal.runtime.runtime import Runtime
 from lokal.runtime.tools import (
@@ -29,6 +31,7 @@ from lokal.server.openai.choices import chat_logprobs, collect_choices, completi
 from lokal.server.openai.constraints import output_constraint
 from lokal.server.openai.schemas import (
     ChatCompletionRequest,
+    ChatMessage,
     CompletionRequest,
     ModelCard,
     ModelList,
@@ -75,15 +78,22 @@ async def get_model(model_id: str, runtime: Runtime = Depends(get_runtime)) -> M
     return ModelCard(id=m.name, created=int(m.modified_at.timestamp()), kind=m.kind)
 
 
-def _messages(req: ChatCompletionRequest) -> list[dict[str, Any]]:
+async def _messages(req: ChatCompletionRequest, settings: Settings) -> list[dict[str, Any]]:
     out = []
     for i, m in enumerate(req.messages):
-        try:
-            text = m.text()
-        except ValueError as exc:
-            raise APIError(400, f"messages[{i}]: {exc}", param=f"messages.{i}.content") from exc
         role = "system" if m.role == "developer" else m.role
-        msg: dict[str, Any] = {"role": role, "content": text}
+        content: str | list[dict[str, Any]]
+        if m.has_images():
+            if role != "user":
+                raise APIError(400, f"messages[{i}]: image_url parts are accepted in user messages only",
+                               param=f"messages.{i}.content")
+            content = await _parts(m, i, settings)
+        else:
+            try:
+                content = m.text()
+            except ValueError as exc:
+                raise APIError(400, f"messages[{i}]: {exc}", param=f"messages.{i}.content") from exc
+        msg: dict[str, Any] = {"role": role, "content": content}
         if m.tool_calls and role == "assistant":
             msg["tool_calls"] = [call_message(c, f"messages[{i}].tool_calls[{j}]") for j, c in enumerate(m.tool_calls)]
         if role == "tool":
@@ -92,6 +102,26 @@ def _messages(req: ChatCompletionRequest) -> list[dict[str, Any]]:
                 msg["name"] = m.name
         out.append(msg)
     return out
+
+
+async def _parts(m: ChatMessage, i: int, settings: Settings) -> list[dict[str, Any]]:
+    """A user message's text and image_url parts, each image fetched (data: URLs; http(s) when
+    LOKAL_IMAGE_URLS allows it) and decoded."""
+    assert isinstance(m.content, list)
+    parts: list[dict[str, Any]] = []
+    for j, part in enumerate(m.content):
+        where = f"messages.{i}.content.{j}"
+        kind = part.get("type")
+        if kind == "text" and isinstance(part.get("text"), str):
+            parts.append({"type": "text", "text": part["text"]})
+        elif kind == "image_url":
+            spec = part.get("image_url")
+            url = spec.get("url") if isinstance(spec, dict) else spec
+            parts.append({"type": "image", "image": ImagePart(await image_from_url(url, settings, where))})
+        else:
+            raise APIError(400, f"messages[{i}]: content part of type {kind!r} is not supported; only text "
+                           "and image_url", param=where)
+    return parts
 
 
 def _top_logprobs(req: ChatCompletionRequest) -> int | None:
@@ -140,7 +170,7 @@ async def chat_completions(
     req: ChatCompletionRequest, request: Request, runtime: Runtime = Depends(get_runtime)
 ) -> dict[str, Any] | StreamingResponse:
     top_logprobs = _top_logprobs(req)
-    messages = _messages(req)
+    messages = await _messages(req, runtime.settings)
     tools = parse_tools(req.tools) if req.tools else []
     offered, forced = chosen_tools(tools, req.tool_choice)  # a required or named choice needs tools
     output, grammar = output_constraint(req.constraint_fields(), response_format(req.response_format))

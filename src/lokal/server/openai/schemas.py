@@ -28,6 +28,10 @@ class ChatMessage(_Request):
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
 
+    def has_images(self) -> bool:
+        """Whether the content holds image_url parts (for a vision model)."""
+        return isinstance(self.content, list) and any(p.get("type") == "image_url" for p in self.content)
+
     def text(self) -> str:
         """The message's text; content parts other than text are refused."""
         if self.content is None:
