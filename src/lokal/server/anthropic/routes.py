@@ -18,10 +18,13 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
+from lokal.config import Settings
 from lokal.engine.sequence import FinishReason, Usage
+from lokal.engine.vision import Bitmap
 from lokal.options import BY_NAME, OptionError, check
 from lokal.runtime.errors import InvalidRequest
 from lokal.runtime.events import Delta, Event, Failed, Finished, Queued
+from lokal.runtime.images import ImagePart, decode_base64, image_from_url
 from lokal.runtime.pipeline import prepare
 from lokal.runtime.request import GenerateRequest, JsonOutput, ToolUse
 from lokal.runtime.runtime import Runtime
@@ -56,7 +59,7 @@ PING_EVERY_S = 5.0  # while a streamed request waits for its slot or reads a lon
 # Anthropic's request fields that are lokal options, and the option each one is.
 SAMPLING = {"max_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
             "stop_sequences": "stop"}
-NO_VISION = "image content is not supported: lokal serves no vision model yet"
+NO_VISION = "image blocks are accepted in user messages only"
 
 
 # ---- the request side ------------------------------------------------------------------------
@@ -77,8 +80,30 @@ def _result_text(block: ToolResultBlock, where: str, param: str) -> str:
     return f"Error: {text}" if block.is_error else text
 
 
-def chat_messages(req: CountTokensRequest) -> list[dict[str, Any]]:
-    """lokal's chat (OpenAI-shaped messages, tool calls with decoded arguments) from Anthropic's."""
+async def image_bitmaps(req: CountTokensRequest, settings: Settings) -> dict[int, Bitmap]:
+    """The user messages' image blocks decoded (base64 sources; url sources when LOKAL_IMAGE_URLS
+    allows them), by the block's id()."""
+    out: dict[int, Bitmap] = {}
+    for i, message in enumerate(req.messages):
+        if message.role != "user" or isinstance(message.content, str):
+            continue
+        for j, block in enumerate(message.content):
+            if not isinstance(block, ImageBlock):
+                continue
+            param, source = f"messages.{i}.content.{j}.source", block.source
+            if source.get("type") == "base64":
+                out[id(block)] = await asyncio.to_thread(decode_base64, source.get("data"), settings, param)
+            elif source.get("type") == "url":
+                out[id(block)] = await image_from_url(source.get("url"), settings, param)
+            else:
+                raise InvalidRequest(f"messages[{i}].content[{j}]: image source type must be base64 or url",
+                                     param=param)
+    return out
+
+
+def chat_messages(req: CountTokensRequest, images: dict[int, Bitmap] | None = None) -> list[dict[str, Any]]:
+    """lokal's chat (OpenAI-shaped messages, tool calls with decoded arguments) from Anthropic's;
+    ``images``: the image blocks' decoded images (``image_bitmaps``)."""
     out: list[dict[str, Any]] = []
     system = _system(req.system)
     if system:
@@ -88,14 +113,20 @@ def chat_messages(req: CountTokensRequest) -> list[dict[str, Any]]:
         blocks = [TextBlock(type="text", text=message.content)] if isinstance(message.content, str) \
             else message.content
         texts: list[str] = []
+        parts: list[dict[str, Any]] = []  # with images: the text and image parts in order
         calls: list[dict[str, Any]] = []
         results: list[dict[str, Any]] = []
         for j, block in enumerate(blocks):
             where, param = f"messages[{i}].content[{j}]", f"messages.{i}.content.{j}"
             if isinstance(block, TextBlock):
+                parts.append({"type": "text", "text": ("\n\n" if texts else "") + block.text})
                 texts.append(block.text)
             elif isinstance(block, ThinkingBlock | RedactedThinkingBlock) and message.role == "assistant":
                 continue  # earlier thinking is not part of the prompt
+            elif isinstance(block, ImageBlock) and message.role == "user":
+                if images is None or id(block) not in images:
+                    raise InvalidRequest(f"{where}: images are not counted here", param=param)
+                parts.append({"type": "image", "image": ImagePart(images[id(block)])})
             elif isinstance(block, ImageBlock):
                 raise InvalidRequest(f"{where}: {NO_VISION}", param=param)
             elif isinstance(block, ToolUseBlock) and message.role == "assistant":
@@ -116,7 +147,9 @@ def chat_messages(req: CountTokensRequest) -> list[dict[str, Any]]:
             out.append({"role": "assistant", "content": text, **({"tool_calls": calls} if calls else {})})
         else:
             out.extend(results)
-            if text or not results:
+            if len(parts) > len(texts):  # images
+                out.append({"role": "user", "content": parts})
+            elif text or not results:
                 out.append({"role": "user", "content": text})
     return out
 
@@ -157,7 +190,8 @@ def _options(req: MessagesRequest) -> dict[str, Any]:
     return options
 
 
-def generate_request(req: CountTokensRequest, request: Request) -> GenerateRequest:
+def generate_request(req: CountTokensRequest, request: Request,
+                     images: dict[int, Bitmap] | None = None) -> GenerateRequest:
     think = None
     if isinstance(req.thinking, ThinkingEnabled | ThinkingDisabled):
         think = isinstance(req.thinking, ThinkingEnabled)
@@ -165,7 +199,7 @@ def generate_request(req: CountTokensRequest, request: Request) -> GenerateReque
     output = JsonOutput(config.format.schema_, "output_config.format") if config and config.format else None
     effort = config.effort if config and config.effort else None
     return GenerateRequest(
-        model=req.model, messages=chat_messages(req), tools=tool_use(req), output=output, think=think,
+        model=req.model, messages=chat_messages(req, images), tools=tool_use(req), output=output, think=think,
         reasoning_effort="high" if effort in ("xhigh", "max") else effort,
         options=_options(req) if isinstance(req, MessagesRequest) else {}, caller=caller(request),
     )
@@ -204,7 +238,7 @@ async def create_message(
     req: MessagesRequest, request: Request, runtime: Runtime = Depends(get_runtime)
 ) -> MessageResponse | StreamingResponse:
     """Anthropic's Messages API; ``stream: true`` answers with its server-sent events."""
-    stream = await runtime.generate(generate_request(req, request))
+    stream = await runtime.generate(generate_request(req, request, await image_bitmaps(req, runtime.settings)))
     head = {"id": message_id(), "model": runtime.canonical_name(req.model)}
     if req.stream:
         return StreamingResponse(_events(stream, head), media_type="text/event-stream",

@@ -21,7 +21,7 @@ class TextBlock(_Request):
 
 
 class ImageBlock(_Request):
-    """Accepted by the schema so that the refusal can say why: lokal serves no vision model yet."""
+    """An image (``source``: base64 with its media type, or a url) for a vision model."""
 
     type: Literal["image"]
     source: dict[str, Any]

@@ -7,7 +7,7 @@
 - ``insert``: the vocabulary has llama.cpp's fill-in-the-middle tokens (prefix, suffix, middle);
 - ``thinking``: the template is a thinking model's (``lokal.runtime.reasoning.supports_thinking``:
   the same test that decides whether ``think: true`` is accepted);
-- ``vision``: never, as lokal loads no vision projector and refuses images.
+- ``vision``: the model has a vision projector (a second FROM in its Modelfile) and accepts images.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def template_source(template: str | None, facts: GgufFacts) -> str:
     return template or facts.chat_template or FALLBACK_BY_ARCHITECTURE.get(facts.architecture or "", CHATML_TEMPLATE)
 
 
-def capabilities(facts: GgufFacts, template: str | None, gguf: Path | None) -> list[str]:
-    """Ollama's capability names for a model, in Ollama's order."""
+def capabilities(facts: GgufFacts, template: str | None, gguf: Path | None, vision: bool = False) -> list[str]:
+    """Ollama's capability names for a model, in Ollama's order (``vision``: it has a projector)."""
     kind = kind_from_facts(facts)
     if kind != "chat":
         return ["embedding"] if kind == "embedding" else []
@@ -51,6 +51,8 @@ def capabilities(facts: GgufFacts, template: str | None, gguf: Path | None) -> l
         caps.append("tools")
     if has_fim(facts, gguf):
         caps.append("insert")
+    if vision:
+        caps.append("vision")
     if supports_thinking(source):
         caps.append("thinking")
     return caps

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
@@ -10,9 +11,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
+from lokal.config import Settings
 from lokal.options import OptionError, from_ollama
 from lokal.runtime.errors import InvalidRequest
 from lokal.runtime.events import Delta, Event, Failed, Finished, Queued, TokenLogprob
+from lokal.runtime.images import ImagePart, decode_base64
 from lokal.runtime.keep_alive import parse_keep_alive
 from lokal.runtime.reasoning import EFFORTS
 from lokal.runtime.request import GenerateRequest as Generation
@@ -89,9 +92,13 @@ def ollama_logprobs(logprobs: tuple[TokenLogprob, ...]) -> list[dict[str, Any]]:
     return [{**entry(lp.token, lp.logprob), "top_logprobs": [entry(t, p) for t, p in lp.top]} for lp in logprobs]
 
 
-def _no_images(model: str, images: list[str] | None) -> None:
-    if images:
-        raise InvalidRequest(f'"{model}" does not support images: the model has no vision', param="images")
+async def _content(text: str, images: list[str] | None, settings: Settings, param: str) -> str | list[dict[str, Any]]:
+    """A message's content: its text, or with ``images`` (base64) content parts, the images first
+    as Ollama places them. Whether the model accepts images is the pipeline's check."""
+    if not images:
+        return text
+    decoded = [await asyncio.to_thread(decode_base64, b64, settings, f"{param}.{j}") for j, b64 in enumerate(images)]
+    return [*({"type": "image", "image": ImagePart(b)} for b in decoded), {"type": "text", "text": text}]
 
 
 async def _load_or_unload(runtime: Runtime, model: str, keep_alive: float | None,
@@ -114,7 +121,8 @@ async def generate(
     req: GenerateRequest, request: Request, runtime: Runtime = Depends(get_runtime)
 ) -> dict[str, Any] | StreamingResponse:
     started = time.perf_counter()
-    _no_images(req.model, req.images)
+    if req.images and (req.raw or req.suffix):
+        raise InvalidRequest("images go through the model's template: not with raw or suffix", param="images")
     top = _top_logprobs(req.logprobs, req.top_logprobs)
     output = json_format(req.format)
     keep_alive = keep_alive_seconds(req.keep_alive)
@@ -126,7 +134,8 @@ async def generate(
         shape = {"prompt": req.prompt, "raw": True}
     else:
         system = [{"role": "system", "content": req.system}] if req.system else []
-        shape = {"messages": [*system, {"role": "user", "content": req.prompt}], "template": req.template}
+        content = await _content(req.prompt, req.images, runtime.settings, "images")
+        shape = {"messages": [*system, {"role": "user", "content": content}], "template": req.template}
     stream = await runtime.generate(Generation(
         model=req.model, **shape, context=req.context, options=_options(req.options), output=output,
         return_context=not req.raw, keep_alive=keep_alive, caller=caller(request), **think_fields(req.think),
@@ -146,7 +155,7 @@ async def chat(
     top = _top_logprobs(req.logprobs, req.top_logprobs)
     output = json_format(req.format)
     tools = tuple(parse_tools(req.tools)) if req.tools else ()
-    messages = _chat_messages(req.model, req.messages or [])
+    messages = await _chat_messages(req.messages or [], runtime.settings)
     keep_alive = keep_alive_seconds(req.keep_alive)
     if not messages:
         return await _load_or_unload(runtime, req.model, keep_alive, {"message": {"role": "assistant", "content": ""}})
@@ -161,14 +170,14 @@ async def chat(
     return await _respond(req.model, stream, started, request, req.stream, piece, top is not None)
 
 
-def _chat_messages(model: str, messages: list[Message]) -> list[dict[str, Any]]:
+async def _chat_messages(messages: list[Message], settings: Settings) -> list[dict[str, Any]]:
     out = []
     for i, m in enumerate(messages):
         if m.role not in CHAT_ROLES:
             raise InvalidRequest(f"messages[{i}].role: invalid role {m.role!r}; expected one of "
                                  + ", ".join(CHAT_ROLES), param=f"messages.{i}.role")
-        _no_images(model, m.images)
-        msg: dict[str, Any] = {"role": m.role, "content": m.content}
+        msg: dict[str, Any] = {"role": m.role,
+                               "content": await _content(m.content, m.images, settings, f"messages.{i}.images")}
         if m.tool_calls and m.role == "assistant":
             msg["tool_calls"] = [call_message(c, f"messages[{i}].tool_calls[{j}]") for j, c in enumerate(m.tool_calls)]
         if m.tool_name:

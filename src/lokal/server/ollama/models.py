@@ -112,7 +112,8 @@ async def show(req: ShowRequest, runtime: Runtime = Depends(get_runtime)) -> Sho
         messages=list(m.messages),
         details=details(m),
         model_info=model_info(m.facts, verbose=req.verbose),
-        capabilities=await asyncio.to_thread(capabilities, m.facts, m.template, _gguf_path(runtime, m)),
+        capabilities=await asyncio.to_thread(capabilities, m.facts, m.template, _gguf_path(runtime, m),
+                                          m.projector is not None),
         modified_at=rfc3339(m.modified_at),
     )
 
