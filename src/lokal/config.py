@@ -97,6 +97,19 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="lokal serve --ray: seconds a request waits for a replica to take it "
         "before a 503 (no replica running, or all full)"
     )
+    # Ray Serve's autoscaling_config for --autoscale (its defaults): how fast replicas follow load.
+    ray_upscale_delay: float = Field(
+        default=30.0, ge=0, description="lokal serve --autoscale: seconds load must stay above target before a "
+        "replica is added"
+    )
+    ray_downscale_delay: float = Field(
+        default=600.0, ge=0, description="lokal serve --autoscale: seconds load must stay below target before a "
+        "replica is removed"
+    )
+    ray_autoscale_window: float = Field(
+        default=30.0, gt=0, description="lokal serve --autoscale: seconds of ongoing-request samples averaged "
+        "for a decision"
+    )
 
     @field_validator("ctx_size")
     @classmethod

@@ -26,6 +26,8 @@ class RequestRecord:
     chunks: int = 0
     usage_tokens: int | None = None  # completion tokens the server reported (usage / eval_count)
     prompt_tokens: int | None = None
+    cached_tokens: int | None = None  # of the prompt, read from a cached prefix (OpenAI's usage reports it)
+    text: str = ""  # the answer's content as streamed (a later turn of the conversation sends it back)
     draft_tokens: int | None = None  # speculative tokens drafted / accepted, where the stream reports them
     draft_accepted: int | None = None  # (llama-server's timings.draft_n / draft_n_accepted)
     error: str | None = None
@@ -84,6 +86,7 @@ async def stream_request(
                             rec.itl.append(now - last)
                         last = now
                         rec.chunks += 1
+                        rec.text += content
                     if done:
                         break
     except httpx.HTTPError as exc:
@@ -136,6 +139,7 @@ def _parse_line(line: str, api: str, rec: RequestRecord) -> tuple[str, bool]:
     if usage:
         rec.usage_tokens = usage.get("completion_tokens")
         rec.prompt_tokens = usage.get("prompt_tokens")
+        rec.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
     choices = obj.get("choices") or []
     return ((choices[0].get("delta") or {}).get("content") or "") if choices else "", False
 

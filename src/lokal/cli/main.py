@@ -565,14 +565,15 @@ def serve(
             from lokal.scale.serve import ScaleError, ray_runtime
         except ImportError as exc:
             raise UserError(f"--ray needs Ray Serve: pip install 'lokal[ray]' ({exc})") from None
+        from lokal.scale.ingress import ingress_app
+
         try:
-            runtime: Runtime = ray_runtime(settings, ray_address or "local", replicas, autoscale, preload)
+            remote = ray_runtime(settings, ray_address or "local", replicas, autoscale, preload)
         except ScaleError as exc:
             raise UserError(str(exc)) from None
-        preload = []  # the replicas load it
+        app_ = ingress_app(settings, remote)  # the replicas load preload
     else:
-        runtime = Runtime(settings)
-    app_ = create_app(settings, runtime, preload=preload)
+        app_ = create_app(settings, Runtime(settings), preload=preload)
     console.print(
         f"lokal {__version__} serving on [bold]http://{escape(settings.host)}:{settings.port}[/bold] "
         f"(slots={settings.parallel or 'auto'}, ctx={settings.ctx_size or 'auto'}, threads={settings.threads}, "

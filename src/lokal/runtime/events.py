@@ -146,3 +146,20 @@ async def finished(stream: AsyncGenerator[Event, None]) -> Finished:
         result_only.reset(reading)
         await stream.aclose()
     raise GenerationFailed("generation ended without a result")
+
+
+async def finished_choices(stream: AsyncGenerator[Event, None]) -> list[Finished]:
+    """Read an n-choice generation to its end, as ``finished`` reads one: its ``Finished`` events
+    in index order, or the first error raised."""
+    reading = result_only.set(True)
+    done: list[Finished] = []
+    try:
+        async for event in stream:
+            if isinstance(event, Failed):
+                raise event.error
+            if isinstance(event, Finished):
+                done.append(event)
+    finally:
+        result_only.reset(reading)
+        await stream.aclose()
+    return sorted(done, key=lambda f: f.index)

@@ -15,9 +15,9 @@ from ray import serve
 from ray.serve.deployment import Application
 from ray.serve.handle import DeploymentHandle
 
-from lokal.app import create_app
 from lokal.config import Settings
 from lokal.scale.cluster import Scale, replicas
+from lokal.scale.ingress import ingress_app
 from lokal.scale.remote import RemoteRuntime
 
 INGRESS_NAME = "LokalIngress"
@@ -32,7 +32,7 @@ class LokalIngress:
         self.runtime = RemoteRuntime(self.settings, handle, owns_replicas=False)
 
     def __serve_build_asgi_app__(self) -> Any:
-        return create_app(self.settings, self.runtime)
+        return ingress_app(self.settings, self.runtime)
 
 
 def build(args: dict[str, str]) -> Application:

@@ -84,7 +84,8 @@ def replicas(settings: Settings, scale: Scale, preload: list[str]) -> Applicatio
     if scale.max_replicas is not None:
         autoscaling: AutoscalingConfig | None = AutoscalingConfig(
             min_replicas=scale.min_replicas or 1, max_replicas=scale.max_replicas,
-            target_ongoing_requests=slots(settings))
+            target_ongoing_requests=slots(settings), upscale_delay_s=settings.ray_upscale_delay,
+            downscale_delay_s=settings.ray_downscale_delay, look_back_period_s=settings.ray_autoscale_window)
         count: int | None = None
     else:
         autoscaling, count = None, scale.replicas

@@ -108,10 +108,11 @@ class RemoteRuntime(Runtime):
             raise errors.ServerBusy("no healthy replica is serving; try again shortly", retry_after_s=RETRY_AFTER_S)
 
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """A runtime method on one replica (one serving the model, ``args[0]``); retried once (on
-        another replica) if it dies."""
+        """A runtime method on one replica (one serving the model: ``args[0]``, a name or a
+        request); retried once (on another replica) if it dies."""
         self._check_healthy()
-        model = route_name(str(args[0]))
+        first = args[0]
+        model = route_name(first.model if isinstance(first, GenerateRequest) else str(first))
         for attempt in (1, 2):
             try:
                 return _unwrap(await self.handle.call.remote(method, args, kwargs, model=model))
@@ -124,12 +125,40 @@ class RemoteRuntime(Runtime):
                 raise replica_error(exc) from exc
         raise AssertionError("unreachable")
 
+    def replica_ids(self) -> list[str]:
+        """The running replicas' ids, as the router knows them."""
+        routers = list(ROUTERS)
+        return [r.unique_id for r in routers[0].curr_replicas] if routers else []
+
+    async def _each(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        """A runtime method on every running replica at once (idempotent ones: load, unload): their
+        results. A replica lost meanwhile is left out (its models went with it); a refusal is raised."""
+        if not self.replica_ids():
+            await self._call(method, *args, **kwargs)  # the first call builds the router, which knows them
+        ids = self.replica_ids()
+        model = route_name(str(args[0]))
+        outcomes = await asyncio.gather(
+            *(self.handle.call.remote(method, args, kwargs, model=model, replica=i) for i in ids),
+            return_exceptions=True)
+        results = []
+        for outcome in outcomes:
+            if isinstance(outcome, REPLICA_LOST):
+                log.warning("a replica was lost during %s (%s)", method, type(outcome).__name__)
+            elif isinstance(outcome, RayError):
+                raise replica_error(outcome) from outcome
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                results.append(_unwrap(outcome))
+        return results
+
     # ---- the service ---------------------------------------------------------------------------
     async def generate(self, req: GenerateRequest) -> AsyncGenerator[Event, None]:
         """A generation on the replica the router picks. A replica that dies before the first event
         is replaced by another (once). One that dies midway: a stream read for its result alone
         (``events.result_only``: a non-streaming response) starts again on another replica (once);
-        a stream read by a client ends with ``Failed``."""
+        a stream read by a client ends with ``Failed``. With n > 1, a restart answers the choices
+        that had not finished."""
         self._check_healthy()
         arrived = time.perf_counter()
         model = route_name(req.model)
@@ -182,14 +211,19 @@ class RemoteRuntime(Runtime):
         the generation on the replica."""
         ended = False
         restarted = False
+        done: set[int] = set()  # the choices that have finished (n > 1: a restart drops them again)
         try:
             event: Event | Refused = first
             while True:
                 if isinstance(event, Refused):
                     event = Failed(event.error())
-                observe(record, event)
-                self._publish(record, event)
-                yield event
+                # a restart's copy of a choice already answered is left out
+                if not (isinstance(event, Delta | Finished) and event.index in done):
+                    if isinstance(event, Finished):
+                        done.add(event.index)
+                    observe(record, event)
+                    self._publish(record, event)
+                    yield event
                 try:
                     event = await remote.__anext__()
                 except StopAsyncIteration:
@@ -220,9 +254,14 @@ class RemoteRuntime(Runtime):
     async def embed(self, model: str, inputs: Sequence[str | Sequence[int]], *, truncate: bool = True,
                     normalize: bool = True, keep_alive: float | None = None, dimensions: int | None = None,
                     param: str = "input") -> tuple[EmbedResult, int, float]:
-        result: tuple[EmbedResult, int, float] = await self._call(
-            "embed", model, list(inputs), truncate=truncate, normalize=normalize, keep_alive=keep_alive,
-            dimensions=dimensions, param=param)
+        """On one replica; no inputs (Ollama's load request) loads the model on every replica, as ``load``."""
+        kwargs = {"truncate": truncate, "normalize": normalize, "keep_alive": keep_alive, "dimensions": dimensions,
+                  "param": param}
+        if not inputs:
+            loaded: list[tuple[EmbedResult, int, float]] = await self._each("embed", model, [], **kwargs)
+            if loaded:
+                return loaded[0]
+        result: tuple[EmbedResult, int, float] = await self._call("embed", model, list(inputs), **kwargs)
         return result
 
     async def tokenize(self, model: str, text: str, *, special: bool = True, keep_alive: float | None = None,
@@ -246,13 +285,23 @@ class RemoteRuntime(Runtime):
         length: int = await self._call("context_length", model)
         return length
 
+    async def prompt_tokens(self, req: GenerateRequest) -> int:
+        """Counted on a replica that serves the model (any: they render and tokenize alike)."""
+        count: int = await self._call("prompt_tokens", req)
+        return count
+
+    async def load(self, name: str, keep_alive: float | None = None) -> str:
+        """Loads it on every replica, with this keep_alive: the next request is fast wherever the
+        router sends it (a replica started later loads only ``--model``)."""
+        names: list[str] = await self._each("load", name, keep_alive)
+        return names[0] if names else self.canonical_name(name)
+
     async def model(self, name: str, keep_alive: float | None = None) -> LoadedModel:
-        """Loads the model on one replica (Ollama's load request); there is no local model to
-        return, so the callers that need one (Anthropic's count_tokens) fail with InvalidRequest."""
-        self.check_name(name)
-        await self._call("load", name, keep_alive)
+        """There is no model in the ingress's process: every adapter goes through the methods
+        above. A caller that needs one gets InvalidRequest (after the model is loaded on the replicas)."""
+        await self.load(name, keep_alive)
         raise errors.InvalidRequest("this request needs the model in the ingress's process, which lokal serve --ray "
-                                    "does not have yet", code="not_supported_on_ray")
+                                    "does not have", code="not_supported_on_ray")
 
     def status(self) -> list[ModelStatus]:
         """The replicas' loaded models as they last reported them to the router, one entry per
@@ -273,6 +322,5 @@ class RemoteRuntime(Runtime):
             await asyncio.to_thread(undeploy)
 
     async def unload(self, name: str) -> bool:
-        """Unloads it on the replica the handle reaches (replicas unload idle models after keep_alive)."""
-        unloaded: bool = await self._call("unload", name)
-        return unloaded
+        """Unloads it on every replica (``ollama stop``, keep_alive 0): whether one had it."""
+        return any(await self._each("unload", name))

@@ -10,6 +10,8 @@ import os
 from collections.abc import AsyncGenerator
 from typing import Any
 
+import psutil
+
 from lokal.config import Settings
 from lokal.runtime.errors import LokalError
 from lokal.runtime.events import Event, Failed
@@ -18,7 +20,7 @@ from lokal.runtime.runtime import Runtime
 
 # The runtime methods the ingress may call by name (``call``); everything else stays on the replica.
 REMOTE_METHODS = frozenset({"embed", "tokenize", "tokenize_chat", "token_pieces", "context_length", "unload",
-                            "load"})
+                            "load", "prompt_tokens"})
 
 
 class Refused:
@@ -54,6 +56,7 @@ class LokalReplica:
         """Ray Serve awaits it: the replica is ready (and gets requests) once ``preload`` is loaded."""
         self.settings = Settings(**settings)
         self.runtime = Runtime(self.settings)
+        self.process = psutil.Process()
         for name in preload:
             await self.runtime.get(name)
 
@@ -74,20 +77,21 @@ class LokalReplica:
         finally:
             await stream.aclose()
 
-    async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], model: str = "") -> Any:
-        """``Runtime.<method>(*args, **kwargs)``'s result, or a ``Refused`` (``model``: for the router)."""
+    async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], model: str = "",
+                   replica: str = "") -> Any:
+        """``Runtime.<method>(*args, **kwargs)``'s result, or a ``Refused`` (``model``, ``replica``:
+        for the router)."""
         if method not in REMOTE_METHODS:
             raise ValueError(f"{method} is not a remote runtime method")
         try:
-            if method == "load":
-                return (await self.runtime.model(*args, **kwargs)).name
             return await getattr(self.runtime, method)(*args, **kwargs)
         except LokalError as exc:
             return Refused(exc)
 
     def record_routing_stats(self) -> dict[str, Any]:
-        """What the router (in the ingress) knows of this replica: its loaded models' status and pid."""
-        return {"status": self.runtime.status(), "pid": os.getpid()}
+        """What the router (in the ingress) knows of this replica: its loaded models' status, its
+        pid and its resident memory (the ingress's per-replica metrics)."""
+        return {"status": self.runtime.status(), "pid": os.getpid(), "rss": self.process.memory_info().rss}
 
     async def __del__(self) -> None:
         await self.runtime.close()

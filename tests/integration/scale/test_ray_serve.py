@@ -56,6 +56,57 @@ def test_ps_and_metrics_show_the_model_once_with_both_replicas_slots(ingress: Li
     assert [m["name"] for m in ps] == [MODEL]
     assert f'lokal_slots{{model="{MODEL}"}} 8.0' in metrics  # 2 replicas x --parallel 4
     assert metrics.count(f'lokal_model_loaded{{model="{MODEL}"}}') == 1
+    # and per replica: each one's series under its own replica label
+    assert "lokal_replicas 2.0" in metrics
+    assert len(_replica_lines(metrics, "lokal_replica_slots", MODEL)) == 2
+    assert all(line.endswith(" 4.0") for line in _replica_lines(metrics, "lokal_replica_slots", MODEL))
+    assert len(_replica_lines(metrics, "lokal_replica_resident_memory_bytes")) == 2
+    generated = _replica_lines(metrics, "lokal_replica_generation_tokens_total", MODEL)
+    assert len(generated) == 2 and sum(float(line.rsplit(" ", 1)[1]) for line in generated) > 0
+
+
+def _replica_lines(metrics: str, name: str, model: str | None = None) -> list[str]:
+    """The per-replica samples of one series (of one model)."""
+    return [line for line in metrics.splitlines() if line.startswith(name + "{") and 'replica="' in line
+            and (model is None or f'model="{model}"' in line)]
+
+
+def _wait_for_replicas_holding(ingress: LiveServer, count: int) -> str:
+    """/metrics once exactly ``count`` replicas report the model loaded (they report every second)."""
+    deadline = time.monotonic() + 15
+    while True:
+        metrics = httpx.get(ingress.url + "/metrics", timeout=10).text
+        if len(_replica_lines(metrics, "lokal_replica_model_loaded", MODEL)) == count or time.monotonic() > deadline:
+            return metrics
+        time.sleep(0.5)
+
+
+def test_unload_reaches_every_replica_and_a_load_request_loads_on_every_one(ingress: LiveServer) -> None:
+    """``ollama stop`` (keep_alive 0) unloads the model on both replicas, not one; Ollama's load
+    request (an empty prompt) loads it on both again, so the next request is fast wherever it goes."""
+    assert len(_replica_lines(_wait_for_replicas_holding(ingress, 2), "lokal_replica_model_loaded", MODEL)) == 2
+    stop = httpx.post(ingress.url + "/api/generate", json={"model": MODEL, "keep_alive": 0}, timeout=60)
+    assert stop.status_code == 200 and stop.json()["done_reason"] == "unload"
+    assert _replica_lines(_wait_for_replicas_holding(ingress, 0), "lokal_replica_model_loaded", MODEL) == []
+    assert httpx.get(ingress.url + "/api/ps", timeout=10).json()["models"] == []
+    load = httpx.post(ingress.url + "/api/generate", json={"model": MODEL}, timeout=120)
+    assert load.status_code == 200 and load.json()["done_reason"] == "load"
+    assert len(_replica_lines(_wait_for_replicas_holding(ingress, 2), "lokal_replica_model_loaded", MODEL)) == 2
+    chat_load = httpx.post(ingress.url + "/api/chat", json={"model": MODEL, "messages": []}, timeout=120)
+    assert chat_load.status_code == 200 and chat_load.json()["done_reason"] == "load"
+
+
+def test_count_tokens_through_the_ingress_counts_as_a_single_lokal(ingress: LiveServer, server: LiveServer) -> None:
+    body = {"model": MODEL, "system": "Be brief.", "messages": [{"role": "user", "content": "Name three colours."}],
+            "tools": [{"name": "paint", "description": "Paint a wall", "input_schema": {
+                "type": "object", "properties": {"colour": {"type": "string"}}}}]}
+    remote = httpx.post(ingress.url + "/v1/messages/count_tokens", json=body, timeout=60)
+    local = httpx.post(server.url + "/v1/messages/count_tokens", json=body, timeout=60)
+    assert remote.status_code == local.status_code == 200, remote.text
+    assert remote.json() == local.json() and remote.json()["input_tokens"] > 10
+    missing = httpx.post(ingress.url + "/v1/messages/count_tokens", json={**body, "model": "no-such-model:1b"},
+                         timeout=60)
+    assert missing.status_code == 404, missing.text
 
 
 def test_unknown_model_is_the_same_404_as_a_single_lokal(ingress: LiveServer, server: LiveServer) -> None:
@@ -84,12 +135,14 @@ def test_second_turns_find_their_prefix_cached_on_the_replica(ingress: LiveServe
     assert hits >= 9
 
 
-async def _complete(client: httpx.AsyncClient, i: int) -> str:
+async def _complete(client: httpx.AsyncClient, i: int, n: int = 1) -> str:
     body = {"model": MODEL, "messages": [{"role": "user", "content": f"Write a long story about ship {i}."}],
-            "max_tokens": 48}
+            "max_tokens": 48, "n": n}
     r = await client.post("/v1/chat/completions", json=body)
     assert r.status_code == 200, r.text
-    assert r.json()["choices"][0]["finish_reason"] in ("stop", "length")
+    choices = r.json()["choices"]
+    assert sorted(c["index"] for c in choices) == list(range(n))
+    assert all(c["finish_reason"] in ("stop", "length") and c["message"]["content"] for c in choices)
     return "ok"
 
 
@@ -133,17 +186,17 @@ async def _ollama_stream(client: httpx.AsyncClient, i: int) -> str:
 
 
 def test_a_replica_killed_under_load_loses_no_request(ingress: LiveServer, ray_cluster: RayCluster) -> None:
-    """kill -9 one replica during 20 concurrent requests: every non-streaming one succeeds, every
-    stream (OpenAI's SSE and Ollama's NDJSON) completes or ends with its API's error event, and Ray
-    Serve brings the replica back."""
+    """kill -9 one replica during 20 concurrent requests: every non-streaming one (n=1 and n=2)
+    succeeds, every stream (OpenAI's SSE and Ollama's NDJSON) completes or ends with its API's error
+    event, and Ray Serve brings the replica back."""
     before = ray_cluster.replica_pids()
     assert len(before) == 2, before
 
     async def run() -> list[str]:
         async with httpx.AsyncClient(base_url=ingress.url, timeout=120) as client:
             streams = (_stream, _ollama_stream)
-            tasks = [asyncio.create_task(_complete(client, i) if i % 2 else streams[i % 4 // 2](client, i))
-                     for i in range(20)]
+            tasks = [asyncio.create_task(_complete(client, i, n=1 + i % 4 // 2) if i % 2
+                                         else streams[i % 4 // 2](client, i)) for i in range(20)]
             await asyncio.sleep(1.5)
             os.kill(before[0], signal.SIGKILL)
             return await asyncio.gather(*tasks)

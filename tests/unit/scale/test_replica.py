@@ -40,3 +40,8 @@ def test_replicas_take_their_slots_and_queue_at_most_and_autoscale_on_slots() ->
     scaled = replicas(settings, Scale(min_replicas=1, max_replicas=3), [])._bound_deployment
     autoscaling = scaled._deployment_config.autoscaling_config  # no public accessor in Ray 2.60
     assert (autoscaling.min_replicas, autoscaling.max_replicas, autoscaling.target_ongoing_requests) == (1, 3, 4)
+    assert (autoscaling.upscale_delay_s, autoscaling.downscale_delay_s, autoscaling.look_back_period_s) == (30, 600, 30)
+    quick = Settings(parallel=1, ray_upscale_delay=1, ray_downscale_delay=5, ray_autoscale_window=12)
+    tuned = replicas(quick, Scale(min_replicas=1, max_replicas=2), [])._bound_deployment._deployment_config
+    assert (tuned.autoscaling_config.upscale_delay_s, tuned.autoscaling_config.downscale_delay_s,
+            tuned.autoscaling_config.look_back_period_s, tuned.max_ongoing_requests) == (1, 5, 12, 1 + quick.max_queue)

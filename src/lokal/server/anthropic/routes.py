@@ -25,7 +25,6 @@ from lokal.options import BY_NAME, OptionError, check
 from lokal.runtime.errors import InvalidRequest
 from lokal.runtime.events import Delta, Event, Failed, Finished, Queued
 from lokal.runtime.images import ImagePart, decode_base64, image_from_url
-from lokal.runtime.pipeline import prepare
 from lokal.runtime.request import GenerateRequest, JsonOutput, ToolUse
 from lokal.runtime.runtime import Runtime
 from lokal.runtime.tools import ToolCall, argument_fragments, call_message, chosen_tools, parse_tools
@@ -260,14 +259,7 @@ async def count_tokens(req: CountTokensRequest, request: Request, runtime: Runti
                        ) -> TokenCount:
     """The prompt's tokens (system, messages and tools, rendered as a real request renders them):
     ``input_tokens + cache_read_input_tokens`` of a request with the same body."""
-    gen = generate_request(req, request)
-    loaded = await runtime.model(gen.model)
-    hold = runtime.hold(loaded.name)
-    try:
-        prepared = await asyncio.to_thread(prepare, loaded, gen, runtime.settings)
-    finally:
-        await hold.release()
-    return TokenCount(input_tokens=len(prepared.prompt))
+    return TokenCount(input_tokens=await runtime.prompt_tokens(generate_request(req, request)))
 
 
 # ---- streaming -------------------------------------------------------------------------------

@@ -110,7 +110,7 @@ async def _load_or_unload(runtime: Runtime, model: str, keep_alive: float | None
         runtime.check_name(model)
         await runtime.unload(model)
         return {**head, "done_reason": "unload"}
-    await runtime.model(model, keep_alive)
+    await runtime.load(model, keep_alive)
     return {**head, "done_reason": "load"}
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import Request
 
 from lokal.engine.sequence import Usage
-from lokal.runtime.events import Event, Failed, Finished, TokenLogprob
+from lokal.runtime.events import Event, Finished, TokenLogprob, finished_choices
 from lokal.server.generation import collect, unless_disconnected
 
 
@@ -20,20 +20,7 @@ async def collect_choices(stream: AsyncGenerator[Event, None], request: Request,
     ``collect``: a client that goes away cancels every choice; a failed one raises its error."""
     if n == 1:
         return [await collect(stream, request)]
-
-    async def read() -> list[Finished]:
-        done: list[Finished] = []
-        try:
-            async for event in stream:
-                if isinstance(event, Failed):
-                    raise event.error
-                if isinstance(event, Finished):
-                    done.append(event)
-        finally:
-            await stream.aclose()
-        return sorted(done, key=lambda f: f.index)
-
-    return await unless_disconnected(read(), stream, request)
+    return await unless_disconnected(finished_choices(stream), stream, request)
 
 
 def total_usage(usages: Sequence[Usage]) -> Usage:
