@@ -342,6 +342,19 @@ class Runtime:
             raise errors.WrongModelKind(f"model `{key}` is a{'n' if kind[0] in 'aeiou' else ''} {kind} model "
                                         f"and cannot {task}; use a {can} model", param="model")
 
+    def check_images(self, name: str, param: str) -> None:
+        """InvalidRequest, before any image is fetched or decoded, when the stored model has no
+        vision projector; a name the store lacks is left to ``model``."""
+        try:
+            key = str(parse_model_name(name))
+            loaded = self._loaded.get(key)
+            manifest = loaded.manifest if loaded is not None else self.store.get(key)
+        except store_errors.StoreError:
+            return
+        if manifest.projector is None:
+            raise errors.InvalidRequest(f"model {key} does not accept images", param=param,
+                                        code="images_not_supported")
+
     @staticmethod
     def canonical_name(name: str) -> str:
         """The name a model is known by once loaded (``smollm2:135m`` for ``SmolLM2:135M``)."""

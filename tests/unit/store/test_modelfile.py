@@ -9,6 +9,7 @@ from lokal.store.manifest import Manifest
 from lokal.store.modelfile import (
     MAX_INSTRUCTIONS,
     MAX_MODELFILE_CHARS,
+    AdapterRef,
     Modelfile,
     ModelfileError,
     parse_modelfile,
@@ -86,6 +87,12 @@ def test_from_accepts_paths_and_digests_verbatim() -> None:
     assert parse_modelfile('FROM "/tmp/x.gguf"').from_ == "/tmp/x.gguf"
 
 
+def test_a_second_from_is_the_vision_projector_as_in_ollama() -> None:
+    mf = parse_modelfile("FROM smollm2:135m\nFROM ./mmproj.gguf\n")
+    assert mf.from_ == "smollm2:135m" and mf.projector == "./mmproj.gguf"
+    assert parse_modelfile("FROM smollm2:135m\n").projector is None
+
+
 def test_crlf_line_endings() -> None:
     spec = parse_modelfile("FROM b\r\nSYSTEM hi\r\nPARAMETER temperature 1\r\n")
     assert spec.system == "hi" and spec.parameters == {"temperature": 1.0}
@@ -125,14 +132,18 @@ def test_empty_system_and_template_are_allowed_but_an_empty_from_is_not() -> Non
         ("FROM b\nPARAMETER temperature nan\n", "line 2: parameter temperature must be a number"),
         ("FROM b\nPARAMETER temperature\n", "line 2: PARAMETER temperature needs a value"),
         ("FROM b\nPARAMETER\n", "line 2: PARAMETER needs a name and a value"),
-        ("FROM b\nADAPTER ./lora.gguf\n", "line 2: ADAPTER (LoRA adapters) is not supported"),
+        ("FROM b\nADAPTER ./lora.gguf 0\n", "line 2: ADAPTER scale must be above 0 and at most 4, not 0"),
+        ("FROM b\nADAPTER ./lora.gguf 4.5\n", "line 2: ADAPTER scale must be above 0 and at most 4, not 4.5"),
+        ("FROM b\nADAPTER ./lora.gguf nan\n", "line 2: ADAPTER scale must be above 0"),
+        ("FROM b\nADAPTER\n", "line 2: ADAPTER needs a value"),
+        ("FROM b\n" + "ADAPTER a.gguf\n" * 9, "line 10: more than 8 ADAPTER lines"),
         ("FROM b\nMESSAGE tool hi\n", 'line 2: MESSAGE role must be system, user or assistant, not "tool"'),
         ("FROM b\nINSTRUCT hi\n", 'line 2: unknown instruction "INSTRUCT"'),
         ('FROM b\nSYSTEM """never\nclosed\n', 'line 2: SYSTEM: unterminated """'),
         ('FROM b\nSYSTEM "never closed\n', 'line 2: SYSTEM: unterminated "'),
         ('FROM b\nSYSTEM "a" trailing\n', "line 2: SYSTEM: unexpected text after the closing quote"),
         ('FROM b\nSYSTEM """a\nb""" trailing\n', "line 3: SYSTEM: unexpected text after the closing quote"),
-        ("FROM a\nFROM b\n", "line 2: a second FROM"),
+        ("FROM a\nFROM b.gguf\nFROM c\n", "line 3: a third FROM"),
         ("SYSTEM hi\n", "has no FROM line"),
         ("", "has no FROM line"),
     ],
@@ -218,3 +229,23 @@ def test_render_round_trips_through_the_parser() -> None:
 def test_render_of_a_plain_model_has_only_from() -> None:
     lines = [line for line in render_modelfile(manifest()).splitlines() if line and not line.startswith("#")]
     assert lines == [f"FROM {DIGEST}"]
+
+
+def test_render_of_a_vision_model_names_its_projector_in_a_second_from() -> None:
+    projector = "sha256:" + "b" * 64
+    text = render_modelfile(manifest(projector=projector))
+    spec = parse_modelfile(text)
+    assert spec.from_ == DIGEST and spec.projector == projector
+
+
+def test_adapter_lines_accumulate_with_an_optional_scale() -> None:
+    parsed = parse_modelfile("FROM b\nADAPTER ./caps.gguf\nADAPTER /tmp/my lora.gguf 0.5\nadapter sha256:" + "a" * 64
+                             + " 2\n")
+    assert parsed.adapters == [AdapterRef("./caps.gguf"), AdapterRef("/tmp/my lora.gguf", 0.5),
+                               AdapterRef("sha256:" + "a" * 64, 2.0)]
+
+
+def test_render_names_the_adapters_with_their_scales() -> None:
+    adapters = [{"digest": "sha256:" + "c" * 64, "size": 10}, {"digest": "sha256:" + "d" * 64, "size": 10, "scale": 0.25}]
+    spec = parse_modelfile(render_modelfile(manifest(adapters=adapters)))
+    assert spec.adapters == [AdapterRef("sha256:" + "c" * 64), AdapterRef("sha256:" + "d" * 64, 0.25)]

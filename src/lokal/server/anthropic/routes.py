@@ -18,7 +18,6 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from lokal.config import Settings
 from lokal.engine.sequence import FinishReason, Usage
 from lokal.engine.vision import Bitmap
 from lokal.options import BY_NAME, OptionError, check
@@ -79,9 +78,10 @@ def _result_text(block: ToolResultBlock, where: str, param: str) -> str:
     return f"Error: {text}" if block.is_error else text
 
 
-async def image_bitmaps(req: CountTokensRequest, settings: Settings) -> dict[int, Bitmap]:
+async def image_bitmaps(req: CountTokensRequest, runtime: Runtime) -> dict[int, Bitmap]:
     """The user messages' image blocks decoded (base64 sources; url sources when LOKAL_IMAGE_URLS
-    allows them), by the block's id()."""
+    allows them), by the block's id(); refused for a model without a vision projector."""
+    settings = runtime.settings
     out: dict[int, Bitmap] = {}
     for i, message in enumerate(req.messages):
         if message.role != "user" or isinstance(message.content, str):
@@ -90,6 +90,7 @@ async def image_bitmaps(req: CountTokensRequest, settings: Settings) -> dict[int
             if not isinstance(block, ImageBlock):
                 continue
             param, source = f"messages.{i}.content.{j}.source", block.source
+            runtime.check_images(req.model, f"messages.{i}.content.{j}")
             if source.get("type") == "base64":
                 out[id(block)] = await asyncio.to_thread(decode_base64, source.get("data"), settings, param)
             elif source.get("type") == "url":
@@ -237,7 +238,7 @@ async def create_message(
     req: MessagesRequest, request: Request, runtime: Runtime = Depends(get_runtime)
 ) -> MessageResponse | StreamingResponse:
     """Anthropic's Messages API; ``stream: true`` answers with its server-sent events."""
-    stream = await runtime.generate(generate_request(req, request, await image_bitmaps(req, runtime.settings)))
+    stream = await runtime.generate(generate_request(req, request, await image_bitmaps(req, runtime)))
     head = {"id": message_id(), "model": runtime.canonical_name(req.model)}
     if req.stream:
         return StreamingResponse(_events(stream, head), media_type="text/event-stream",

@@ -11,7 +11,6 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from lokal.config import Settings
 from lokal.options import OptionError, from_ollama
 from lokal.runtime.errors import InvalidRequest
 from lokal.runtime.events import Delta, Event, Failed, Finished, Queued, TokenLogprob
@@ -92,12 +91,15 @@ def ollama_logprobs(logprobs: tuple[TokenLogprob, ...]) -> list[dict[str, Any]]:
     return [{**entry(lp.token, lp.logprob), "top_logprobs": [entry(t, p) for t, p in lp.top]} for lp in logprobs]
 
 
-async def _content(text: str, images: list[str] | None, settings: Settings, param: str) -> str | list[dict[str, Any]]:
+async def _content(text: str, images: list[str] | None, runtime: Runtime, model: str,
+                   param: str) -> str | list[dict[str, Any]]:
     """A message's content: its text, or with ``images`` (base64) content parts, the images first
-    as Ollama places them. Whether the model accepts images is the pipeline's check."""
+    as Ollama places them (refused for a model without a vision projector)."""
     if not images:
         return text
-    decoded = [await asyncio.to_thread(decode_base64, b64, settings, f"{param}.{j}") for j, b64 in enumerate(images)]
+    runtime.check_images(model, param)
+    decoded = [await asyncio.to_thread(decode_base64, b64, runtime.settings, f"{param}.{j}")
+               for j, b64 in enumerate(images)]
     return [*({"type": "image", "image": ImagePart(b)} for b in decoded), {"type": "text", "text": text}]
 
 
@@ -134,7 +136,7 @@ async def generate(
         shape = {"prompt": req.prompt, "raw": True}
     else:
         system = [{"role": "system", "content": req.system}] if req.system else []
-        content = await _content(req.prompt, req.images, runtime.settings, "images")
+        content = await _content(req.prompt, req.images, runtime, req.model, "images")
         shape = {"messages": [*system, {"role": "user", "content": content}], "template": req.template}
     stream = await runtime.generate(Generation(
         model=req.model, **shape, context=req.context, options=_options(req.options), output=output,
@@ -155,7 +157,7 @@ async def chat(
     top = _top_logprobs(req.logprobs, req.top_logprobs)
     output = json_format(req.format)
     tools = tuple(parse_tools(req.tools)) if req.tools else ()
-    messages = await _chat_messages(req.messages or [], runtime.settings)
+    messages = await _chat_messages(req.model, req.messages or [], runtime)
     keep_alive = keep_alive_seconds(req.keep_alive)
     if not messages:
         return await _load_or_unload(runtime, req.model, keep_alive, {"message": {"role": "assistant", "content": ""}})
@@ -170,14 +172,14 @@ async def chat(
     return await _respond(req.model, stream, started, request, req.stream, piece, top is not None)
 
 
-async def _chat_messages(messages: list[Message], settings: Settings) -> list[dict[str, Any]]:
+async def _chat_messages(model: str, messages: list[Message], runtime: Runtime) -> list[dict[str, Any]]:
     out = []
     for i, m in enumerate(messages):
         if m.role not in CHAT_ROLES:
             raise InvalidRequest(f"messages[{i}].role: invalid role {m.role!r}; expected one of "
                                  + ", ".join(CHAT_ROLES), param=f"messages.{i}.role")
         msg: dict[str, Any] = {"role": m.role,
-                               "content": await _content(m.content, m.images, settings, f"messages.{i}.images")}
+                               "content": await _content(m.content, m.images, runtime, model, f"messages.{i}.images")}
         if m.tool_calls and m.role == "assistant":
             msg["tool_calls"] = [call_message(c, f"messages[{i}].tool_calls[{j}]") for j, c in enumerate(m.tool_calls)]
         if m.tool_name:

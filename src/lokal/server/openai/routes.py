@@ -78,16 +78,18 @@ async def get_model(model_id: str, runtime: Runtime = Depends(get_runtime)) -> M
     return ModelCard(id=m.name, created=int(m.modified_at.timestamp()), kind=m.kind)
 
 
-async def _messages(req: ChatCompletionRequest, settings: Settings) -> list[dict[str, Any]]:
+async def _messages(req: ChatCompletionRequest, runtime: Runtime) -> list[dict[str, Any]]:
     out = []
     for i, m in enumerate(req.messages):
+        if m.has_images():
+            runtime.check_images(req.model, f"messages.{i}.content")
         role = "system" if m.role == "developer" else m.role
         content: str | list[dict[str, Any]]
         if m.has_images():
             if role != "user":
                 raise APIError(400, f"messages[{i}]: image_url parts are accepted in user messages only",
                                param=f"messages.{i}.content")
-            content = await _parts(m, i, settings)
+            content = await _parts(m, i, runtime.settings)
         else:
             try:
                 content = m.text()
@@ -170,7 +172,7 @@ async def chat_completions(
     req: ChatCompletionRequest, request: Request, runtime: Runtime = Depends(get_runtime)
 ) -> dict[str, Any] | StreamingResponse:
     top_logprobs = _top_logprobs(req)
-    messages = await _messages(req, runtime.settings)
+    messages = await _messages(req, runtime)
     tools = parse_tools(req.tools) if req.tools else []
     offered, forced = chosen_tools(tools, req.tool_choice)  # a required or named choice needs tools
     output, grammar = output_constraint(req.constraint_fields(), response_format(req.response_format))
