@@ -61,6 +61,8 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL
     );
     """,
+    # 2: images attached to a message, a JSON list of data: URLs (bounds in lokal.ui.conversations)
+    "ALTER TABLE messages ADD COLUMN images TEXT NOT NULL DEFAULT '[]'",
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

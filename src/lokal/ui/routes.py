@@ -1,5 +1,6 @@
 """The UI's page, its static files, and ``/ui/api``: what the page needs that has no public API
-(conversations, presets, the arena tally, the monitor snapshot, model facts with a fit badge)."""
+(conversations, presets, the arena tally, the monitor snapshot, model facts with a fit badge,
+a voice's speakers)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from lokal.ui.request_log import RequestLog
 
 STATIC = Path(__file__).parent / "static"
 CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self' blob:; "
+    "connect-src 'self'; "
     "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 SECURITY_HEADERS = {
@@ -110,6 +112,7 @@ class NewMessage(BaseModel):
     content: str
     model: str = ""
     stats: dict[str, Any] = {}
+    images: list[str] = []  # data: URLs (bounds in lokal.ui.conversations)
 
 
 class Truncate(BaseModel):
@@ -164,7 +167,7 @@ def delete_conversation(request: Request, conversation_id: str) -> Response:
 def add_message(request: Request, conversation_id: str, body: NewMessage) -> dict[str, Any]:
     try:
         message = ConversationStore(_db(request)).append(conversation_id, body.role, body.content, body.model,
-                                                         body.stats)
+                                                         body.stats, body.images)
     except ConversationNotFound:
         raise _not_found(conversation_id) from None
     except StoredValueError as exc:
@@ -273,7 +276,15 @@ async def models(request: Request) -> dict[str, Any]:
         })
     default = next((m for m in manifests if m.name == settings.default_model), None)
     ctx_size = settings.ctx_size or (runtime.planned_context(default) if default is not None else 0)
-    return {"models": out, "default_model": settings.default_model, "ctx_size": ctx_size}
+    return {"models": out, "default_model": settings.default_model, "ctx_size": ctx_size,
+            "max_body_bytes": settings.max_body_bytes}
+
+
+@router.get("/ui/api/voices")
+async def voices(request: Request, model: str) -> list[str]:
+    """The speakers of a text-to-speech model (loads it, as speaking would next)."""
+    runtime: Runtime = request.app.state.runtime
+    return await runtime.speech.voices(model)
 
 
 @router.get("/ui/api/monitor")

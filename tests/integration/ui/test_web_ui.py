@@ -24,12 +24,15 @@ DESKTOP = {"width": 1280, "height": 800}
 NARROW = {"width": 390, "height": 844}
 
 
-def home_with_model(model_home: Path, home: Path) -> Path:
-    """A fresh lokal home that sees the shared test model (manifest copied, blob linked)."""
-    shutil.copytree(model_home / "manifests" / "smollm2", home / "manifests" / "smollm2")
-    (home / "blobs").mkdir(parents=True)
-    for blob in (model_home / "blobs").iterdir():
-        (home / "blobs" / blob.name).symlink_to(blob.resolve())
+def home_with_model(model_home: Path, home: Path, *families: str) -> Path:
+    """A fresh lokal home that sees the shared test models of ``families`` (default: smollm2;
+    manifests copied, blobs and unpacked folder models linked)."""
+    for family in families or ("smollm2",):
+        shutil.copytree(model_home / "manifests" / family, home / "manifests" / family)
+    for folder in ("blobs", "unpacked"):
+        (home / folder).mkdir(parents=True)
+        for item in (model_home / folder).iterdir() if (model_home / folder).is_dir() else ():
+            (home / folder / item.name).symlink_to(item.resolve())
     return home
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import multiprocessing
 import sqlite3
@@ -179,3 +180,31 @@ def test_arena_tally_counts_wins_losses_and_ties(db: UiDatabase) -> None:
     assert rows == {"a": (2, 1, 1), "b": (1, 1, 1), "c": (0, 1, 0)}
     with pytest.raises(ValueError):
         tally.vote("a", "b", "both")
+
+
+def test_images_are_kept_with_their_message_and_exports_name_them(db: UiDatabase) -> None:
+    store = ConversationStore(db)
+    conv = store.create("Picture")
+    image = "data:image/jpeg;base64," + base64.b64encode(b"\xff\xd8\xff\xe0" + b"\0" * 1996).decode()
+    store.append(conv.id, "user", "What is this?", images=[image])
+    store.append(conv.id, "assistant", "A picture.")
+    got = store.get(conv.id)
+    assert [m.images for m in got.messages] == [[image], []]
+    assert store.export_json(conv.id)["messages"][0]["images"] == [image]
+    assert "## User\n\n*[image 1: image/jpeg, 2.0 KB]*\nWhat is this?" in store.export_markdown(conv.id)
+
+
+def test_a_file_of_schema_1_is_upgraded_and_its_messages_have_no_images(tmp_path: Path) -> None:
+    from lokal.ui.database import MIGRATIONS
+
+    path = tmp_path / "ui.sqlite3"
+    with sqlite3.connect(path) as raw:  # what lokal wrote before images
+        raw.executescript(MIGRATIONS[0])
+        raw.execute("INSERT INTO conversations VALUES ('old', 'Old', '', '', '{}', 1.0, 1.0)")
+        raw.execute("INSERT INTO messages (conversation_id, position, role, content, model, stats, created_at)"
+                    " VALUES ('old', 0, 'user', 'before images', '', '{}', 1.0)")
+        raw.execute("PRAGMA user_version = 1")
+    store = ConversationStore(UiDatabase(path))
+    assert [(m.content, m.images) for m in store.get("old").messages] == [("before images", [])]
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2

@@ -4,6 +4,8 @@ neither break the conversation or preset lists nor resist being deleted."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import sqlite3
 import time
@@ -18,6 +20,8 @@ from lokal.app import create_app
 from lokal.config import Settings
 from lokal.ui.conversations import (
     MAX_CONTENT_CHARS,
+    MAX_IMAGE_BYTES,
+    MAX_IMAGES_PER_MESSAGE,
     MAX_SYSTEM_PROMPT_CHARS,
     MAX_TITLE_CHARS,
     ConversationStore,
@@ -239,3 +243,57 @@ def test_a_row_without_an_id_is_left_out_of_the_list(tmp_path: Path) -> None:
     plant(tmp_path, [(None, "no id", "", "", "{}", 0.0, 0.0)])  # TEXT PRIMARY KEY takes NULL in SQLite
     listed = client.get("/ui/api/conversations")
     assert listed.status_code == 200 and [c["id"] for c in listed.json()] == [good]
+
+
+# --- images on a message ---
+
+def png_data_url(size: tuple[int, int] = (8, 8)) -> str:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 30)).save(out, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
+
+
+@pytest.mark.parametrize(("images", "message"), [
+    (["https://example.com/cat.png"], "image 1 is not a base64 data: URL"),
+    (["data:image/svg+xml;base64,PHN2Zz48L3N2Zz4="], "image 1 is not a base64 data: URL"),
+    (["data:image/png;base64,R0lGODlhAQABAAAAACw="], "image 1 is not a PNG image"),  # a GIF's bytes
+    (["data:image/png;base64,iVBORw0KGgo"], "image 1 is not valid base64"),
+    ([42], "images.0: Input should be a valid string"),
+    ("data:image/png;base64,iVBORw0KGgo=", "images: Input should be a valid list"),
+])
+def test_images_that_are_not_stored_pictures_get_400_naming_the_image(
+    client: TestClient, images: object, message: str
+) -> None:
+    cid = new_conversation(client)
+    r = client.post(f"/ui/api/conversations/{cid}/messages", json={"role": "user", "content": "x", "images": images})
+    assert r.status_code == 400 and message in error_message(r), r.text
+    assert client.get(f"/ui/api/conversations/{cid}").json()["messages"] == []
+
+
+def test_too_many_or_too_large_images_are_refused_and_images_at_the_bounds_kept(tmp_path: Path) -> None:
+    store = ConversationStore(UiDatabase(tmp_path / "ui.sqlite3"))
+    conv = store.create("pictures")
+    small = png_data_url()
+    with pytest.raises(StoredValueError, match=f"at most {MAX_IMAGES_PER_MESSAGE} images"):
+        store.append(conv.id, "user", "", images=[small] * (MAX_IMAGES_PER_MESSAGE + 1))
+    head = base64.b64decode(small.split(",")[1])
+    padded = "data:image/png;base64," + base64.b64encode(head + bytes(MAX_IMAGE_BYTES + 1 - len(head))).decode()
+    with pytest.raises(StoredValueError, match="image 2 is larger than 5 MiB"):
+        store.append(conv.id, "user", "", images=[small, padded])
+    kept = store.append(conv.id, "user", "", images=[small] * MAX_IMAGES_PER_MESSAGE)
+    assert store.get(conv.id).messages == [kept] and kept.images == [small] * MAX_IMAGES_PER_MESSAGE
+
+
+def test_a_damaged_images_column_shows_the_message_without_its_images(tmp_path: Path) -> None:
+    client = TestClient(create_app(Settings(home=tmp_path)), raise_server_exceptions=False)
+    cid = new_conversation(client)
+    assert client.post(f"/ui/api/conversations/{cid}/messages",
+                       json={"role": "user", "content": "look", "images": [png_data_url()]}).status_code == 201
+    with sqlite3.connect(tmp_path / "ui.sqlite3") as raw:
+        raw.execute("UPDATE messages SET images = '[\"data:image/png;base64,!!\"' WHERE conversation_id = ?", (cid,))
+    got = client.get(f"/ui/api/conversations/{cid}")
+    assert got.status_code == 200 and got.json()["messages"][0]["content"] == "look"
+    assert got.json()["messages"][0]["images"] == []
+    assert client.delete(f"/ui/api/conversations/{cid}").status_code == 204

@@ -48,7 +48,7 @@ export async function sendJSON(method, url, body) {
   return r.status === 204 ? null : r.json();
 }
 
-async function errorText(r) {
+export async function errorText(r) {
   const text = await r.text();
   try {
     const body = JSON.parse(text);

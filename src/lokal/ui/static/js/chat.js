@@ -1,10 +1,14 @@
-// The chat page: conversations (stored by lokal), streaming answers, stop, regenerate, edit and resend.
+// The chat page: conversations (stored by lokal), streaming answers, stop, regenerate, edit and resend;
+// images attached to a message, audio transcribed into the prompt, answers read aloud.
 import { getJSON, sendJSON, streamChat, formatSeconds } from "./api.js";
 import { renderMarkdown } from "./markdown.js";
+import { MAX_IMAGES, Recording, canRecord, imageDataURL, speakInto, transcribe } from "./media.js";
 import { ParamsPanel, requestFields, setServerContext } from "./params.js";
 import { listModels, modelOptions, toast } from "./widgets.js";
 
 const CHARS_PER_TOKEN = 3.5; // a rough estimate, only to trim old history to the context setting
+const IMAGE_TOKENS = 576; // an image's share of the context, guessed (LLaVA's 576 patches; models differ)
+const AUDIO_NAME = /\.(flac|m4a|mp3|mp4|mpeg|mpga|oga|ogg|opus|wav|webm)$/i;
 
 export class ChatPage {
   constructor(root) {
@@ -21,6 +25,14 @@ export class ChatPage {
     this.params = new ParamsPanel(root);
     this.conversation = null; // {id, title, messages, ...}
     this.controller = null;
+    this.attachments = []; // data: URLs of the images going with the next message
+    this.attachmentsEl = root.querySelector("#attachments");
+    this.status = root.querySelector("#composer-status");
+    this.recordButton = root.querySelector("#record");
+    this.recording = null;
+    this.spoken = []; // blob URLs of answers read aloud, per message; revoked when the messages are drawn again
+    this.maxBodyBytes = 0; // the server's request size limit, to keep images in history under it
+    this.setUpMedia(root);
 
     root.querySelector("#composer").addEventListener("submit", (e) => { e.preventDefault(); this.send(); });
     this.prompt.addEventListener("keydown", (e) => {
@@ -47,8 +59,152 @@ export class ChatPage {
     this.title.addEventListener("dblclick", () => this.conversation && this.rename(this.conversation.id));
   }
 
+  setUpMedia(root) {
+    const imageInput = root.querySelector("#image-input");
+    const audioInput = root.querySelector("#audio-input");
+    root.querySelector("#attach-image").addEventListener("click", () => imageInput.click());
+    root.querySelector("#attach-audio").addEventListener("click", () => audioInput.click());
+    imageInput.addEventListener("change", () => {
+      const files = [...imageInput.files];
+      imageInput.value = "";
+      this.attachImages(files);
+    });
+    audioInput.addEventListener("change", () => {
+      const [file] = audioInput.files;
+      audioInput.value = "";
+      if (file) this.transcribeInto(file, file.name);
+    });
+    if (canRecord()) this.recordButton.addEventListener("click", () => this.toggleRecording());
+    else {
+      this.recordButton.disabled = true;
+      this.recordButton.title = "Recording needs the microphone, which browsers allow only on https or localhost";
+    }
+    this.prompt.addEventListener("paste", (e) => {
+      const files = [...(e.clipboardData?.files || [])];
+      if (files.length) { e.preventDefault(); this.takeFiles(files); }
+    });
+    const main = root.querySelector(".chat-main");
+    main.addEventListener("dragover", (e) => {
+      if (!e.dataTransfer?.types.includes("Files")) return;
+      e.preventDefault();
+      main.classList.add("dropping");
+    });
+    main.addEventListener("dragleave", (e) => { if (!main.contains(e.relatedTarget)) main.classList.remove("dropping"); });
+    main.addEventListener("drop", (e) => {
+      main.classList.remove("dropping");
+      const files = [...(e.dataTransfer?.files || [])];
+      if (files.length) { e.preventDefault(); this.takeFiles(files); }
+    });
+  }
+
+  // A line over the prompt: progress ("Transcribing…") or, with error, what went wrong until the next action.
+  showStatus(text, error = false) {
+    this.status.textContent = text;
+    this.status.classList.toggle("error", error);
+    this.status.hidden = !text;
+  }
+
+  // Dropped or pasted files: images are attached, an audio file is transcribed into the prompt.
+  takeFiles(files) {
+    const images = files.filter((f) => f.type.startsWith("image/"));
+    const audio = files.filter((f) => /^(audio|video)\//.test(f.type) || AUDIO_NAME.test(f.name));
+    const other = files.filter((f) => !images.includes(f) && !audio.includes(f));
+    if (other.length) this.showStatus(`${other.map((f) => f.name).join(", ")}: neither an image nor an audio file.`, true);
+    if (images.length) this.attachImages(images);
+    if (audio.length) this.transcribeInto(audio[0], audio[0].name);
+  }
+
+  async attachImages(files) {
+    let error = "";
+    for (const file of files) {
+      if (this.attachments.length >= MAX_IMAGES) { error = `A message holds at most ${MAX_IMAGES} images.`; break; }
+      try {
+        this.attachments.push(await imageDataURL(file));
+      } catch (e) {
+        error = e.message;
+      }
+    }
+    this.showStatus(error, Boolean(error));
+    this.renderAttachments();
+  }
+
+  renderAttachments() {
+    this.attachmentsEl.replaceChildren(...this.attachments.map((url, i) => {
+      const item = document.createElement("div");
+      item.className = "attachment";
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.className = "remove";
+      remove.textContent = "✕";
+      remove.setAttribute("aria-label", `Remove image ${i + 1}`);
+      remove.addEventListener("click", () => { this.attachments.splice(i, 1); this.renderAttachments(); });
+      item.append(thumbnail(url, `Attached image ${i + 1}`), remove);
+      return item;
+    }));
+    this.attachmentsEl.hidden = !this.attachments.length;
+  }
+
+  // Transcribe an audio file (or a recording) and add its text to the prompt.
+  async transcribeInto(blob, filename) {
+    this.showStatus(`Transcribing ${filename}…`);
+    try {
+      const text = await transcribe(blob, filename);
+      if (!text) { this.showStatus(`No speech was heard in ${filename}.`, true); return; }
+      const before = this.prompt.value.trimEnd();
+      this.prompt.value = before ? `${before} ${text}` : text;
+      this.showStatus("");
+      this.prompt.focus();
+    } catch (e) {
+      this.showStatus(e.message, true);
+    }
+  }
+
+  async toggleRecording() {
+    if (this.recording) {
+      const recording = this.recording;
+      this.recording = null;
+      this.recordButton.classList.remove("recording");
+      this.recordButton.textContent = "● Record";
+      const { blob, filename } = await recording.stop();
+      await this.transcribeInto(blob, filename);
+      return;
+    }
+    try {
+      this.recording = await Recording.start();
+    } catch (e) {
+      this.showStatus(`The microphone could not be opened: ${e.message}`, true);
+      return;
+    }
+    this.recordButton.classList.add("recording");
+    this.recordButton.textContent = "■ Stop recording";
+    this.showStatus("Recording… press Stop recording to transcribe it into the message.");
+  }
+
+  // Speak an answer: an <audio> element in the message plays it (its controls replay it).
+  async readAloud(el, button) {
+    const text = el.querySelector(".content").textContent; // the rendered text, without Markdown's marks
+    const audio = document.createElement("audio");
+    audio.controls = true;
+    el.insertBefore(audio, el.querySelector(".message-footer"));
+    button.disabled = true;
+    button.textContent = "Reading…";
+    const urls = [];
+    this.spoken.push(urls);
+    try {
+      await speakInto(audio, text, urls);
+      button.remove();
+    } catch (e) {
+      audio.remove();
+      button.disabled = false;
+      button.textContent = "Read aloud";
+      toast(e.message);
+    }
+  }
+
   async start() {
-    setServerContext((await listModels()).ctx_size);
+    const served = await listModels();
+    setServerContext(served.ctx_size);
+    this.maxBodyBytes = served.max_body_bytes || 0;
     await Promise.all([this.params.refresh(""), this.refreshModels(), this.refreshList()]);
     this.params.apply("balanced");
     const last = localStorage.getItem("lokal.conversation");
@@ -176,6 +332,8 @@ export class ChatPage {
   }
 
   renderMessages() {
+    for (const urls of this.spoken) urls.forEach((url) => URL.revokeObjectURL(url));
+    this.spoken = [];
     this.messagesEl.replaceChildren();
     const messages = this.conversation?.messages || [];
     if (!messages.length) {
@@ -209,7 +367,18 @@ export class ChatPage {
     if (message.role === "user") footer.append(this.actionButton("Edit", () => this.edit(el, index)));
     if (message.role === "assistant" && isLast) footer.append(this.actionButton("Regenerate", () => this.regenerate()));
     footer.append(this.actionButton("Copy", () => navigator.clipboard?.writeText(message.content)));
-    el.append(role, content, footer);
+    if (message.role === "assistant" && message.content) {
+      const read = this.actionButton("Read aloud", () => this.readAloud(el, read));
+      footer.append(read);
+    }
+    el.append(role);
+    if (message.images?.length) {
+      const pictures = document.createElement("div");
+      pictures.className = "attachments";
+      message.images.forEach((url, i) => pictures.append(thumbnail(url, `Image ${i + 1}`)));
+      el.append(pictures);
+    }
+    el.append(content, footer);
     return el;
   }
 
@@ -244,13 +413,25 @@ export class ChatPage {
 
   async send() {
     const text = this.prompt.value.trim();
-    if (!text || this.busy()) return;
+    const images = this.attachments;
+    if ((!text && !images.length) || this.busy()) return;
     if (!this.model.value) { toast("No model: pull one on the Models page."); return; }
     this.prompt.value = "";
+    this.attachments = [];
+    this.renderAttachments();
+    this.showStatus("");
     try {
-      await this.ensureConversation(text);
-      const saved = await sendJSON("POST", `/ui/api/conversations/${this.conversation.id}/messages`,
-        { role: "user", content: text });
+      await this.ensureConversation(text || "Image");
+      let saved;
+      try {
+        saved = await sendJSON("POST", `/ui/api/conversations/${this.conversation.id}/messages`,
+          { role: "user", content: text, images });
+      } catch (e) { // not stored (too large, say): the message stays in the composer
+        if (!this.prompt.value) this.prompt.value = text;
+        this.attachments = images;
+        this.renderAttachments();
+        throw e;
+      }
       this.conversation.messages.push(saved);
       this.renderMessages();
       await this.refreshList();
@@ -276,13 +457,15 @@ export class ChatPage {
     const box = document.createElement("textarea");
     box.className = "edit-box";
     box.value = this.conversation.messages[index].content;
+    const images = this.conversation.messages[index].images || []; // resent with the new text
     box.rows = Math.min(10, box.value.split("\n").length + 1);
     const save = this.actionButton("Send", async () => {
       const text = box.value.trim();
-      if (!text) return;
+      if (!text && !images.length) return;
       const id = this.conversation.id;
       this.conversation = await sendJSON("POST", `/ui/api/conversations/${id}/truncate`, { keep: index });
-      const saved = await sendJSON("POST", `/ui/api/conversations/${id}/messages`, { role: "user", content: text });
+      const saved = await sendJSON("POST", `/ui/api/conversations/${id}/messages`,
+        { role: "user", content: text, images });
       this.conversation.messages.push(saved);
       this.renderMessages();
       await this.answer();
@@ -297,17 +480,27 @@ export class ChatPage {
     box.focus();
   }
 
-  // The request's messages: system prompt plus as much recent history as the context setting allows.
+  // The request's messages: system prompt plus as much recent history as the context setting allows
+  // (and, with images, as the server's body limit allows). A message with images is OpenAI's content
+  // parts: the images as image_url parts with their data: URLs, then the text.
   history(params) {
     const budget = (params.num_ctx || 4096) - (params.max_tokens || 512);
+    const byteBudget = this.maxBodyBytes ? this.maxBodyBytes * 0.9 : Infinity;
     const out = [];
     let used = this.system.value ? this.system.value.length / CHARS_PER_TOKEN : 0;
+    let bytes = this.system.value.length;
     const msgs = this.conversation.messages;
     for (let i = msgs.length - 1; i >= 0; i -= 1) {
-      const cost = msgs[i].content.length / CHARS_PER_TOKEN + 4;
-      if (out.length && used + cost > budget) break;
+      const { role, content, images = [] } = msgs[i];
+      const cost = content.length / CHARS_PER_TOKEN + 4 + images.length * IMAGE_TOKENS;
+      const size = content.length + images.reduce((n, url) => n + url.length, 0);
+      if (out.length && (used + cost > budget || bytes + size > byteBudget)) break;
       used += cost;
-      out.unshift({ role: msgs[i].role, content: msgs[i].content });
+      bytes += size;
+      if (!images.length) { out.unshift({ role, content }); continue; }
+      const parts = images.map((url) => ({ type: "image_url", image_url: { url } }));
+      if (content) parts.push({ type: "text", text: content });
+      out.unshift({ role, content: parts });
     }
     if (this.system.value.trim()) out.unshift({ role: "system", content: this.system.value });
     return out;
@@ -342,9 +535,11 @@ export class ChatPage {
         },
         this.controller.signal,
       );
-    } catch (e) {
-      toast(e.message);
-      el.remove();
+    } catch (e) { // the server's refusal (an image for a text-only model, say) stays in the conversation until the next turn
+      el.className = "message error";
+      el.querySelector(".role").textContent = `${model}: error`;
+      content.textContent = e.message;
+      el.querySelector(".message-footer").remove();
       this.controller = null;
       this.setBusy(false);
       return;
@@ -367,6 +562,14 @@ export class ChatPage {
     this.renderMessages();
     this.refreshList();
   }
+}
+
+function thumbnail(url, alt) {
+  const img = document.createElement("img");
+  img.className = "thumb";
+  img.src = url;
+  img.alt = alt;
+  return img;
 }
 
 export function statsText(s) {
