@@ -18,7 +18,7 @@ from lokal.app import create_app
 from lokal.config import Settings
 from lokal.engine.engine import EngineStats
 from lokal.scale.remote import RemoteRuntime
-from lokal.scale.router import ROUTERS, replica_status
+from lokal.scale.router import replica_status
 
 # Per replica and model: (series, EngineStats field, help). Gauges, then counters (``_total``).
 REPLICA_GAUGES = (
@@ -42,9 +42,11 @@ REPLICA_COUNTERS = (
 class ReplicaCollector(Collector):
     """The replicas' series at scrape time (each replica reports every second)."""
 
+    def __init__(self, runtime: RemoteRuntime) -> None:
+        self.runtime = runtime
+
     def collect(self) -> Iterator[Metric]:
-        routers = list(ROUTERS)
-        replicas = list(routers[0].curr_replicas.values()) if routers else []
+        replicas = self.runtime.running_replicas()
         count = GaugeMetricFamily("lokal_replicas", "replicas running that the ingress routes to")
         count.add_metric([], len(replicas))
         info = GaugeMetricFamily("lokal_replica_info", "1 for each running replica: its Ray node and process",
@@ -84,5 +86,5 @@ def _stat(stats: EngineStats, field: str) -> float:
 def ingress_app(settings: Settings, runtime: RemoteRuntime) -> FastAPI:
     """lokal's app over the replicas, with the per-replica metrics."""
     app = create_app(settings, runtime)
-    app.state.metrics.registry.register(ReplicaCollector())
+    app.state.metrics.registry.register(ReplicaCollector(runtime))
     return app

@@ -17,6 +17,7 @@ from typing import Any
 
 from ray.exceptions import NodeDiedError, RayActorError, RayError, WorkerCrashedError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from ray.serve.request_router import RunningReplica
 
 from lokal.config import Settings
 from lokal.engine.embedder import EmbedResult
@@ -103,6 +104,12 @@ class RemoteRuntime(Runtime):
         routers = list(ROUTERS)
         return max(len(r.curr_replicas) for r in routers) if routers else None
 
+    @staticmethod
+    def running_replicas() -> list[RunningReplica]:
+        """The running replicas as the router knows them, each with what it last reported."""
+        routers = list(ROUTERS)
+        return list(routers[0].curr_replicas.values()) if routers else []
+
     def _check_healthy(self) -> None:
         if self.replica_count() == 0:
             raise errors.ServerBusy("no healthy replica is serving; try again shortly", retry_after_s=RETRY_AFTER_S)
@@ -127,8 +134,7 @@ class RemoteRuntime(Runtime):
 
     def replica_ids(self) -> list[str]:
         """The running replicas' ids, as the router knows them."""
-        routers = list(ROUTERS)
-        return [r.unique_id for r in routers[0].curr_replicas] if routers else []
+        return [r.replica_id.unique_id for r in self.running_replicas()]
 
     async def _each(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
         """A runtime method on every running replica at once (idempotent ones: load, unload): their
@@ -306,10 +312,7 @@ class RemoteRuntime(Runtime):
     def status(self) -> list[ModelStatus]:
         """The replicas' loaded models as they last reported them to the router, one entry per
         model (``lokal.scale.status.combined``)."""
-        routers = list(ROUTERS)
-        if not routers:
-            return []
-        return combined([s for r in routers[0].curr_replicas.values() for s in replica_status(r)])
+        return combined([s for r in self.running_replicas() for s in replica_status(r)])
 
     def is_loaded(self, name: str) -> bool:
         key = self.canonical_name(name)
