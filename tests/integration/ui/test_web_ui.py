@@ -348,6 +348,22 @@ def test_conversations_are_kept_across_a_server_restart(browser: Browser, tmp_pa
         second.stop()
 
 
+def test_without_speech_models_the_audio_controls_say_what_to_pull(ui: PageWatch, ui_server: LiveServer) -> None:
+    conv = api(ui_server, "POST", "/ui/api/conversations", {"title": "No voice"}).json()
+    api(ui_server, "POST", f"/ui/api/conversations/{conv['id']}/messages", {"role": "assistant", "content": "Hi."})
+    page = ui.page
+    open_ui(page, ui_server)
+    page.set_input_files("#audio-input", files=[{"name": "a.wav", "mimeType": "audio/wav", "buffer": b"RIFF"}])
+    expect(page.locator("#composer-status.error")).to_have_text(
+        "No speech-to-text model: pull one (e.g. whisper:tiny) on the Models page.")
+    page.get_by_role("button", name="No voice", exact=True).click()
+    page.get_by_role("button", name="Read aloud").click()
+    expect(page.locator("#toast")).to_have_text(
+        "No text-to-speech model: pull one (e.g. piper:joe-medium) on the Models page.")
+    expect(page.locator(".message.assistant audio")).to_have_count(0)
+    expect(page.get_by_role("button", name="Read aloud")).to_be_enabled()
+
+
 # --- models ---
 
 def test_models_page_lists_facts_with_a_fit_badge_and_shows_details(ui: PageWatch, ui_server: LiveServer) -> None:

@@ -8,12 +8,14 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 from playwright.sync_api import Browser, Page, expect
@@ -40,6 +42,7 @@ pytestmark = pytest.mark.slow
 STT = "whisper:tiny"
 TTS = "piper:joe-medium"
 VISION = "smollm2-vision:test"  # answers from a random projector: the mechanics, not a description
+BODY_LIMIT = 2_000_000  # small, to reach it with two pictures
 SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank."
 
 
@@ -49,7 +52,8 @@ def media_server(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     home = home_with_model(model_home, tmp_path_factory.mktemp("ui-media-home"), "smollm2", "whisper", "piper")
     projector = write_test_projector(home / "mmproj.gguf", n_embd_out=576)
     create_model(ModelStore(home), VISION, Modelfile(from_=MODEL, projector=str(projector)))
-    live = LiveServer(home, "--model", MODEL, "--parallel", "2", "--ctx-size", "1024", "--keep-alive", "-1")
+    live = LiveServer(home, "--model", MODEL, "--parallel", "2", "--ctx-size", "1024", "--keep-alive", "-1",
+                      env={"LOKAL_MAX_BODY_BYTES": str(BODY_LIMIT)})
     yield live
     live.stop()
 
@@ -73,8 +77,8 @@ def ui(browser: Browser, media_server: LiveServer) -> Iterator[PageWatch]:  # no
     watch = PageWatch(page)
     yield watch
     context.close()
-    # The page's own failed fetches (a refused upload) are console errors too; nothing else may be.
-    assert [e for e in watch.errors if "status of 400" not in e] == [], watch.errors
+    # The page's own refused requests (400, 413) are console errors too; nothing else may be.
+    assert [e for e in watch.errors if not re.search(r"status of 4(00|13) ", e)] == [], watch.errors
 
 
 def drawn_png(width: int = 96, height: int = 64) -> bytes:
@@ -200,6 +204,18 @@ def test_an_answer_is_read_aloud_through_an_audio_element(ui: PageWatch, media_s
     screenshot(page, "chat-read-aloud")
 
 
+def test_a_long_answer_is_spoken_in_pieces_under_the_speech_limit(ui: PageWatch, media_server: LiveServer) -> None:
+    page = ui.page
+    open_ui(page, media_server)
+    text = " ".join(f"Sentence number {i} is here,  with\nsome words." for i in range(400))  # 18,000 characters
+    pieces = page.evaluate("async (t) => (await import('/ui/static/js/media.js')).speechPieces(t)", text)
+    assert len(pieces) == 5 and all(0 < len(p) <= 4000 for p in pieces)
+    assert all(p.endswith(".") for p in pieces)  # cut after a sentence
+    assert " ".join(pieces) == " ".join(text.split())
+    unbroken = page.evaluate("async (t) => (await import('/ui/static/js/media.js')).speechPieces(t)", "x" * 9000)
+    assert [len(p) for p in unbroken] == [4000, 4000, 1000]
+
+
 # --- images ---
 
 def chat_error(server: LiveServer, body: dict[str, Any]) -> str:
@@ -242,13 +258,22 @@ def test_an_image_goes_as_an_image_url_part_and_a_text_only_models_refusal_is_sh
     expect(page.locator(".message.user img.thumb")).to_have_attribute("src", url)
     screenshot(page, "chat-image-refused")
 
+    # Edit and resend keeps the message's picture.
+    page.get_by_role("button", name="Edit", exact=True).click()
+    page.fill(".edit-box", "And the colours?")
+    with page.expect_request("**/v1/chat/completions") as resent:
+        page.press(".edit-box", "Enter")
+    assert resent.value.post_data_json["messages"][-1]["content"] == [
+        {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "And the colours?"}]
+    expect(error).to_contain_text(refusal)
+
     # The picture is kept with the conversation.
     page.reload()
     page.wait_for_selector("body.ready")
     expect(page.locator(".message.user img.thumb")).to_have_attribute("src", url)
     stored = httpx.get(media_server.url + "/ui/api/conversations").json()[0]
     messages = httpx.get(f"{media_server.url}/ui/api/conversations/{stored['id']}").json()["messages"]
-    assert messages[0]["images"] == [url] and messages[0]["content"] == "What shapes are in this picture?"
+    assert messages[0]["images"] == [url] and messages[0]["content"] == "And the colours?"
 
 
 def test_a_vision_model_answers_an_image_from_the_page_as_it_answers_the_same_request_from_the_api(
@@ -308,9 +333,34 @@ def test_images_pasted_or_dropped_are_attached_scaled_and_bad_ones_named(
     screenshot(page, "chat-attachments")
 
 
+def test_a_message_over_the_body_limit_stays_in_the_composer_with_the_reason(
+    ui: PageWatch, media_server: LiveServer
+) -> None:
+    noise = [Image.fromarray(np.random.default_rng(seed).integers(0, 256, (600, 600, 3), dtype=np.uint8))
+             for seed in (1, 2)]
+    pngs = []
+    for image in noise:
+        out = io.BytesIO()
+        image.save(out, format="PNG")
+        pngs.append(out.getvalue())
+    assert sum(len(p) for p in pngs) * 4 / 3 > BODY_LIMIT > max(len(p) for p in pngs) * 4 / 3
+    page = ui.page
+    open_ui(page, media_server)
+    page.click("#new-chat")
+    drop_files(page, ".chat-main", "drop", [file_arg(f"noise{i}.png", "image/png", p) for i, p in enumerate(pngs)])
+    expect(page.locator("#attachments img.thumb")).to_have_count(2)
+    page.fill("#prompt", "Two noisy pictures")
+    page.press("#prompt", "Enter")
+    expect(page.locator("#composer-status.error")).to_contain_text("Not sent: ")
+    expect(page.locator("#composer-status.error")).to_contain_text(str(BODY_LIMIT))
+    expect(page.locator("#prompt")).to_have_value("Two noisy pictures")
+    expect(page.locator("#attachments img.thumb")).to_have_count(2)
+    expect(page.locator(".message.user")).to_have_count(0)
+
+
 def test_the_models_endpoint_tells_the_page_the_body_limit(media_server: LiveServer) -> None:
     facts = httpx.get(media_server.url + "/ui/api/models").json()
-    assert facts["max_body_bytes"] == 8 * 1024 * 1024
+    assert facts["max_body_bytes"] == BODY_LIMIT
     kinds = {m["name"]: m["kind"] for m in facts["models"]}
     assert kinds[STT] == "speech-to-text" and kinds[TTS] == "text-to-speech"
     assert httpx.get(media_server.url + "/ui/api/voices", params={"model": TTS}, timeout=60).json() == ["joe"]

@@ -2,13 +2,13 @@
 // images attached to a message, audio transcribed into the prompt, answers read aloud.
 import { getJSON, sendJSON, streamChat, formatSeconds } from "./api.js";
 import { renderMarkdown } from "./markdown.js";
-import { MAX_IMAGES, Recording, canRecord, imageDataURL, speakInto, transcribe } from "./media.js";
+import { ComposerMedia, thumbnail } from "./composer.js";
+import { speakInto } from "./media.js";
 import { ParamsPanel, requestFields, setServerContext } from "./params.js";
 import { listModels, modelOptions, toast } from "./widgets.js";
 
 const CHARS_PER_TOKEN = 3.5; // a rough estimate, only to trim old history to the context setting
 const IMAGE_TOKENS = 576; // an image's share of the context, guessed (LLaVA's 576 patches; models differ)
-const AUDIO_NAME = /\.(flac|m4a|mp3|mp4|mpeg|mpga|oga|ogg|opus|wav|webm)$/i;
 
 export class ChatPage {
   constructor(root) {
@@ -25,14 +25,9 @@ export class ChatPage {
     this.params = new ParamsPanel(root);
     this.conversation = null; // {id, title, messages, ...}
     this.controller = null;
-    this.attachments = []; // data: URLs of the images going with the next message
-    this.attachmentsEl = root.querySelector("#attachments");
-    this.status = root.querySelector("#composer-status");
-    this.recordButton = root.querySelector("#record");
-    this.recording = null;
+    this.composer = new ComposerMedia(root, this.prompt);
     this.spoken = []; // blob URLs of answers read aloud, per message; revoked when the messages are drawn again
     this.maxBodyBytes = 0; // the server's request size limit, to keep images in history under it
-    this.setUpMedia(root);
 
     root.querySelector("#composer").addEventListener("submit", (e) => { e.preventDefault(); this.send(); });
     this.prompt.addEventListener("keydown", (e) => {
@@ -57,127 +52,6 @@ export class ChatPage {
       toggle.setAttribute("aria-expanded", "false");
     });
     this.title.addEventListener("dblclick", () => this.conversation && this.rename(this.conversation.id));
-  }
-
-  setUpMedia(root) {
-    const imageInput = root.querySelector("#image-input");
-    const audioInput = root.querySelector("#audio-input");
-    root.querySelector("#attach-image").addEventListener("click", () => imageInput.click());
-    root.querySelector("#attach-audio").addEventListener("click", () => audioInput.click());
-    imageInput.addEventListener("change", () => {
-      const files = [...imageInput.files];
-      imageInput.value = "";
-      this.attachImages(files);
-    });
-    audioInput.addEventListener("change", () => {
-      const [file] = audioInput.files;
-      audioInput.value = "";
-      if (file) this.transcribeInto(file, file.name);
-    });
-    if (canRecord()) this.recordButton.addEventListener("click", () => this.toggleRecording());
-    else {
-      this.recordButton.disabled = true;
-      this.recordButton.title = "Recording needs the microphone, which browsers allow only on https or localhost";
-    }
-    this.prompt.addEventListener("paste", (e) => {
-      const files = [...(e.clipboardData?.files || [])];
-      if (files.length) { e.preventDefault(); this.takeFiles(files); }
-    });
-    const main = root.querySelector(".chat-main");
-    main.addEventListener("dragover", (e) => {
-      if (!e.dataTransfer?.types.includes("Files")) return;
-      e.preventDefault();
-      main.classList.add("dropping");
-    });
-    main.addEventListener("dragleave", (e) => { if (!main.contains(e.relatedTarget)) main.classList.remove("dropping"); });
-    main.addEventListener("drop", (e) => {
-      main.classList.remove("dropping");
-      const files = [...(e.dataTransfer?.files || [])];
-      if (files.length) { e.preventDefault(); this.takeFiles(files); }
-    });
-  }
-
-  // A line over the prompt: progress ("Transcribing…") or, with error, what went wrong until the next action.
-  showStatus(text, error = false) {
-    this.status.textContent = text;
-    this.status.classList.toggle("error", error);
-    this.status.hidden = !text;
-  }
-
-  // Dropped or pasted files: images are attached, an audio file is transcribed into the prompt.
-  takeFiles(files) {
-    const images = files.filter((f) => f.type.startsWith("image/"));
-    const audio = files.filter((f) => /^(audio|video)\//.test(f.type) || AUDIO_NAME.test(f.name));
-    const other = files.filter((f) => !images.includes(f) && !audio.includes(f));
-    if (other.length) this.showStatus(`${other.map((f) => f.name).join(", ")}: neither an image nor an audio file.`, true);
-    if (images.length) this.attachImages(images);
-    if (audio.length) this.transcribeInto(audio[0], audio[0].name);
-  }
-
-  async attachImages(files) {
-    let error = "";
-    for (const file of files) {
-      if (this.attachments.length >= MAX_IMAGES) { error = `A message holds at most ${MAX_IMAGES} images.`; break; }
-      try {
-        this.attachments.push(await imageDataURL(file));
-      } catch (e) {
-        error = e.message;
-      }
-    }
-    this.showStatus(error, Boolean(error));
-    this.renderAttachments();
-  }
-
-  renderAttachments() {
-    this.attachmentsEl.replaceChildren(...this.attachments.map((url, i) => {
-      const item = document.createElement("div");
-      item.className = "attachment";
-      const remove = document.createElement("button");
-      remove.type = "button";
-      remove.className = "remove";
-      remove.textContent = "✕";
-      remove.setAttribute("aria-label", `Remove image ${i + 1}`);
-      remove.addEventListener("click", () => { this.attachments.splice(i, 1); this.renderAttachments(); });
-      item.append(thumbnail(url, `Attached image ${i + 1}`), remove);
-      return item;
-    }));
-    this.attachmentsEl.hidden = !this.attachments.length;
-  }
-
-  // Transcribe an audio file (or a recording) and add its text to the prompt.
-  async transcribeInto(blob, filename) {
-    this.showStatus(`Transcribing ${filename}…`);
-    try {
-      const text = await transcribe(blob, filename);
-      if (!text) { this.showStatus(`No speech was heard in ${filename}.`, true); return; }
-      const before = this.prompt.value.trimEnd();
-      this.prompt.value = before ? `${before} ${text}` : text;
-      this.showStatus("");
-      this.prompt.focus();
-    } catch (e) {
-      this.showStatus(e.message, true);
-    }
-  }
-
-  async toggleRecording() {
-    if (this.recording) {
-      const recording = this.recording;
-      this.recording = null;
-      this.recordButton.classList.remove("recording");
-      this.recordButton.textContent = "● Record";
-      const { blob, filename } = await recording.stop();
-      await this.transcribeInto(blob, filename);
-      return;
-    }
-    try {
-      this.recording = await Recording.start();
-    } catch (e) {
-      this.showStatus(`The microphone could not be opened: ${e.message}`, true);
-      return;
-    }
-    this.recordButton.classList.add("recording");
-    this.recordButton.textContent = "■ Stop recording";
-    this.showStatus("Recording… press Stop recording to transcribe it into the message.");
   }
 
   // Speak an answer: an <audio> element in the message plays it (its controls replay it).
@@ -413,24 +287,21 @@ export class ChatPage {
 
   async send() {
     const text = this.prompt.value.trim();
-    const images = this.attachments;
-    if ((!text && !images.length) || this.busy()) return;
+    if ((!text && !this.composer.images.length) || this.busy()) return;
     if (!this.model.value) { toast("No model: pull one on the Models page."); return; }
     this.prompt.value = "";
-    this.attachments = [];
-    this.renderAttachments();
-    this.showStatus("");
+    const images = this.composer.take();
     try {
       await this.ensureConversation(text || "Image");
       let saved;
       try {
         saved = await sendJSON("POST", `/ui/api/conversations/${this.conversation.id}/messages`,
           { role: "user", content: text, images });
-      } catch (e) { // not stored (too large, say): the message stays in the composer
+      } catch (e) { // not stored (too large, say): the message stays in the composer, with the reason
         if (!this.prompt.value) this.prompt.value = text;
-        this.attachments = images;
-        this.renderAttachments();
-        throw e;
+        this.composer.restore(images);
+        this.composer.showStatus(`Not sent: ${e.message}`, true);
+        return;
       }
       this.conversation.messages.push(saved);
       this.renderMessages();
@@ -562,14 +433,6 @@ export class ChatPage {
     this.renderMessages();
     this.refreshList();
   }
-}
-
-function thumbnail(url, alt) {
-  const img = document.createElement("img");
-  img.className = "thumb";
-  img.src = url;
-  img.alt = alt;
-  return img;
 }
 
 export function statsText(s) {
