@@ -204,7 +204,39 @@ def test_an_answer_is_read_aloud_through_an_audio_element(ui: PageWatch, media_s
     screenshot(page, "chat-read-aloud")
 
 
-def test_a_long_answer_is_spoken_in_pieces_under_the_speech_limit(ui: PageWatch, media_server: LiveServer) -> None:
+def test_a_long_answer_is_spoken_in_pieces_played_one_after_another(ui: PageWatch, media_server: LiveServer) -> None:
+    """4,100 characters: two /v1/audio/speech requests (the limit is 4,096), the second piece plays
+    when the first ends, and after the last the element holds the first again to replay."""
+    long = " ".join(f"This is sentence number {i} of a long answer." for i in range(92))
+    assert 4096 < len(long) < 4400
+    conv = httpx.post(media_server.url + "/ui/api/conversations", json={"title": "Long answer"}).json()
+    httpx.post(f"{media_server.url}/ui/api/conversations/{conv['id']}/messages",
+               json={"role": "assistant", "content": long}).raise_for_status()
+    page = ui.page
+    inputs: list[str] = []
+    page.on("request", lambda r: inputs.append(r.post_data_json["input"]) if r.url.endswith("/audio/speech") else None)
+    open_ui(page, media_server)
+    page.get_by_role("button", name="Long answer", exact=True).click()
+    page.get_by_role("button", name="Read aloud").click()
+    ready = ("() => { const a = document.querySelector('.message.assistant audio');"
+             " return a && a.readyState >= 1 && a.duration > 0 ? [a.src, a.duration] : null; }")
+    first, first_seconds = page.wait_for_function(ready, timeout=300_000).json_value()
+    assert first_seconds > 120  # about four minutes of speech
+    page.wait_for_function("() => !document.querySelector('.message.assistant .link-button[disabled]')",
+                           timeout=300_000)  # "Reading…" until the last piece is made
+    assert len(inputs) == 2 and all(len(i) <= 4000 for i in inputs) and " ".join(inputs) == long
+    seek_to_end = "() => { const a = document.querySelector('.message.assistant audio');" \
+                  " a.currentTime = a.duration - 0.05; return a.play(); }"
+    page.evaluate(seek_to_end)
+    second, second_seconds = page.wait_for_function(
+        f"() => {{ const r = ({ready})(); return r && r[0] !== {first!r} ? r : null; }}").json_value()
+    assert second.startswith("blob:") and 0 < second_seconds < 20
+    page.evaluate(seek_to_end)
+    page.wait_for_function(f"() => {{ const a = document.querySelector('.message.assistant audio');"
+                           f" return a.src === {first!r} && a.paused; }}")  # ready to replay from the start
+
+
+def test_speech_pieces_are_cut_after_sentences_under_the_limit(ui: PageWatch, media_server: LiveServer) -> None:
     page = ui.page
     open_ui(page, media_server)
     text = " ".join(f"Sentence number {i} is here,  with\nsome words." for i in range(400))  # 18,000 characters

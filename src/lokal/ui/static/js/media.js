@@ -104,25 +104,32 @@ async function synthesize(model, voice, input) {
 }
 
 // Speak `text` through an <audio> element: the first piece plays as soon as it is made, the others
-// follow it. Returns the blob URLs made (the caller revokes them when the element goes).
+// follow it, and once the last has played the element holds the first again, so that its controls
+// replay the whole answer. Fills `urls` with the blob URLs made (the caller revokes them).
 export async function speakInto(audio, text, urls = []) {
   const model = await firstModel("text-to-speech");
   if (!model) throw new Error("No text-to-speech model: pull one (e.g. piper:joe-medium) on the Models page.");
   const voice = await voiceOf(model);
   let next = 0;
   let idle = true; // the element has played everything it was given
+  let done = false; // every piece is made
   const playNext = () => {
-    idle = next >= urls.length;
-    if (idle) return;
-    audio.src = urls[next];
-    next += 1;
-    audio.play().catch(() => {}); // a browser that blocks autoplay leaves the controls to the user
+    if (next < urls.length) {
+      audio.src = urls[next];
+      next += 1;
+      idle = false;
+      audio.play().catch(() => {}); // a browser that blocks autoplay leaves the controls to the user
+      return;
+    }
+    idle = true;
+    if (done && urls.length > 1) { audio.src = urls[0]; next = 1; }
   };
   audio.addEventListener("ended", playNext);
   for (const piece of speechPieces(text)) {
     urls.push(URL.createObjectURL(await synthesize(model, voice, piece)));
     if (idle) playNext();
   }
+  done = true;
   return urls;
 }
 
