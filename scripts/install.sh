@@ -20,8 +20,12 @@ BUILD=lokal.2  # bump when FLAGS or the patch change
 FLAGS="-DGGML_LLAMAFILE=ON"
 CACHE="${LOKAL_WHEEL_CACHE:-$HOME/.cache/lokal/wheels}"
 WHEELS="$CACHE/$BUILD"
-EXTRAS="[bench]"  # `lokal bench run --html` works after the README's quick start
-if [ "${1:-}" = "test" ]; then EXTRAS="[test,bench,ray,speech]"; fi
+EXTRAS="bench"  # `lokal bench run --html` works after the README's quick start
+if [ "${1:-}" = "test" ]; then EXTRAS="test,bench,ray,speech,convert"; fi
+if [ -n "${LOKAL_EXTRAS:-}" ]; then EXTRAS="$EXTRAS,$LOKAL_EXTRAS"; fi  # e.g. LOKAL_EXTRAS=convert
+# llama.cpp's converters (convert_hf_to_gguf.py, convert_lora_to_gguf.py, with their conversion/ and gguf-py/)
+# from the llama-cpp-python sdist, for the convert extra (lokal.workshop.converter finds them here).
+CONVERTERS="${LOKAL_CONVERTER_CACHE:-$HOME/.cache/lokal/converters}/llama-cpp-python-$LLAMA_CPP_PYTHON"
 
 source scripts/gpu_build.sh
 gpu_backend  # BACKEND, CUDA_ARCHS, NVCC, CUDA_NOTE
@@ -47,6 +51,7 @@ if [ ${#wheel[@]} -eq 0 ]; then
   mkdir -p "$WHEELS"
   src="$(mktemp -d)"
   trap 'rm -rf "$src"' EXIT
+  sdist="$src/llama_cpp_python-$LLAMA_CPP_PYTHON.tar.gz"
   .venv/bin/pip download --quiet --no-deps --no-binary :all: -d "$src" "llama-cpp-python==$LLAMA_CPP_PYTHON"
   tar -xzf "$src"/llama_cpp_python-"$LLAMA_CPP_PYTHON".tar.gz -C "$src"
   python3 scripts/llama_cpp_patch.py "$src/llama_cpp_python-$LLAMA_CPP_PYTHON" "$BUILD"
@@ -57,7 +62,25 @@ if [ ${#wheel[@]} -eq 0 ]; then
   wheel=("$WHEELS"/llama_cpp_python-"$LLAMA_CPP_PYTHON"*.whl)
 fi
 .venv/bin/pip install --force-reinstall --no-deps "${wheel[0]}"
-.venv/bin/pip install -e ".$EXTRAS"
+.venv/bin/pip install -e ".[$EXTRAS]"
+
+# The converters: from the sdist just built, else from pip's download (its cache makes that seconds).
+if [[ ",$EXTRAS," == *,convert,* ]] && [ ! -f "$CONVERTERS/convert_hf_to_gguf.py" ]; then
+  echo "extracting llama.cpp's converters into $CONVERTERS..."
+  if [ -z "${sdist:-}" ]; then
+    conv_src="$(mktemp -d)"
+    trap 'rm -rf "${src:-}" "$conv_src"' EXIT
+    .venv/bin/pip download --quiet --no-deps --no-binary :all: -d "$conv_src" "llama-cpp-python==$LLAMA_CPP_PYTHON"
+    sdist="$conv_src/llama_cpp_python-$LLAMA_CPP_PYTHON.tar.gz"
+  fi
+  mkdir -p "$(dirname "$CONVERTERS")"
+  staged="$(mktemp -d "$CONVERTERS.partial-XXXXXX")"  # renamed into place whole, or not at all
+  vendor="llama_cpp_python-$LLAMA_CPP_PYTHON/vendor/llama.cpp"
+  tar -xzf "$sdist" -C "$staged" --strip-components=3 "$vendor/convert_hf_to_gguf.py" \
+    "$vendor/convert_lora_to_gguf.py" "$vendor/conversion" "$vendor/gguf-py"
+  rm -rf "$CONVERTERS"
+  mv "$staged" "$CONVERTERS"
+fi
 # instructor 1.17 caps jiter below 0.15 while openai 3.x needs 0.16+; it runs fine on the newer one,
 # so it comes without its pins (its other dependencies are in the test extra).
 if [ "${1:-}" = "test" ]; then .venv/bin/pip install --no-deps "instructor==1.17.0"; fi

@@ -67,6 +67,11 @@ class Settings(BaseSettings):
         default="5m", description='idle time before a model unloads ("5m", "1h30m", seconds; 0 at once, -1 never)'
     )
     log_level: str = "info"
+    converter_cache: Path = Field(
+        default_factory=lambda: Path.home() / ".cache" / "lokal" / "converters",
+        description="where scripts/install.sh puts llama.cpp's converters (lokal import of a Hugging Face "
+        "folder), one folder per llama-cpp-python version (lokal.workshop.converter)",
+    )
     # production: see lokal.server.security and the README's Production section
     rate_rpm: int = Field(default=0, ge=0, description="requests per minute per API key (or client address); 0 = off")
     rate_tpm: int = Field(default=0, ge=0, description="prompt+generated tokens per minute per key; 0 = off")

@@ -47,9 +47,11 @@ class PullProgressBar:
 
     def __call__(self, p: PullProgress) -> None:
         if p.total:
+            # "pulling" while downloading; a later byte-counted step (converting) under its own name
+            description = f"{'pulling' if p.status == 'downloading' else escape(p.status)} {escape(self._name)}"
             if self._task is None:
-                self._task = self._progress.add_task(f"pulling {escape(self._name)}", total=p.total)
-            self._progress.update(self._task, total=p.total, completed=p.completed or 0)
+                self._task = self._progress.add_task(description, total=p.total)
+            self._progress.update(self._task, description=description, total=p.total, completed=p.completed or 0)
         elif p.status != self._last_status:
             self._progress.console.print(f"[dim]{escape(p.status)}[/dim]")
         self._last_status = p.status

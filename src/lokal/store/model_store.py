@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -248,13 +248,22 @@ class ModelStore:
         self.write_manifest(copied)
         return copied
 
-    def import_file(self, path: Path | str, name: str | ModelName) -> Manifest:
+    def import_file(
+        self,
+        path: Path | str,
+        name: str | ModelName,
+        *,
+        source: str | None = None,
+        parameters: dict[str, Any] | None = None,
+    ) -> Manifest:
         """Add the local GGUF file ``path`` as model ``name``.
 
         The file must be a GGUF llama.cpp can load (:class:`InvalidGguf` / :class:`UnloadableGguf`
         otherwise, with nothing stored). It is copied into ``blobs/`` (reflinked where the
         filesystem can), so the model no longer depends on the original: editing, truncating or
-        deleting it later changes nothing in the store.
+        deleting it later changes nothing in the store; a file the store wrote in ``tmp/`` (a
+        conversion) is moved. ``source`` (default ``file:<path>``) and ``parameters`` (Modelfile
+        defaults) go into the manifest.
         """
         model = _as_name(name)
         path = Path(path).expanduser().resolve()
@@ -263,8 +272,9 @@ class ModelStore:
             name=str(model),
             digest=digest,
             size=self.blob_path(digest).stat().st_size,
-            source=f"file:{path}",
+            source=source or f"file:{path}",
             facts=facts,
+            parameters=parameters or {},
             license=facts.license,
         )
         self.write_manifest(manifest)

