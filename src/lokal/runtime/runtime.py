@@ -525,6 +525,8 @@ class Runtime:
         loaded.memory_bytes = plan.total_bytes
         if draft is not None:  # the draft model has the same KV layout as its target
             loaded.memory_bytes += model_memory_bytes(self.store.get(draft), shape, self.store.home)
+        if manifest.projector is not None:  # the vision projector's weights (its compute buffer is small)
+            loaded.memory_bytes += self.store.blob_path(manifest.projector).stat().st_size
         return loaded
 
     def draft_model(self, key: str, manifest: Manifest) -> str | None:

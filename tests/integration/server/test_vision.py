@@ -113,6 +113,14 @@ def test_images_reach_the_model_and_different_images_give_different_answers(clie
     assert ask(client, RED_CIRCLE).choices[0].message.content == texts[0]
 
 
+def test_n_choices_from_one_image_prompt_read_it_once_and_answer_alike(client: openai.OpenAI) -> None:
+    one = ask(client, BLUE_SQUARE, "Name it.")
+    two = client.chat.completions.create(model=VISION, temperature=0, max_tokens=12, n=2, messages=[
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(BLUE_SQUARE)}},
+                                     {"type": "text", "text": "Name it."}]}])
+    assert [c.message.content for c in two.choices] == [one.choices[0].message.content] * 2
+
+
 def test_the_same_image_after_the_same_prefix_hits_the_prefix_cache_and_another_never_does(
         client: openai.OpenAI) -> None:
     first = ask(client, GREEN_TRIANGLE, "Describe the shape.")
