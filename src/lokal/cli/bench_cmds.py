@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from lokal.bench.loadgen import RequestRecord
 from lokal.bench.run import BenchEvents
@@ -187,3 +187,88 @@ def scenarios() -> None:
 
     for name, text in SCENARIOS.items():
         console.print(f"[bold]{name:<14}[/bold] {text}", highlight=False)
+
+
+@bench_app.command("quant")
+def quant(
+    model: Annotated[str, typer.Argument(help="a model in the store: the variants are made from it")],
+    types: Annotated[str | None, typer.Option(
+        help="types to build and measure, e.g. Q8_0,Q4_K_M (default Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q3_K_M,Q2_K)")] = None,
+    allow_requantize: Annotated[bool, typer.Option(
+        "--allow-requantize", help="build the variants from an already quantized model (its error adds up)")] = False,
+    reps: Annotated[int, typer.Option(help="repetitions of each speed test (mean ± sd)")] = 3,
+    ctx: Annotated[int, typer.Option(help="perplexity: tokens per chunk")] = 512,
+    chunks: Annotated[int | None, typer.Option(help="perplexity: only the first N chunks of the text")] = None,
+    threads: Annotated[int | None, typer.Option(help="threads (default LOKAL_THREADS)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the rows as JSON")] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="print the table as Markdown")] = False,
+) -> None:
+    """The quantization table: each type's size, memory, prompt and generation speed (llama-bench's pp512 and
+    tg128) and perplexity, one row per type; the variants are built once and kept in the store."""
+    from rich.table import Table
+
+    from lokal.cli.workshop_cmds import TensorBar, tensor_progress, warn
+    from lokal.config import Settings
+    from lokal.store.errors import StoreError
+    from lokal.store.model_store import ModelStore
+    from lokal.workshop.perplexity import PerplexityError
+    from lokal.workshop.quant_table import (
+        QuantRow,
+        build_variants,
+        markdown_table,
+        measure_row,
+        parse_types,
+        table_document,
+    )
+
+    settings = Settings()
+    store = ModelStore(settings.home)
+    n_threads = threads or settings.threads
+    if reps < 1:
+        raise _fail("--reps must be ≥ 1")
+    try:
+        wanted = parse_types(types)
+        source = store.get(model)
+        if allow_requantize and (source.facts.quantization or "").upper() not in ("F32", "F16", "BF16"):
+            warn(f"{source.name} is {source.facts.quantization}: every variant is requantized from it, so each "
+                 "row's error adds to that of the source (a table from the F16 original shows less loss)")
+        with tensor_progress() as progress:
+            variants = build_variants(store, source.name, wanted, allow_requantize=allow_requantize,
+                                      threads=n_threads, progress=TensorBar(progress))
+    except StoreError as exc:
+        raise _fail(str(exc)) from None
+    rows: list[QuantRow] = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        for manifest, is_source in variants:
+            task = progress.add_task(f"{escape(manifest.name)} · speed, then perplexity chunks", total=None)
+
+            def on_chunk(done: int, total: int, task: TaskID = task) -> None:
+                progress.update(task, completed=done, total=total)
+
+            try:
+                r = measure_row(store, manifest, source=is_source, threads=n_threads, reps=reps, ctx=ctx,
+                                chunks=chunks, on_chunk=on_chunk)
+            except (StoreError, PerplexityError) as exc:
+                raise _fail(f"{manifest.name}: {exc}") from None
+            rows.append(r)
+            progress.remove_task(task)
+            progress.console.print(f"  {escape(r.type)}: pp512 {r.prompt} t/s, tg128 {r.generation} t/s, "
+                                   f"PPL {r.ppl:.4f} ± {r.ppl_stderr:.4f}", highlight=False)
+    rows.sort(key=lambda r: -r.bits_per_weight)
+    if markdown:
+        console.out(markdown_table(rows), highlight=False)
+    else:
+        table = Table(title=f"{escape(source.name)} · {n_threads} threads", header_style="bold")
+        for col in ("type", "bits/weight", "size", "memory @ 4k ctx", "pp512 t/s", "tg128 t/s", "perplexity"):
+            table.add_column(col, justify="left" if col == "type" else "right")
+        for r in rows:
+            table.add_row(f"{r.type} (source)" if r.source else r.type, f"{r.bits_per_weight:.2f}",
+                          f"{r.size_bytes / 2**20:.1f} MiB", f"{r.memory_bytes / 2**20:.0f} MiB", str(r.prompt),
+                          str(r.generation), f"{r.ppl:.4f} ± {r.ppl_stderr:.4f}")
+        console.print(table)
+    if json_out:
+        doc = table_document(source.name, rows, {"threads": n_threads, "reps": reps,
+                                                 "requantized": allow_requantize})
+        json_out.write_text(json.dumps(doc, indent=2))
+        console.print(f"[dim]results: {escape(str(json_out))}[/dim]")
