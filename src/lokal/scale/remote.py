@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from ray.exceptions import NodeDiedError, RayActorError, RayError, WorkerCrashedError
+from ray.serve.exceptions import DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from ray.serve.request_router import RunningReplica
 
@@ -111,7 +112,9 @@ class RemoteRuntime(Runtime):
         return list(routers[0].curr_replicas.values()) if routers else []
 
     def _check_healthy(self) -> None:
-        if self.replica_count() == 0:
+        """ServerBusy when no replica runs now (once the router has known some: until then, Serve
+        holds a request until one does, up to ``ray_route_timeout``)."""
+        if self.handle.running_replicas_populated() and self.replica_count() == 0:
             raise errors.ServerBusy("no healthy replica is serving; try again shortly", retry_after_s=RETRY_AFTER_S)
 
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -132,20 +135,16 @@ class RemoteRuntime(Runtime):
                 raise replica_error(exc) from exc
         raise AssertionError("unreachable")
 
-    def replica_ids(self) -> list[str]:
-        """The running replicas' ids, as the router knows them."""
-        return [r.replica_id.unique_id for r in self.running_replicas()]
-
     async def _each(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
-        """A runtime method on every running replica at once (idempotent ones: load, unload): their
-        results. A replica lost meanwhile is left out (its models went with it); a refusal is raised."""
-        if not self.replica_ids():
-            await self._call(method, *args, **kwargs)  # the first call builds the router, which knows them
-        ids = self.replica_ids()
-        model = route_name(str(args[0]))
-        outcomes = await asyncio.gather(
-            *(self.handle.call.remote(method, args, kwargs, model=model, replica=i) for i in ids),
-            return_exceptions=True)
+        """A runtime method on every running replica at once (Serve's broadcast; for control calls:
+        load, unload): their results. A replica lost meanwhile is left out (its models went with
+        it); a refusal is raised."""
+        self._check_healthy()
+        try:
+            outcomes = await self.handle.broadcast("call", method, args, kwargs).results_async(return_exceptions=True)
+        except DeploymentUnavailableError as exc:
+            raise errors.ServerBusy("no healthy replica is serving; try again shortly",
+                                    retry_after_s=RETRY_AFTER_S) from exc
         results = []
         for outcome in outcomes:
             if isinstance(outcome, REPLICA_LOST):

@@ -77,10 +77,8 @@ class LokalReplica:
         finally:
             await stream.aclose()
 
-    async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], model: str = "",
-                   replica: str = "") -> Any:
-        """``Runtime.<method>(*args, **kwargs)``'s result, or a ``Refused`` (``model``, ``replica``:
-        for the router)."""
+    async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], model: str = "") -> Any:
+        """``Runtime.<method>(*args, **kwargs)``'s result, or a ``Refused`` (``model``: for the router)."""
         if method not in REMOTE_METHODS:
             raise ValueError(f"{method} is not a remote runtime method")
         try:

@@ -4,8 +4,7 @@ Candidates are the replicas that have the request's model loaded (all of them wh
 Among those, a conversation goes to the replica its prefix hashes to (rendezvous hashing: the
 choice moves only when that replica goes away), so its prompt finds the replica's prefix cache;
 when that replica has every slot busy while another has a free one, the least loaded gets it.
-Ray then probes the first rank and, if that replica refuses (``max_ongoing_requests``), the next.
-A call that names a ``replica`` goes to that one (the ingress reaches every replica this way)."""
+Ray then probes the first rank and, if that replica refuses (``max_ongoing_requests``), the next."""
 
 from __future__ import annotations
 
@@ -72,23 +71,17 @@ class PrefixAffinityRouter(RequestRouter):
                               pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
         kwargs = pending_request.kwargs if pending_request is not None else {}
         return rank(candidate_replicas, key=str(kwargs.get("affinity") or ""), slots=self.slots,
-                    target=str(kwargs.get("replica") or ""),
                     serves=lambda r: any(s.name == kwargs.get("model") for s in replica_status(r)),
                     load=self._load, name=lambda r: r.replica_id.unique_id)
 
 
 def rank(replicas: list[R], *, key: str, slots: int, serves: Callable[[R], bool], load: Callable[[R], int],
-         name: Callable[[R], str], target: str = "") -> list[list[R]]:
+         name: Callable[[R], str]) -> list[list[R]]:
     """Replicas in the order to try them (Ray probes the first rank, then the next): those that
     serve the model (all when none does); the one ``key`` hashes to first unless its ``slots``
-    are all busy while another has a free one; then the others, least loaded first. A call for
-    one replica (``target``, its name: RemoteRuntime's broadcasts) goes to it alone; when it is
-    gone (replaced), where any call would go, which the broadcasts' idempotent calls allow."""
+    are all busy while another has a free one; then the others, least loaded first."""
     if not replicas:
         return []
-    chosen = [r for r in replicas if target and name(r) == target]
-    if chosen:
-        return [chosen]
     candidates = [r for r in replicas if serves(r)] or replicas
     by_load = sorted(candidates, key=load)
     if not key:

@@ -15,9 +15,9 @@ class Replica:
     models: tuple[str, ...] = ("m:1",)
 
 
-def order(replicas: list[Replica], key: str, model: str = "m:1", slots: int = 2, target: str = "") -> list[list[str]]:
+def order(replicas: list[Replica], key: str, model: str = "m:1", slots: int = 2) -> list[list[str]]:
     ranks = rank(replicas, key=key, slots=slots, serves=lambda r: model in r.models, load=lambda r: r.load,
-                 name=lambda r: r.name, target=target)
+                 name=lambda r: r.name)
     return [[r.name for r in group] for group in ranks]
 
 
@@ -76,9 +76,3 @@ def test_a_busy_preferred_replica_gives_way_to_the_least_loaded() -> None:
 def test_without_a_key_the_least_loaded_come_first() -> None:
     assert order([Replica("a", load=3), Replica("b", load=1)], "") == [["b", "a"]]
 
-
-def test_a_call_for_one_replica_goes_to_it_alone_or_anywhere_once_it_is_gone() -> None:
-    replicas = [Replica("a", load=5, models=()), Replica("b"), Replica("c")]
-    assert "a" not in order(replicas, "some-key")[0]  # busy, without the model: never first for others
-    assert order(replicas, "some-key", target="a") == [["a"]]
-    assert order(replicas, "some-key", target="gone") == order(replicas, "some-key")
