@@ -26,6 +26,7 @@ from lokal.store.manifest import Manifest, utc_now
 from lokal.store.model_store import ModelStore
 from lokal.store.names import parse_model_name
 from lokal.store.progress import ProgressCallback, PullProgress, ignore_progress
+from lokal.store.sources.pypi import die_with_parent
 
 
 class QuantizeError(StoreError):
@@ -131,7 +132,7 @@ def quantize_model(
     if existing is not None and existing.source == origin:
         report(PullProgress("success"))
         return existing  # made before from the same weights: quantizing is deterministic
-    _check_source(src, qt, allow_requantize, warn)
+    check_source(src, qt, allow_requantize, warn)
     gguf = store.gguf_path(src.name)
     _check_disk(store, gguf, qt)
     status = f"quantizing {src.facts.quantization or '?'} model to {qt.name}"  # Ollama's words
@@ -155,7 +156,11 @@ def quantize_model(
     return manifest
 
 
-def _check_source(src: Manifest, qt: QuantType, allow_requantize: bool, warn: Callable[[str], None] | None) -> None:
+def check_source(
+    src: Manifest, qt: QuantType, allow_requantize: bool, warn: Callable[[str], None] | None = None
+) -> None:
+    """:class:`QuantizeError` unless model ``src`` can be quantized to ``qt``; ``warn`` is told
+    what requantizing an already quantized model costs."""
     if src.format != "gguf" or src.kind not in QUANTIZABLE_KINDS:
         raise QuantizeError(f"{src.name} is a {src.kind} model; only language and embedding GGUF models are quantized")
     current = (src.facts.quantization or "").upper()
@@ -195,7 +200,8 @@ def _run_quantizer(
     argv = [sys.executable, "-m", "lokal.workshop.quantize_worker", str(source), str(output), str(qt.ftype),
             "1" if allow_requantize else "0", str(max(1, threads))]
     with tempfile.TemporaryFile() as errors:  # a file, not a pipe: a long error cannot block the worker
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, stdin=subprocess.DEVNULL)
+        # killed with this process, even by SIGKILL: no orphan writes on into a partial file nobody holds
+        proc = subprocess.Popen(die_with_parent(argv), stdout=subprocess.PIPE, stderr=errors, stdin=subprocess.DEVNULL)
         try:
             assert proc.stdout is not None
             report(PullProgress(status))

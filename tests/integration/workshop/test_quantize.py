@@ -9,8 +9,10 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from lokal.store.model_store import ModelStore
@@ -136,3 +138,28 @@ def test_a_model_that_is_not_a_language_model_is_refused(home: Path, model_home:
     with pytest.raises(QuantizeError, match="only language and embedding GGUF models"):
         quantize_model(ModelStore(model_home), speech.name, "Q8_0", allow_requantize=True)  # refused before any write
     assert not ModelStore(model_home).exists(f"{speech.name}-q8_0")
+
+
+def test_a_killed_quantize_takes_its_quantizer_with_it_and_leaves_the_store_unchanged(home: Path) -> None:
+    before = _listing(home)
+    env = {**os.environ, "LOKAL_HOME": str(home), "LOKAL_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "lokal.cli.main", "quantize", SOURCE, "--to", "Q8_0",
+                             "--allow-requantize", "--name", "killed:q8"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tmp = home / "tmp"
+    deadline = time.monotonic() + 120
+    partial = None
+    while time.monotonic() < deadline and proc.poll() is None:  # kill it once llama.cpp is writing
+        partial = next((p for p in tmp.glob("blob-*.partial") if p.exists() and p.stat().st_size > 1 << 20), None)
+        if partial is not None:
+            break
+        time.sleep(0.005)
+    assert partial is not None, "the quantizer never wrote"
+    proc.kill()
+    proc.wait()
+    time.sleep(1.0)
+    writers = [p for p in psutil.process_iter(["cmdline"]) if str(partial) in " ".join(p.info["cmdline"] or [])]
+    assert writers == []  # the quantizer died with lokal
+    ModelStore(home)  # opening the store removes what a killed process left in tmp/
+    assert _listing(home) == before
+    assert not ModelStore(home).exists("killed:q8")
