@@ -156,8 +156,9 @@ def _ago(when: datetime) -> str:
 @friendly
 def pull(name: Annotated[str, typer.Argument(help="catalog name (smollm2:135m) or hf.co/owner/repo:quant")]) -> None:
     """Download a model into the store (resumes and verifies sha256)."""
+    from lokal.cli.hf_import_cmd import print_notes
     from lokal.cli.progress import PullProgressBar
-    from lokal.store.pull import pull_model
+    from lokal.workshop.hf_import import pull_or_convert
 
     settings = _settings()
     if not _store(settings).exists(name):
@@ -165,9 +166,11 @@ def pull(name: Annotated[str, typer.Argument(help="catalog name (smollm2:135m) o
 
         warn_if_wont_fit(name, settings)  # the same estimate as lokal advise and the web UI's badge
     with PullProgressBar(err_console, name) as bar:
-        manifest = pull_model(_store(settings), name, bar)
+        result = pull_or_convert(_store(settings), name, settings, bar)  # hf.co/ safetensors are converted
+    manifest = result.manifest
     kind = "" if manifest.kind == "chat" else f", {manifest.kind}"
     console.print(f"[green]✔[/green] {escape(manifest.name)} ({_human_size(manifest.size)}{kind}) is ready")
+    print_notes(result, err_console)
 
 
 @app.command("list")
@@ -419,10 +422,22 @@ def remove(names: Annotated[list[str], typer.Argument(help="models to delete")])
 @app.command("import")
 @friendly
 def import_model(
-    path: Annotated[Path, typer.Argument(help="a local .gguf file")],
+    path: Annotated[Path, typer.Argument(help="a local .gguf file, or a Hugging Face model folder (safetensors)")],
     name: Annotated[str, typer.Option("--name", "-n", help="name to store it under")],
+    quantize: Annotated[
+        str | None, typer.Option("--quantize", "-q", help="a folder's GGUF type: F16 (default), BF16, F32 or Q8_0")
+    ] = None,
 ) -> None:
-    """Import a local GGUF file into the store (refused if it is not a valid GGUF)."""
+    """Import a local GGUF file, or convert a Hugging Face safetensors folder (docs/workshop.md), into the store."""
+    if path.is_dir():
+        from lokal.cli.hf_import_cmd import import_folder
+
+        manifest = import_folder(_settings(), path, name, quantize or "F16", err_console).manifest
+        kind = "" if manifest.kind == "chat" else f", {manifest.kind}"
+        console.print(f"[green]✔[/green] imported {escape(manifest.name)} ({_human_size(manifest.size)}{kind})")
+        return
+    if quantize is not None:
+        raise UserError("--quantize converts a Hugging Face folder; a GGUF file is imported as it is")
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     manifest = _store(_settings()).import_file(path, name)

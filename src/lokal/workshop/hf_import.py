@@ -35,7 +35,7 @@ from lokal.store.names import parse_model_name
 from lokal.store.progress import ByteProgress, ProgressCallback, PullProgress, ignore_progress
 from lokal.store.pull import pull_model
 from lokal.store.sources import hf as hf_source
-from lokal.store.sources.hf import HfSource, NoGgufFile, split_hf_name
+from lokal.store.sources.hf import HfFile, HfSource, NoGgufFile, split_hf_name
 from lokal.store.sources.pypi import die_with_parent, kill_group
 from lokal.workshop.converter import INSTALL_HINT, ConverterMissing, LlamaCppConverter, find_converter
 
@@ -125,7 +125,7 @@ def import_hf_folder(
 
     architecture = _architectures(config)[0]
     report(PullProgress(f"converting {architecture} to GGUF {out_type.upper()}"))
-    with store.partial_file("convert") as (partial, _):
+    with store.partial_file() as (partial, _):  # locked; a killed import's is removed by clean_tmp
         warnings = _convert(converter, folder, partial, outtype, report)
         report(PullProgress("verifying the GGUF"))
         manifest = store.import_file(partial, model, source=source or f"file:{folder}", parameters=parameters)
@@ -178,22 +178,22 @@ def pull_safetensors(
     lock = store.pull_lock(model, report)
     try:
         report(PullProgress("pulling manifest"))
-        wanted = [f for f in source.repo_files(repo_id) if any(fnmatch(f.filename, p) for p in HUB_FILES)]
+        wanted = [f for f in source.repo_files(repo_id) if _hub_file_wanted(f.filename)]
+        others = [f for f in wanted if not f.filename.endswith(".safetensors")]
         weights = [f for f in wanted if f.filename.endswith(".safetensors")]
         if not weights:
             raise HfImportError(f"hf.co/{repo_id} has neither a .gguf file nor .safetensors weights to convert")
-        files = work / "files"
-        files.mkdir(parents=True, exist_ok=True)
-        converted = int(sum(f.size for f in weights) * (2 if out_type.upper() == "F32" else 1) * _MARGIN)
-        _check_disk(files, sum(f.size for f in wanted) + converted, f"download and convert hf.co/{repo_id}")
         folder = work / "model" / repo_id.split("/")[1]  # the converter names the model after its folder
         shutil.rmtree(folder.parent, ignore_errors=True)
-        for file in wanted:
-            digest = f"sha256:{file.sha256}" if file.sha256 else None
-            path = source.download(file, work, ByteProgress(report, "downloading", file.size, digest))
-            target = folder / file.filename
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.link(path, target)  # the same filesystem: the converter reads it under its own name
+        for file in others:  # small: the index among them says which weight files the model is
+            _fetch(source, file, work, folder, report)
+        indexed = _indexed_shards(folder)
+        if indexed is not None:  # not the copies some repositories add (consolidated.safetensors)
+            weights = [f for f in weights if f.filename in indexed]
+        converted = int(sum(f.size for f in weights) * (2 if out_type.upper() == "F32" else 1) * _MARGIN)
+        _check_disk(work, sum(f.size for f in weights) + converted, f"download and convert hf.co/{repo_id}")
+        for file in weights:
+            _fetch(source, file, work, folder, report)
         try:
             result = import_hf_folder(
                 store, folder, str(model), settings, out_type=out_type, progress=report, source=f"hf.co/{repo_id}"
@@ -206,6 +206,21 @@ def pull_safetensors(
         raise HfImportError(f"cannot pull {model}: {e}") from e
     finally:
         lock.release(remove=True)
+
+
+def _hub_file_wanted(filename: str) -> bool:
+    """Whether a pull of a safetensors repository downloads ``filename``: the top-level files of
+    :data:`HUB_FILES`, and the few in folders it names (``1_Pooling/config.json``)."""
+    return filename in HUB_FILES or ("/" not in filename and any(fnmatch(filename, p) for p in HUB_FILES))
+
+
+def _fetch(source: HfSource, file: HfFile, work: Path, folder: Path, report: ProgressCallback) -> None:
+    """Download ``file`` (resuming) and link it into ``folder`` under its own name."""
+    digest = f"sha256:{file.sha256}" if file.sha256 else None
+    path = source.download(file, work, ByteProgress(report, "downloading", file.size, digest))
+    target = folder / file.filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.link(path, target)  # the same filesystem: the converter reads it under its own name
 
 
 def generation_parameters(folder: Path) -> tuple[dict[str, Any], list[str]]:
@@ -243,7 +258,8 @@ def _out_type(out_type: str) -> tuple[str, float]:
         return OUT_TYPES[out_type.upper()]
     except KeyError:
         raise HfImportError(
-            f"cannot convert to {out_type!r}: the converter writes {', '.join(OUT_TYPES)}"
+            f"cannot convert to {out_type!r}: the converter writes {', '.join(OUT_TYPES)}; import as F16, then "
+            f"lokal quantize NAME --to {out_type.upper()}"
         ) from None
 
 
@@ -259,13 +275,13 @@ def _check_folder(folder: Path) -> dict[str, Any]:
         raise HfImportError(f"{folder}/config.json is not readable JSON ({e})") from None
     if not isinstance(config, dict) or not _architectures(config):
         raise HfImportError(f"{folder}/config.json names no model architecture (\"architectures\")")
+    _check_shards(folder)
     if not any(_weight_files(folder)):
         pickles = sorted(p.name for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern))
         if pickles:
             raise HfImportError(f"{folder} has only PyTorch pickle weights ({', '.join(pickles)}); lokal imports "
                                 ".safetensors only, as loading a pickle can run code")
         raise HfImportError(f"{folder} has no model weights (*.safetensors)")
-    _check_shards(folder)
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise HfImportError(f"{folder} has no tokenizer ({', '.join(TOKENIZER_FILES)}); the GGUF needs the "
                             "model's tokenizer")
@@ -279,18 +295,25 @@ def _architectures(config: dict[str, Any]) -> list[str]:
 
 
 def _weight_files(folder: Path) -> Iterator[Path]:
-    return (p for p in sorted(folder.glob("*.safetensors")) if p.is_file())
+    """The safetensors files the converter reads: those the index lists, else every one."""
+    indexed = _indexed_shards(folder)
+    found = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
+    return (p for p in found if indexed is None or p.name in indexed)
+
+
+def _indexed_shards(folder: Path) -> set[str] | None:
+    """The weight files ``model.safetensors.index.json`` lists; None without an index."""
+    index = folder / "model.safetensors.index.json"
+    if not index.is_file():
+        return None
+    try:
+        return {str(shard) for shard in json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise HfImportError(f"{index} is not a safetensors index ({e})") from None
 
 
 def _check_shards(folder: Path) -> None:
-    index = folder / "model.safetensors.index.json"
-    if not index.is_file():
-        return
-    try:
-        shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise HfImportError(f"{index} is not a safetensors index ({e})") from None
-    missing = sorted(s for s in shards if not (folder / s).is_file())
+    missing = sorted(s for s in _indexed_shards(folder) or () if not (folder / s).is_file())
     if missing:
         raise HfImportError(f"{folder} lacks weight files its index lists: {', '.join(missing[:5])}")
 

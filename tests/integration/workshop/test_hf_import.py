@@ -7,7 +7,9 @@
   F32, saved as safetensors with its tokenizer and chat template) comes back as a chat model with
   that template, answering greedily exactly as transformers does on the folder;
 - hf.co/<owner>/<repo> with no GGUF file, from a fake Hub on loopback, is downloaded and converted;
-- the refusals that need the converter itself to run (an architecture it does not know).
+- the refusals that need the converter itself to run (an architecture it does not know);
+- an import killed with SIGKILL while the converter writes: the converter dies with it, and the
+  store's next opening removes its partial file.
 
 Without the ``convert`` extra (scripts/install.sh test installs it) these tests are skipped.
 """
@@ -15,9 +17,12 @@ Without the ``convert`` extra (scripts/install.sh test installs it) these tests 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -28,6 +33,7 @@ from lokal.config import Settings
 from lokal.runtime.events import finished
 from lokal.runtime.request import GenerateRequest
 from lokal.runtime.runtime import Runtime
+from lokal.store.bert_gguf import read_safetensors
 from lokal.store.catalog import find_catalog_entry
 from lokal.store.errors import PullError
 from lokal.store.model_store import ModelStore
@@ -198,13 +204,20 @@ def _hub_repo(hub: FakeHub, repo_id: str, folder: Path, skip: tuple[str, ...] = 
             hub.add(repo_id, name, path.read_bytes(), lfs=name.endswith(".safetensors"))
     hub.add(repo_id, "pytorch_model.bin", b"a pickle that is never downloaded")
     hub.add(repo_id, "onnx/model.onnx", b"an export that is never downloaded")
+    hub.add(repo_id, "onnx/model.safetensors", b"weights in a folder, never downloaded")
 
 
 @pytest.mark.slow
 def test_pulling_a_repo_without_gguf_converts_its_safetensors(
     minilm_folder: Path, fake_hub: FakeHub, tmp_path: Path  # noqa: F811
 ) -> None:
-    _hub_repo(fake_hub, "sentence-transformers/all-MiniLM-L6-v2", minilm_folder)
+    repo = "sentence-transformers/all-MiniLM-L6-v2"
+    _hub_repo(fake_hub, repo, minilm_folder)
+    # An index naming the weight file, and a copy of the weights it does not name (as some repositories
+    # publish consolidated.safetensors beside their shards): only the indexed file is downloaded.
+    weight_map = {name: "model.safetensors" for name in read_safetensors(minilm_folder / "model.safetensors")}
+    fake_hub.add(repo, "model.safetensors.index.json", json.dumps({"weight_map": weight_map}).encode(), lfs=False)
+    fake_hub.add(repo, "consolidated.safetensors", (minilm_folder / "model.safetensors").read_bytes())
     settings = Settings(home=tmp_path / "home")
     store = ModelStore(settings.home)
     seen: list[PullProgress] = []
@@ -214,7 +227,8 @@ def test_pulling_a_repo_without_gguf_converts_its_safetensors(
     assert manifest.name == "hf.co/sentence-transformers/all-minilm-l6-v2:latest"
     assert manifest.source == "hf.co/sentence-transformers/all-MiniLM-L6-v2" and manifest.kind == "embedding"
     fetched = sorted(path.rsplit("/", 1)[-1] for path in fake_hub.downloads())
-    assert "pytorch_model.bin" not in fetched and "model.onnx" not in fetched and "model.safetensors" in fetched
+    assert fetched.count("model.safetensors") == 1 and "model.safetensors.index.json" in fetched
+    assert not {"pytorch_model.bin", "model.onnx", "consolidated.safetensors"} & set(fetched)
     assert "config.json" in fetched and "tokenizer.json" in fetched  # "1_Pooling/config.json" too: see below
     assert manifest.facts.metadata["bert.pooling_type"] == 1  # MEAN, from 1_Pooling/config.json
     assert manifest.license == "apache-2.0"  # from the model card (README.md)
@@ -274,3 +288,46 @@ def test_lokal_import_converts_a_folder_with_progress_and_lokal_pull_a_safetenso
                              text=True, timeout=300)
     assert refused.returncode == 1
     assert f"{tmp_path} is not a Hugging Face model folder: it has no config.json" in refused.stderr
+
+
+@pytest.mark.slow
+def test_an_import_killed_while_the_converter_writes_leaves_nothing_and_its_converter_dies(
+    minilm_folder: Path, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    code = ("import sys; from lokal.config import Settings; from lokal.store.model_store import ModelStore; "
+            "from lokal.workshop.hf_import import import_hf_folder; "
+            "import_hf_folder(ModelStore(sys.argv[1]), sys.argv[2], 'killed', Settings(home=sys.argv[1]))")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(home), str(minilm_folder)])
+    partials = home / "tmp"
+    deadline = time.monotonic() + 120
+    written = None
+    while time.monotonic() < deadline and proc.poll() is None and written is None:
+        written = next((p for p in partials.glob("blob-*.partial") if p.stat().st_size > 0), None)
+        time.sleep(0.002)
+    assert written is not None, "the converter never started writing"
+    converters = _children(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in converters) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert converters and not any(_alive(pid) for pid in converters)  # it died with its parent
+    store = ModelStore(home)  # opening the store removes what the killed import left
+    assert store.list() == []
+    assert_store_is_empty(store)
+
+
+def _children(pid: int) -> list[int]:
+    import psutil
+
+    return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -110,7 +110,8 @@ def test_an_unknown_output_type_and_a_bad_name_are_refused(
 ) -> None:
     folder = hf_folder(tmp_path / "model")
     assert refused(store, settings, folder, out_type="Q4_K_M") == (
-        "cannot convert to 'Q4_K_M': the converter writes F16, BF16, F32, Q8_0"
+        "cannot convert to 'Q4_K_M': the converter writes F16, BF16, F32, Q8_0; import as F16, then "
+        "lokal quantize NAME --to Q4_K_M"
     )
     with pytest.raises(InvalidModelName):
         import_hf_folder(store, folder, "../escape", settings)

@@ -81,7 +81,7 @@ def pick_gguf(repo_id: str, filenames: list[str], selector: str | None) -> str:
     """
     ggufs = sorted(f for f in filenames if f.lower().endswith(".gguf"))
     if not ggufs:
-        raise NoGgufFile(f"hf.co/{repo_id} has no .gguf file")
+        raise NoGgufFile(f"hf.co/{repo_id} has no .gguf file ('lokal pull hf.co/{repo_id}' converts its safetensors)")
     if selector is None:
         models = [f for f in ggufs if not Path(f).name.lower().startswith("mmproj")]
         matches = [f for f in models if DEFAULT_QUANT.lower() in Path(f).name.lower()]
