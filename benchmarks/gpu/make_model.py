@@ -164,19 +164,15 @@ def write_random_llama(path: Path, d: Dims, seed: int = 0, name: str = "random-l
 
 
 def quantize(src: Path, dst: Path, ftype: str, threads: int) -> None:
-    """llama.cpp's quantizer (what llama-quantize runs) from the installed llama_cpp."""
-    import llama_cpp as C
+    """llama.cpp's quantizer (what llama-quantize runs), as ``lokal quantize`` runs it."""
+    from lokal.workshop.quantize import QuantizeError, quantize_file
 
-    code = getattr(C, f"LLAMA_FTYPE_MOSTLY_{ftype.upper()}", None)
-    if code is None:
-        raise SystemExit(f"unknown quantization {ftype!r} (llama_cpp has no LLAMA_FTYPE_MOSTLY_{ftype.upper()})")
-    C.llama_backend_init()
-    params = C.llama_model_quantize_default_params()
-    params.ftype = code
-    params.nthread = threads
     part = dst.with_name(dst.name + ".part")
-    if C.llama_model_quantize(str(src).encode(), str(part).encode(), params) != 0:
-        raise SystemExit(f"llama_model_quantize failed for {src}")
+    try:
+        quantize_file(src, part, ftype, threads=threads)
+    except QuantizeError as exc:  # an unknown type, or llama.cpp's refusal
+        part.unlink(missing_ok=True)
+        raise SystemExit(str(exc)) from None
     part.replace(dst)
 
 

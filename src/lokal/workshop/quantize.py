@@ -137,7 +137,8 @@ def quantize_model(
     _check_disk(store, gguf, qt)
     status = f"quantizing {src.facts.quantization or '?'} model to {qt.name}"  # Ollama's words
     with store.partial_file() as (partial, _):  # locked: clean_tmp of another process leaves it alone
-        _run_quantizer(gguf, partial, qt, allow_requantize, threads, report, status)
+        quantize_file(gguf, partial, qt, allow_requantize=allow_requantize, threads=threads, progress=report,
+                      status=status)
         report(PullProgress("verifying sha256 digest"))
         digest, facts = store.add_gguf(partial)  # moved into blobs/ once hashed and checked loadable
     manifest = src.model_copy(update={
@@ -192,11 +193,17 @@ def _check_disk(store: ModelStore, gguf: Path, qt: QuantType) -> None:
         )
 
 
-def _run_quantizer(
-    source: Path, output: Path, qt: QuantType, allow_requantize: bool, threads: int, report: ProgressCallback,
-    status: str,
+def quantize_file(
+    source: Path, output: Path, qtype: QuantType | str, *, allow_requantize: bool = False, threads: int = 4,
+    progress: ProgressCallback | None = None, status: str | None = None,
 ) -> None:
-    """Run :mod:`lokal.workshop.quantize_worker`; report tensors done; QuantizeError if it fails."""
+    """Write the GGUF ``source`` quantized to ``qtype`` into ``output`` with llama.cpp's quantizer,
+    run by :mod:`lokal.workshop.quantize_worker`; each tensor is reported as ``completed`` of
+    ``total`` under ``status``. :class:`QuantizeError` with llama.cpp's reason when it fails (then
+    ``output`` may hold part of a file: write into a partial file, as :func:`quantize_model` does)."""
+    qt = parse_quant_type(qtype) if isinstance(qtype, str) else qtype
+    report = progress or ignore_progress
+    status = status or f"quantizing to {qt.name}"
     argv = [sys.executable, "-m", "lokal.workshop.quantize_worker", str(source), str(output), str(qt.ftype),
             "1" if allow_requantize else "0", str(max(1, threads))]
     with tempfile.TemporaryFile() as errors:  # a file, not a pipe: a long error cannot block the worker
