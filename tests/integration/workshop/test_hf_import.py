@@ -182,6 +182,24 @@ def test_a_llama_folder_keeps_its_chat_template_and_answers_as_transformers_does
 
 
 @pytest.mark.slow
+def test_a_chat_template_in_tokenizer_config_json_is_carried_into_the_gguf(
+    smollm2_folder: tuple[Path, list[str]], model_home: Path, tmp_path: Path
+) -> None:
+    folder, _ = smollm2_folder
+    older = tmp_path / "SmolLM2-135M-Instruct"  # as transformers before 4.47 saved it: no chat_template.jinja
+    older.mkdir()
+    for path in folder.iterdir():
+        if path.name not in ("chat_template.jinja", "tokenizer_config.json"):
+            os.link(path, older / path.name)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["chat_template"] = (folder / "chat_template.jinja").read_text()
+    (older / "tokenizer_config.json").write_text(json.dumps(config))
+    settings = Settings(home=tmp_path / "home")
+    manifest = import_hf_folder(ModelStore(settings.home), older, "smollm2-hf", settings).manifest
+    assert manifest.facts.chat_template == ModelStore(model_home).get(SMOLLM2).facts.chat_template
+
+
+@pytest.mark.slow
 def test_an_architecture_the_converter_does_not_know_is_one_error_with_nothing_stored(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "home")
     store = ModelStore(settings.home)
