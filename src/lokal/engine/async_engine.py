@@ -11,8 +11,9 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from lokal.engine.engine import Engine, EngineStats
+from lokal.engine.llama_model import LoraAdapter
 from lokal.engine.sampling import SamplingParams
-from lokal.engine.sequence import Delta, FinishReason, ImageSpan, Sequence
+from lokal.engine.sequence import Adapters, Delta, FinishReason, ImageSpan, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +66,14 @@ class AsyncEngine:
         return self.submit_group(prompt, params, 1)[0]
 
     def submit_group(self, prompt: list[int], params: SamplingParams, n: int,
-                     images: tuple[ImageSpan, ...] = ()) -> list[Submission]:
+                     images: tuple[ImageSpan, ...] = (), adapters: Adapters = ()) -> list[Submission]:
         """Queue n sequences for one prompt (``Engine.new_group``: the prompt is read once), each
-        with its own stream, as ``submit`` does for one. ``images``: the prompt's image spans."""
+        with its own stream, as ``submit`` does for one. ``images``: the prompt's image spans;
+        ``adapters``: the LoRA adapters it is decoded with."""
         if self._stopping:
             raise EngineStopped("the engine is shutting down")
         loop = asyncio.get_running_loop()
-        group = self.engine.new_group(prompt, params, n, images)
+        group = self.engine.new_group(prompt, params, n, images, adapters)
         queues: list[asyncio.Queue[Delta]] = [asyncio.Queue() for _ in group]
         for seq, queue in zip(group, queues, strict=True):
             self._inboxes[seq.id] = (loop, queue)  # before enqueue: its first delta may come at once
@@ -109,6 +111,12 @@ class AsyncEngine:
         if self._inboxes.pop(seq_id, None) is not None:
             self.engine.abort(seq_id)
             self._wake.set()
+
+    def unload_adapter(self, adapter: LoraAdapter) -> None:
+        """Free a LoRA adapter on the engine thread (``Engine.unload_adapter``); once the thread has
+        stopped, closing the engine frees it with the model."""
+        self.engine.unload_adapter(adapter)
+        self._wake.set()
 
     def stats(self) -> EngineStats:
         return self.engine.stats()

@@ -14,10 +14,10 @@ import numpy as np
 
 from lokal.engine.draft import DraftModel
 from lokal.engine.host_prefixes import HostPrefixes
-from lokal.engine.llama_model import KvPoolFull, LlamaModel, SamplerChain
+from lokal.engine.llama_model import KvPoolFull, LlamaModel, LoraAdapter, SamplerChain
 from lokal.engine.sampling import SamplingParams
 from lokal.engine.scheduler import Admission, QueueFull, Scheduler
-from lokal.engine.sequence import Delta, FinishReason, ImageSpan, Sequence, SequenceStatus
+from lokal.engine.sequence import Adapters, Delta, FinishReason, ImageSpan, Sequence, SequenceStatus
 from lokal.engine.speculate import Drafter, LookupDrafter, Speculation
 from lokal.options import MAX_SEED
 
@@ -96,6 +96,7 @@ class Engine:
         )
         self._inbox: deque[Sequence] = deque()
         self._aborts: deque[int] = deque()
+        self._unloads: deque[LoraAdapter] = deque()  # LoRA adapters to free on the engine thread
         self._lock = threading.Lock()
         self._stats_window_s = stats_window_s
         self._recent_steps: deque[tuple[float, int]] = deque()
@@ -111,16 +112,18 @@ class Engine:
         self._swapped_bytes = 0  # preempted sequences' saved cells, within the host tier's capacity
 
     # ---- called from any thread -----------------------------------------------------------
-    def add(self, prompt: list[int], params: SamplingParams, images: tuple[ImageSpan, ...] = ()) -> Sequence:
+    def add(self, prompt: list[int], params: SamplingParams, images: tuple[ImageSpan, ...] = (),
+            adapters: Adapters = ()) -> Sequence:
         """Queue a request. Raises PromptTooLong, ValueError or QueueFull at once."""
-        seq = self.new_sequence(prompt, params, images)
+        seq = self.new_sequence(prompt, params, images, adapters)
         self.enqueue(seq)
         return seq
 
     def new_sequence(self, prompt: list[int], params: SamplingParams,
-                     images: tuple[ImageSpan, ...] = ()) -> Sequence:
+                     images: tuple[ImageSpan, ...] = (), adapters: Adapters = ()) -> Sequence:
         """A checked, not yet queued sequence (PromptTooLong or ValueError if it cannot run).
-        ``images``: the prompt's image spans (their positions hold placeholder ids, not tokens)."""
+        ``images``: the prompt's image spans (their positions hold placeholder ids, not tokens);
+        ``adapters``: LoRA adapters loaded on this model (``LlamaModel.load_adapter``) and their scales."""
         n_ctx = self.model.shape.slot_ctx
         if len(prompt) == 0:
             raise ValueError("the prompt is empty")
@@ -144,21 +147,23 @@ class Engine:
             if params.ignore_eos:
                 raise ValueError("ignore_eos cannot be combined with a grammar (structured output)")
             self.model.check_grammar(params.grammar)  # GrammarError (a ValueError) if llama.cpp refuses it
-        return Sequence(prompt=prompt, params=params, max_context=n_ctx, images=images)
+        if any(adapter.ptr is None for adapter, _ in adapters):
+            raise ValueError("the model's LoRA adapter has been unloaded")
+        return Sequence(prompt=prompt, params=params, max_context=n_ctx, images=images, adapters=adapters)
 
     def new_group(self, prompt: list[int], params: SamplingParams, n: int,
-                  images: tuple[ImageSpan, ...] = ()) -> list[Sequence]:
+                  images: tuple[ImageSpan, ...] = (), adapters: Adapters = ()) -> list[Sequence]:
         """n checked sequences for one prompt (an n > 1 request): the first reads the prompt, the
         others copy its KV cells once it has (``Sequence.leader``) and then decode on their own.
         With a seed, sibling i samples with seed + i, so that seed and n reproduce every choice."""
         if not 1 <= n <= MAX_CHOICES:
             raise ValueError(f"n must be between 1 and {MAX_CHOICES}")
-        first = self.new_sequence(prompt, params, images)
+        first = self.new_sequence(prompt, params, images, adapters)
         group = [first]
         for i in range(1, n):
             seed = None if params.seed is None else (params.seed + i) % (MAX_SEED + 1)
             sibling = Sequence(prompt=prompt, params=params.model_copy(update={"seed": seed}),
-                               max_context=first.max_context, leader=first, images=images)
+                               max_context=first.max_context, leader=first, images=images, adapters=adapters)
             group.append(sibling)
         return group
 
@@ -178,14 +183,22 @@ class Engine:
         with self._lock:
             self._aborts.append(seq_id)
 
+    def unload_adapter(self, adapter: LoraAdapter) -> None:
+        """Free a LoRA adapter at the start of the next step, on the engine thread (no decode is using
+        it then); sequences still decoding with it are cancelled first."""
+        with self._lock:
+            self._unloads.append(adapter)
+
     def has_work(self) -> bool:
-        return bool(self._inbox or self._aborts or self.scheduler.has_work())
+        return bool(self._inbox or self._aborts or self._unloads or self.scheduler.has_work())
 
     # ---- the engine thread ----------------------------------------------------------------
     def step(self) -> list[tuple[Sequence, Delta]]:
         """One scheduling round and at most one llama_decode. Returns the deltas it produced."""
         out: list[tuple[Sequence, Delta]] = []
         self._drain_inbox(out)
+        if self._unloads:
+            self._free_adapters(out)
         for admission in self.scheduler.admit():
             self._start(admission)
             out.append((admission.seq, Delta(started=True, usage=admission.seq.usage())))
@@ -251,6 +264,7 @@ class Engine:
             if end == len(toks):
                 to_sample.append((seq, len(rows) - 1))
         try:
+            self.model.use_adapters(plan[0][0].adapters)  # the scheduler's rows share one set of adapters
             if embeddings:
                 self.model.decode_embeddings(blocks)
             else:
@@ -387,6 +401,17 @@ class Engine:
             if seq.id in aborts:
                 self._finish(seq, FinishReason.CANCELLED, out)
 
+    def _free_adapters(self, out: list[tuple[Sequence, Delta]]) -> None:
+        with self._lock:
+            unloads = list(self._unloads)
+            self._unloads.clear()
+        for adapter in unloads:
+            for seq in [*self.scheduler.waiting, *self.scheduler.running]:
+                if any(a is adapter for a, _ in seq.adapters):
+                    self.scheduler.remove_waiting(seq)
+                    self._finish(seq, FinishReason.CANCELLED, out, error="its LoRA adapter was unloaded")
+            self.model.free_adapter(adapter)  # cached prefixes computed with it never match again: keyed by it
+
     def _start(self, a: Admission) -> None:
         seq, n = a.seq, a.n_reused
         self._save_evicted(a.slot, n if a.source == a.slot else 0)
@@ -433,13 +458,14 @@ class Engine:
         """Copy a free slot's cached prefix to host memory before a new request overwrites it
         (keeping only its first ``kept`` cells)."""
         cached = self.scheduler.slot_cache[slot]
-        if len(cached) <= kept or not self.host.worth_saving(cached):
+        adapters = self.scheduler.slot_adapters[slot]
+        if len(cached) <= kept or not self.host.worth_saving(cached, adapters):
             return
         if self.model.cached_tokens(slot) < len(cached):  # the cells are not what the scheduler thinks
             return
         if self.model.cached_tokens(slot) > len(cached) and not self.model.forget(slot, len(cached)):
             return  # generated cells beyond the reusable prefix could not be dropped
-        self.host.put(cached, self.model.save_sequence(slot))
+        self.host.put(cached, self.model.save_sequence(slot), adapters)
 
     def _restore(self, slot: int, key: int, n: int) -> int:
         """Put a host entry's cells back into a slot and keep its first n; how many are kept."""

@@ -14,6 +14,7 @@ from collections.abc import Sized
 from dataclasses import dataclass
 
 from lokal.engine.scheduler import common_prefix
+from lokal.engine.sequence import Adapters
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class HostEntry:
     key: int
     tokens: tuple[int, ...]
     state: Sized  # llama.cpp's state buffer; len() is its size in bytes
+    adapters: Adapters = ()  # the LoRA adapters its cells were computed with: only those may reuse them
 
 
 class HostPrefixes:
@@ -40,33 +42,36 @@ class HostPrefixes:
     def enabled(self) -> bool:
         return self.capacity_bytes > 0
 
-    def worth_saving(self, tokens: list[int]) -> bool:
+    def worth_saving(self, tokens: list[int], adapters: Adapters = ()) -> bool:
         """Whether a slot holding ``tokens`` should be copied out before it is overwritten: it is long
         enough and no saved entry already holds the same tokens or more."""
         if not self.enabled or len(tokens) < self.min_tokens:
             return False
         t = tuple(tokens)
-        return not any(e.tokens[: len(t)] == t for e in self._entries.values())
+        return not any(e.tokens[: len(t)] == t and e.adapters == adapters for e in self._entries.values())
 
-    def put(self, tokens: list[int], state: Sized) -> None:
+    def put(self, tokens: list[int], state: Sized, adapters: Adapters = ()) -> None:
         """Keep a sequence's state; entries that it covers (a prefix of it) and the least recently
         used ones beyond the capacity go. A state larger than the whole capacity is not kept."""
         if not self.enabled or len(state) > self.capacity_bytes:
             return
         t = tuple(tokens)
-        for key in [k for k, e in self._entries.items() if t[: len(e.tokens)] == e.tokens]:
+        for key in [k for k, e in self._entries.items() if t[: len(e.tokens)] == e.tokens and e.adapters == adapters]:
             self._drop(key)
         while self._entries and self.used_bytes + len(state) > self.capacity_bytes:
             self._drop(next(iter(self._entries)))
-        entry = HostEntry(self._next_key, t, state)
+        entry = HostEntry(self._next_key, t, state, adapters)
         self._next_key += 1
         self._entries[entry.key] = entry
         self.used_bytes += len(state)
 
-    def longest(self, prompt: list[int], limit: int) -> tuple[int | None, int]:
-        """The saved entry sharing the longest prefix with ``prompt`` (at most ``limit`` tokens)."""
+    def longest(self, prompt: list[int], limit: int, adapters: Adapters = ()) -> tuple[int | None, int]:
+        """The saved entry computed with ``adapters`` sharing the longest prefix with ``prompt`` (at
+        most ``limit`` tokens)."""
         best, best_n = None, 0
         for key, e in self._entries.items():
+            if e.adapters != adapters:
+                continue
             n = min(common_prefix(e.tokens, prompt), limit)
             if n > best_n:
                 best, best_n = key, n

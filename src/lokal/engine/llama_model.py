@@ -22,7 +22,7 @@ import numpy as np
 from lokal.engine.cells import CellLedger
 from lokal.engine.gbnf import check_gbnf
 from lokal.engine.sampling import SamplingParams
-from lokal.engine.sequence import TokenLogprob
+from lokal.engine.sequence import Adapters, TokenLogprob
 from lokal.engine.token_mask import GrammarError, TokenMask
 from lokal.engine.token_mask import check_grammar as check_compiled_grammar
 
@@ -101,6 +101,15 @@ def system_info() -> str:
 
 class ModelLoadError(RuntimeError):
     """llama.cpp refused the model file or could not create a context for it."""
+
+
+@dataclass(eq=False)
+class LoraAdapter:
+    """A LoRA adapter loaded on a model (``LlamaModel.load_adapter``), compared by identity: a
+    sequence's adapters, and its cached prefixes, name the very adapter they were computed with."""
+
+    path: Path
+    ptr: object | None  # llama_adapter_lora *; None once freed
 
 
 class KvPoolFull(RuntimeError):
@@ -214,6 +223,8 @@ class LlamaModel:
         self.cells = CellLedger(shape.n_ctx, shared=shape.shared)  # follows every KV memory operation below
         self._batch = C.llama_batch_init(shape.n_batch, 0, 1)
         self._embd_batch: C.llama_batch | None = None  # image rows (decode_embeddings)
+        self._adapters: list[LoraAdapter] = []  # loaded on this model, freed with it at the latest
+        self._applied: Adapters = ()  # the adapters the context applies now
         self.n_embd_inp: int = C.llama_model_n_embd_inp(model)
         self._max_token_bytes = 0
         self._lltokenizer: llguidance.LLTokenizer | None = None  # built on the first grammar
@@ -367,6 +378,40 @@ class LlamaModel:
             for j in range(len(block)):
                 self.cells.append(s, first + j)
 
+    # ---- LoRA adapters ----------------------------------------------------------------------
+    def load_adapter(self, path: Path) -> LoraAdapter:
+        """Load a GGUF LoRA adapter onto this model's weights (ModelLoadError if llama.cpp refuses it).
+        Safe beside decoding on the engine thread: it only adds the adapter's own tensors to the model."""
+        ptr = C.llama_adapter_lora_init(self._model, str(path).encode())
+        if not ptr:
+            raise ModelLoadError(f"llama.cpp could not load the LoRA adapter {path} for {self.path.name}")
+        adapter = LoraAdapter(path, ptr)
+        self._adapters.append(adapter)
+        return adapter
+
+    def free_adapter(self, adapter: LoraAdapter) -> None:
+        """Free an adapter's tensors (engine thread: no decode may use it any more)."""
+        if any(a is adapter for a, _ in self._applied):
+            self.use_adapters(())
+        if adapter in self._adapters:
+            self._adapters.remove(adapter)
+            C.llama_adapter_lora_free(adapter.ptr)
+        adapter.ptr = None
+
+    def use_adapters(self, adapters: Adapters) -> None:
+        """Apply these adapters (and scales) to the context's next decodes; () for the weights alone.
+        llama.cpp applies them to every sequence of a decode (Scheduler.schedule groups sequences
+        by their adapters), and re-plans its compute graph when the set changes."""
+        if adapters == self._applied:
+            return
+        if any(a.ptr is None for a, _ in adapters):
+            raise RuntimeError("a LoRA adapter of this sequence has been freed")
+        n = len(adapters)
+        handles = (C.llama_adapter_lora_p_ctypes * n)(*(a.ptr for a, _ in adapters))  # type: ignore[misc]
+        scales = (ctypes.c_float * n)(*(scale for _, scale in adapters))
+        C.llama_set_adapters_lora(self._ctx, handles if n else None, n, scales if n else None)
+        self._applied = adapters
+
     def sample(self, sampler: SamplerChain, batch_index: int) -> int:
         if sampler.greedy_in_numpy:  # the greedy chain's own pick, without a candidate array in C
             logits = C.llama_get_logits_ith(self._ctx, batch_index)
@@ -488,6 +533,9 @@ class LlamaModel:
             C.llama_model_free(self._model)
             self._ctx = None
             self._model = None
+            for adapter in self._adapters:  # llama_model_free freed them
+                adapter.ptr = None
+            self._adapters.clear()
 
 
 class SamplerChain:

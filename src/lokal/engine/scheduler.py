@@ -10,7 +10,7 @@ from collections.abc import Sequence as Tokens
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lokal.engine.sequence import Sequence, SequenceStatus
+from lokal.engine.sequence import Adapters, Sequence, SequenceStatus
 from lokal.engine.speculate import MAX_DRAFT
 
 if TYPE_CHECKING:
@@ -82,7 +82,9 @@ class Scheduler:
         # What each slot's KV cells hold once its sequence is gone (reusable prefix), and when
         # it was last used, so the least recently used cache is overwritten first.
         self.slot_cache: list[list[int]] = [[] for _ in range(n_slots)]
+        self.slot_adapters: list[Adapters] = [()] * n_slots  # the LoRA adapters its cached cells were computed with
         self.slot_used_at: list[float] = [0.0] * n_slots
+        self.turns = 0  # steps that had sequences of several adapter sets to choose from (schedule)
 
     def queued_beyond_slots(self, incoming: int = 0) -> int:
         """How many requests would wait with no slot for them if ``incoming`` more arrived."""
@@ -155,51 +157,57 @@ class Scheduler:
 
     def _place(self, seq: Sequence) -> Admission:
         """Pick a free slot and the longest reusable prefix for seq's tokens: a free slot's own
-        cells, a running sequence's, or an entry of the host tier."""
+        cells, a running sequence's, or an entry of the host tier, computed with seq's LoRA adapters."""
         # At least one token must be decoded to get logits; a preempted sequence's generated tokens
         # are read again as generated ones where other cells would differ (reuse_generated).
         limit = len(seq.tokens) - 1 if self.reuse_generated else min(len(seq.tokens) - 1, seq.n_prompt)
         target = seq.tokens
+
+        def prefer(slot: int) -> tuple[int, float]:
+            return self._slot_preference(slot, seq.adapters)
         if seq.swapped is not None:  # its own cells come back from host memory
-            return Admission(seq, min(self.free_slots, key=self._slot_preference), None, 0)
+            return Admission(seq, min(self.free_slots, key=prefer), None, 0)
         leader = seq.leader
         if leader is not None and leader.slot is not None and leader.status is SequenceStatus.DECODING:
             # A sibling shares its leader's prompt cells, with the prefix cache on or off.
             n = min(common_prefix(leader.tokens[: leader.n_past], target), limit)
             if n > 0:
-                return Admission(seq, min(self.free_slots, key=self._slot_preference), leader.slot, n)
+                return Admission(seq, min(self.free_slots, key=prefer), leader.slot, n)
         if not self.prefix_cache or limit <= 0:
-            return Admission(seq, min(self.free_slots, key=self._slot_preference), None, 0)
+            return Admission(seq, min(self.free_slots, key=prefer), None, 0)
         best_free, best_free_n = -1, -1
         for s in self.free_slots:
-            n = min(common_prefix(self.slot_cache[s], target), limit)
-            if n > best_free_n or (n == best_free_n and self._slot_preference(s) < self._slot_preference(best_free)):
+            n = min(common_prefix(self.slot_cache[s], target), limit) if self.slot_adapters[s] == seq.adapters else 0
+            if n > best_free_n or (n == best_free_n and prefer(s) < prefer(best_free)):
                 best_free, best_free_n = s, n
         best_src, best_src_n = None, best_free_n
         for other in self.running:
             assert other.slot is not None
+            if other.adapters != seq.adapters:
+                continue
             n = min(common_prefix(other.tokens[: self.reusable(other)], target), limit)
             if n > best_src_n:
                 best_src, best_src_n = other.slot, n
-        stored, stored_n = self.host.longest(target, limit) if self.host is not None else (None, 0)
+        stored, stored_n = self.host.longest(target, limit, seq.adapters) if self.host is not None else (None, 0)
         if stored is not None and stored_n > best_src_n:
-            return Admission(seq, min(self.free_slots, key=self._slot_preference), None, stored_n, stored)
+            return Admission(seq, min(self.free_slots, key=prefer), None, stored_n, stored)
         if best_src is None:
             return Admission(seq, best_free, best_free if best_free_n > 0 else None, max(best_free_n, 0))
         # Borrow another slot's prefix into the free slot that keeps the busy slots contiguous.
-        return Admission(seq, min(self.free_slots, key=self._slot_preference), best_src, best_src_n)
+        return Admission(seq, min(self.free_slots, key=prefer), best_src, best_src_n)
 
-    def _slot_preference(self, slot: int) -> tuple[int, float]:
+    def _slot_preference(self, slot: int, adapters: Adapters = ()) -> tuple[int, float]:
         """Lower is better: first how many runs of consecutive busy slots there would be with this
         one taken, then how recently its cached prefix was used (least recently used first).
 
         With one KV stream per slot, llama.cpp decodes only consecutive slots together: each run of
         consecutive busy slots costs its own pass over the weights in every step. A free slot that
         extends or joins a run is worth more than an old cached prefix that nobody asked for.
+        Only sequences with the same LoRA adapters (``adapters``) share a decode, so only theirs count.
         A shared pool is one stream: only the age counts."""
         if self.pool is not None:
             return 0, self.slot_used_at[slot]
-        busy = {s.slot for s in self.running if s.slot is not None}
+        busy = {s.slot for s in self.running if s.slot is not None and s.adapters == adapters}
         busy.add(slot)
         runs = sum(1 for s in busy if s - 1 not in busy)
         return runs, self.slot_used_at[slot]
@@ -210,10 +218,12 @@ class Scheduler:
         Every decoding sequence advances by one token (plus its speculative drafts); prompts fill the
         rest of the budget in arrival order, a long one in several chunks across steps, so no stream stalls.
         The rows are returned in slot order: llama.cpp puts only ascending, consecutive slots (KV streams) in one
-        micro-batch, so any other order splits a step into several passes over the weights."""
+        micro-batch, so any other order splits a step into several passes over the weights.
+        All rows share one set of LoRA adapters (``_in_turn``)."""
         plan: list[tuple[Sequence, int]] = []
         budget = self.token_budget
-        decoding = [s for s in self.running if s.status is SequenceStatus.DECODING and s.pending > 0]
+        running = self._in_turn()
+        decoding = [s for s in running if s.status is SequenceStatus.DECODING and s.pending > 0]
         budget -= len(decoding)
         # Speculation: drafts ride along, within the budget, their slot's context (the last draft's
         # position < max_context) and what max_tokens leaves. The drafter is asked once for all
@@ -234,7 +244,7 @@ class Scheduler:
                 seq.drafts = drafts
                 budget += max(limit, 0) - len(drafts)
         plan.extend((seq, 1 + len(seq.drafts)) for seq in decoding)
-        for seq in self.running:
+        for seq in running:
             if budget <= 0:
                 break
             if seq.status is SequenceStatus.PREFILLING:
@@ -248,6 +258,21 @@ class Scheduler:
         plan.sort(key=lambda row: row[0].slot or 0)
         return plan
 
+    def _in_turn(self) -> list[Sequence]:
+        """The running sequences this step decodes: llama.cpp applies LoRA adapters to a whole context,
+        so one llama_decode holds sequences of one adapter set. With several sets running, each step
+        takes the next set in turn (round robin, in the order of each set's oldest sequence), so
+        every stream advances once per round; with one set (the usual case) it is everyone."""
+        sets: list[Adapters] = []
+        for seq in self.running:
+            if seq.adapters not in sets:
+                sets.append(seq.adapters)
+        if len(sets) <= 1:
+            return self.running
+        self.turns += 1
+        turn = sets[self.turns % len(sets)]
+        return [seq for seq in self.running if seq.adapters == turn]
+
     def release(self, seq: Sequence, keep_cache: bool = True) -> None:
         """A sequence is done: its slot is free again, and its KV cells stay as a cached prefix
         (unless ``keep_cache`` is false: the engine drops them)."""
@@ -255,6 +280,7 @@ class Scheduler:
             self.running.remove(seq)
         if seq.slot is not None:
             self.slot_cache[seq.slot] = seq.tokens[: self.reusable(seq)] if self.prefix_cache and keep_cache else []
+            self.slot_adapters[seq.slot] = seq.adapters
             self.slot_used_at[seq.slot] = time.perf_counter()
             self.free_slots.append(seq.slot)
 

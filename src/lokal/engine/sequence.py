@@ -7,12 +7,20 @@ import itertools
 import time
 from collections.abc import Callable, Sized
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lokal.engine.detokenize import Detokenizer
 from lokal.engine.sampling import SamplingParams
 from lokal.engine.speculate import Acceptance
+
+if TYPE_CHECKING:
+    from lokal.engine.llama_model import LoraAdapter
+
+# The LoRA adapters a sequence is decoded with, and their scales (() for the base model alone).
+# llama.cpp applies adapters to a whole context, so one llama_decode holds sequences of one set.
+Adapters = tuple[tuple["LoraAdapter", float], ...]
 
 
 class SequenceStatus(enum.Enum):
@@ -132,6 +140,7 @@ class Sequence:
     preemptions: int = 0  # times the shared KV pool ran out and it went back to the queue
     swapped: Sized | None = None  # while preempted: its KV cells as saved state in host memory (else recomputed)
     images: tuple[ImageSpan, ...] = ()  # the prompt's images, in order; their positions hold placeholder ids
+    adapters: Adapters = ()  # its LoRA adapters: the scheduler decodes it only with sequences of the same set
 
     def __post_init__(self) -> None:
         self.tokens = list(self.prompt)

@@ -12,9 +12,9 @@ from lokal.engine.async_engine import AsyncEngine
 from lokal.engine.draft import DraftModel
 from lokal.engine.embedder import Embedder, EmbedResult
 from lokal.engine.engine import Engine
-from lokal.engine.llama_model import ContextShape, LlamaModel, Offload
+from lokal.engine.llama_model import ContextShape, LlamaModel, LoraAdapter, Offload
 from lokal.engine.sampling import SamplingParams
-from lokal.engine.sequence import ImageSpan
+from lokal.engine.sequence import Adapters, ImageSpan
 from lokal.engine.speculate import Speculation
 from lokal.engine.vision import IMAGE_MARKER, Bitmap, Projector
 from lokal.options import SAMPLING_NAMES, from_ollama
@@ -39,33 +39,58 @@ class LoadedModel:
     memory_bytes: int | None = None  # lokal's estimate, made once (Runtime.memory_bytes)
     plan: OffloadPlan | None = None  # where its bytes went (VRAM, RAM); None: not planned (loaded by hand)
     vision: Projector | None = None  # its vision projector: it accepts images
+    adapters: Adapters = ()  # its LoRA adapters (on ``model``), which its every sequence is decoded with
+    host: LoadedModel | None = None  # the model whose weights and engine it shares (a LoRA model's base)
 
     @classmethod
     def load(cls, name: str, manifest: Manifest, path: Path, shape: ContextShape,
              max_queue: int, prefix_cache: bool, start_thread: bool = True,
              prefix_cache_ram_mib: int = 0, speculate: str = "off", draft: Path | None = None,
-             offload: Offload | None = None, projector: Path | None = None) -> LoadedModel:
+             offload: Offload | None = None, projector: Path | None = None,
+             adapters: Sequence[tuple[Path, float]] = ()) -> LoadedModel:
         """Load weights and start the engine thread (blocking: call it off the event loop). ``draft``:
         a draft model's GGUF (DraftMismatch if it cannot draft for this one); ``offload``: its GPU
         layers (None: the CPU); ``projector``: its vision projector's GGUF (ProjectorError if mtmd
-        cannot use it with this model)."""
+        cannot use it with this model); ``adapters``: LoRA adapters' GGUFs and scales (ModelLoadError)."""
         model = LlamaModel(path, shape, offload)
         try:
+            loras = tuple((model.load_adapter(file), scale) for file, scale in adapters)
             vision = Projector(projector, model) if projector is not None else None
             drafter = DraftModel(draft, model) if draft is not None else None
         except BaseException:
             model.close()
             raise
-        source = manifest.template or model.chat_template()
-        template = ChatTemplate.for_model(source, model.architecture, model.bos_text, model.eos_text)
         engine = Engine(model, max_queue=max_queue, prefix_cache=prefix_cache,
                         host_prefix_bytes=prefix_cache_ram_mib * 2**20, speculation=Speculation(speculate),
                         draft=drafter)
         runner = AsyncEngine(engine, name=f"engine:{name}") if start_thread else None
-        # Modelfile parameters, as canonical options (num_predict -1: no limit, as in Ollama's runner)
-        defaults = {k: v for k, v in from_ollama(manifest.parameters or {}, prefix="parameters.").items()
-                    if v is not None}
-        return cls(name, manifest, model, engine, runner, template, defaults, Embedder(model), vision=vision)
+        return cls(name, manifest, model, engine, runner, _template(manifest, model), _defaults(manifest),
+                   Embedder(model), vision=vision, adapters=loras)
+
+    @classmethod
+    def guest(cls, name: str, manifest: Manifest, host: LoadedModel, adapters: Sequence[tuple[Path, float]]
+              ) -> LoadedModel:
+        """A LoRA model served by ``host``'s weights and engine (its base, already loaded): only its
+        adapters are loaded (blocking; ModelLoadError if llama.cpp refuses one). Its requests share
+        the host's batches; the scheduler decodes them in steps of their own (docs/engine.md)."""
+        loras: list[tuple[LoraAdapter, float]] = []
+        try:
+            for file, scale in adapters:
+                loras.append((host.model.load_adapter(file), scale))
+        except BaseException:
+            for adapter, _ in loras:
+                host.unload_adapter(adapter)
+            raise
+        return cls(name, manifest, host.model, host.engine, host.runner, _template(manifest, host.model),
+                   _defaults(manifest), adapters=tuple(loras), host=host,
+                   memory_bytes=sum(a.size for a in manifest.adapters))
+
+    def unload_adapter(self, adapter: LoraAdapter) -> None:
+        """Free one of the adapters on this model's weights, on its engine thread when it has one."""
+        if self.runner is not None:
+            self.runner.unload_adapter(adapter)
+        else:
+            self.engine.unload_adapter(adapter)
 
     @property
     def embedding_length(self) -> int:
@@ -188,6 +213,13 @@ class LoadedModel:
         return self.embedder.embed(texts, truncate=truncate, normalize=normalize)
 
     def close(self) -> None:
+        """Free what this model holds; a guest (``host``) frees only its adapters and embedder."""
+        if self.host is not None:
+            for adapter, _ in self.adapters:
+                self.host.unload_adapter(adapter)
+            if self.embedder is not None:
+                self.embedder.close()
+            return
         if self.vision is not None:  # before the model it reads from is freed
             self.vision.close()
         if self.embedder is not None:
@@ -196,3 +228,14 @@ class LoadedModel:
             self.runner.close()  # stops the thread, then frees the model (and its draft model)
         else:
             self.engine.close()
+
+
+def _template(manifest: Manifest, model: LlamaModel) -> ChatTemplate:
+    """The model's chat template: its Modelfile's, else the GGUF's (else one for its architecture)."""
+    source = manifest.template or model.chat_template()
+    return ChatTemplate.for_model(source, model.architecture, model.bos_text, model.eos_text)
+
+
+def _defaults(manifest: Manifest) -> dict[str, Any]:
+    """Modelfile parameters, as canonical options (num_predict -1: no limit, as in Ollama's runner)."""
+    return {k: v for k, v in from_ollama(manifest.parameters or {}, prefix="parameters.").items() if v is not None}

@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import psutil
@@ -211,7 +212,7 @@ class Runtime:
         if loaded.runner is None:
             raise RuntimeError("this model is stepped by its owner; it has no engine thread")
         try:
-            return loaded.runner.submit_group(prompt, params, n, images)
+            return loaded.runner.submit_group(prompt, params, n, images, loaded.adapters)
         except PromptTooLong as exc:
             raise errors.ContextLengthExceeded(str(exc), param="messages") from exc
         except QueueFull as exc:
@@ -511,6 +512,7 @@ class Runtime:
                 draft_path,
                 offload=offload,
                 projector=self.store.blob_path(manifest.projector) if manifest.projector else None,
+                adapters=self._adapter_files(manifest),
             )
 
         def replan(layers: int) -> OffloadPlan:
@@ -556,7 +558,7 @@ class Runtime:
             async with lock:
                 loaded = self._loaded.get(key)
                 if loaded is None:
-                    loaded = await asyncio.to_thread(self.load_sync, key)
+                    loaded = await self._load(key)
                     self._loaded[key] = loaded
                     await self._evict_beyond_limit(keep=key)
         self._loaded.move_to_end(key)
@@ -566,12 +568,40 @@ class Runtime:
         self._reaper.start()
         return loaded
 
+    async def _load(self, key: str) -> LoadedModel:
+        """Load a stored model; a LoRA model over weights that are loaded already (its base's, or
+        another LoRA model's over the same base) shares them and their engine: only its adapters load."""
+        manifest = self.store.get(key)
+        host = await self._adapter_host(manifest) if manifest.adapters else None
+        if host is None:
+            return await asyncio.to_thread(self.load_sync, key)
+        log.info("loading %s: its LoRA adapters over %s's weights", key, host.name)
+        return await asyncio.to_thread(LoadedModel.guest, key, manifest, host, self._adapter_files(manifest))
+
+    async def _adapter_host(self, manifest: Manifest) -> LoadedModel | None:
+        """The loaded model whose weights a LoRA model shares: one over the same weights blob, loaded
+        (its stored base is loaded for it when none is); None when no stored model without adapters
+        has these weights (the LoRA model then loads them itself, and others may share them)."""
+        for loaded in self._loaded.values():
+            if loaded.host is None and loaded.manifest.digest == manifest.digest and loaded.runner is not None:
+                return loaded
+        base = next((m.name for m in self.store.list() if m.digest == manifest.digest and not m.adapters), None)
+        return await self.get(base) if base is not None else None
+
+    def _adapter_files(self, manifest: Manifest) -> list[tuple[Path, float]]:
+        return [(self.store.blob_path(a.digest), a.scale) for a in manifest.adapters]
+
+    def _guests(self, host: LoadedModel) -> list[str]:
+        """The loaded LoRA models that share ``host``'s weights and engine."""
+        return [key for key, loaded in self._loaded.items() if loaded.host is host]
+
     # ---- a request's num_ctx (Ollama's): reload with a larger context ---------------------------
     def _wanted_context(self, loaded: LoadedModel, options: dict[str, object]) -> int | None:
         """The larger context a request's num_ctx (or the model's Modelfile one) asks for, up to
         the model's trained length; None when the slot is large enough or ``--ctx-size`` fixes it."""
-        if self.settings.ctx_size:
-            return None  # a fixed context: a larger num_ctx is clamped to it (pipeline)
+        if self.settings.ctx_size or loaded.host is not None or self._guests(loaded):
+            # a fixed context, or one LoRA models share: a larger num_ctx is clamped to it (pipeline)
+            return None
         num_ctx = loaded.options(dict(options)).get("num_ctx")
         if not isinstance(num_ctx, int) or isinstance(num_ctx, bool) or num_ctx <= loaded.context_length:
             return None
@@ -673,7 +703,10 @@ class Runtime:
         return ModelHold(self, key)
 
     def _in_use(self, key: str, loaded: LoadedModel) -> bool:
-        return self._holds.get(key, 0) > 0 or loaded.engine.has_work()
+        """Requests hold it, or its engine has work; a base is in use while LoRA models share it."""
+        if loaded.host is not None:  # its engine is the base's: the base's work is not its own
+            return self._holds.get(key, 0) > 0
+        return self._holds.get(key, 0) > 0 or loaded.engine.has_work() or bool(self._guests(loaded))
 
     def _release_nowait(self, key: str) -> None:
         held = self._holds.get(key, 0) - 1
@@ -701,6 +734,8 @@ class Runtime:
         self._residency.pop(key, None)
         if loaded is None:
             return await self.speech.unload(key)  # a speech model (Ollama's keep_alive 0, lokal stop)
+        for guest in self._guests(loaded):  # LoRA models over its weights go first
+            await self.unload(guest)
         log.info("unloading %s", key)
         await asyncio.to_thread(loaded.close)
         return True
@@ -719,10 +754,11 @@ class Runtime:
 
     async def _evict_beyond_limit(self, keep: str) -> None:
         for key in list(self._loaded):
-            if len(self._loaded) <= self.settings.max_loaded_models:
+            # LoRA models sharing a base's weights count as the base (and go with it)
+            if sum(1 for m in self._loaded.values() if m.host is None) <= self.settings.max_loaded_models:
                 return
-            model = self._loaded[key]
-            if key != keep and not self._in_use(key, model):
+            model = self._loaded.get(key)
+            if model is not None and model.host is None and key != keep and not self._in_use(key, model):
                 await self.unload(key)
 
     async def close(self) -> None:

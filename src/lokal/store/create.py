@@ -6,14 +6,15 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from lokal.store.adapter import check_adapter
 from lokal.store.catalog import find_catalog_entry
 from lokal.store.errors import InvalidModelName, ModelNotFound
 from lokal.store.gguf_facts import GgufFacts, read_gguf_facts
 from lokal.store.kinds import kind_from_facts
 from lokal.store.loadable import check_loadable, read_loadable_gguf_facts
-from lokal.store.manifest import Manifest, utc_now
+from lokal.store.manifest import AdapterLayer, Manifest, utc_now
 from lokal.store.model_store import ModelStore
-from lokal.store.modelfile import MESSAGE_ROLES, Modelfile, ModelfileError, parse_parameter
+from lokal.store.modelfile import MESSAGE_ROLES, AdapterRef, Modelfile, ModelfileError, parse_parameter
 from lokal.store.names import parse_model_name
 from lokal.store.progress import ProgressCallback, PullProgress, ignore_progress
 from lokal.store.pull import pull_model
@@ -58,9 +59,13 @@ def create_model(
     and license, each overridden by the Modelfile's. A Go (Ollama) TEMPLATE is translated into
     Jinja; the template is checked by rendering a sample conversation before anything is written.
 
+    ``ADAPTER`` lines add LoRA adapters (after the base's own, if it has some): each is checked
+    against the base's weights and stored as a blob of its own; the weights are not copied.
+
     Raises :class:`ModelfileError` (bad template, parameter, message), :class:`InvalidModelName`,
-    :class:`ModelNotFound` (unknown FROM), :class:`InvalidGguf` (its subclass
-    :class:`UnloadableGguf` for a GGUF llama.cpp cannot load) or :class:`PullError`.
+    :class:`ModelNotFound` (unknown FROM), :class:`InvalidGguf` (its subclasses
+    :class:`UnloadableGguf` for a GGUF llama.cpp cannot load and :class:`InvalidAdapter` for an
+    adapter that does not fit the base) or :class:`PullError`.
     """
     report = progress or ignore_progress
     target = parse_model_name(name)
@@ -73,6 +78,13 @@ def create_model(
     inherited = base.manifest
     projector = (_resolve_projector(store, modelfile.projector.strip(), base_dir, allow_paths)
                  if modelfile.projector is not None else inherited.projector if inherited else None)
+    try:
+        adapters = [*(inherited.adapters if inherited else []),
+                    *_store_adapters(store, modelfile.adapters, base, base_dir, report, allow_paths)]
+    except BaseException:
+        if base.manifest is None and base.source.startswith("file:"):  # FROM a file: imported for nothing
+            _collect_unused_blob(store, base.digest)
+        raise
     manifest = Manifest(
         name=str(target),
         digest=base.digest,
@@ -85,13 +97,19 @@ def create_model(
         messages=messages or (list(inherited.messages) if inherited else []),
         license=modelfile.license or (inherited.license if inherited else None) or base.facts.license,
         projector=projector,
+        adapters=adapters,
         modified_at=utc_now(),
     )
     report(PullProgress("writing manifest"))
     previous = _existing(store, str(target))
-    store.write_manifest(manifest)  # atomic: the old manifest stays whole until the rename
-    if previous is not None and previous.digest != manifest.digest:
-        _collect_unused_blob(store, previous.digest)
+    try:
+        store.write_manifest(manifest)  # atomic: the old manifest stays whole until the rename
+    except BaseException:
+        for adapter in adapters:
+            _collect_unused_blob(store, adapter.digest)
+        raise
+    for digest in previous.blobs - manifest.blobs if previous is not None else ():
+        _collect_unused_blob(store, digest)
     report(PullProgress("success"))
     return manifest
 
@@ -218,6 +236,44 @@ def _resolve_projector(store: ModelStore, ref: str, base_dir: Path | None, allow
     return digest
 
 
+def _store_adapters(
+    store: ModelStore, refs: list[AdapterRef], base: _Base, base_dir: Path | None, report: ProgressCallback,
+    allow_paths: bool,
+) -> list[AdapterLayer]:
+    """Check every ``ADAPTER`` against the base's weights (:class:`InvalidAdapter`), then store
+    them (a path is copied into the store): all of them, or none if one is refused."""
+    checked: list[tuple[AdapterRef, Path, str | None]] = []  # (ref, file, digest if already a blob)
+    for ref in refs:
+        where = f"ADAPTER {ref.source}"
+        digest_match = _DIGEST.fullmatch(ref.source.strip())
+        if digest_match:
+            digest = f"sha256:{digest_match.group(1)}"
+            path = store.blob_path(digest)
+            if not path.is_file():
+                raise ModelNotFound(f"{where}: no such blob in the store")
+        else:
+            if not allow_paths:
+                raise ModelfileError(f"{where}: file paths are not accepted here; upload the adapter as a blob")
+            digest, path = None, Path(ref.source).expanduser()
+            path = ((base_dir or Path.cwd()) / path if not path.is_absolute() else path).resolve()
+            if not path.is_file():
+                raise ModelfileError(f"{where}: no such file ({path})")
+        check_adapter(path, store.blob_path(base.digest), where)
+        checked.append((ref, path, digest))
+    layers: list[AdapterLayer] = []
+    try:
+        for ref, path, digest in checked:
+            if digest is None:
+                report(PullProgress(f"importing adapter {path.name}"))
+                digest = store.add_blob(path)  # a copy: the model does not depend on the file later
+            layers.append(AdapterLayer(digest=digest, size=store.blob_path(digest).stat().st_size, scale=ref.scale))
+    except BaseException:
+        for layer in layers:
+            _collect_unused_blob(store, layer.digest)
+        raise
+    return layers
+
+
 def _looks_like_path(ref: str, base_dir: Path | None) -> bool:
     if ref.startswith(("/", "./", "../", "~")) or ref.lower().endswith(".gguf"):
         return True
@@ -245,5 +301,5 @@ def _existing(store: ModelStore, name: str) -> Manifest | None:
 def _collect_unused_blob(store: ModelStore, digest: str) -> None:
     """Drop the blob a replaced model used if no model uses it any more."""
     with store.lock():
-        if all(digest not in (m.digest, m.projector) for m in store.list()):
+        if all(digest not in m.blobs for m in store.list()):
             store.blob_path(digest).unlink(missing_ok=True)

@@ -20,6 +20,14 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+class AdapterLayer(BaseModel):
+    """A LoRA adapter a model applies over its weights (``ADAPTER`` in its Modelfile)."""
+
+    digest: str = Field(pattern=r"^sha256:[0-9a-f]{64}$", description="sha256 of the adapter's GGUF blob")
+    size: int = Field(ge=0)
+    scale: float = Field(default=1.0, gt=0.0, description="how strongly its update is applied")
+
+
 class Manifest(BaseModel):
     """Stored as ``manifests/<name>/<tag>.json``; written only after its blob is verified."""
 
@@ -40,7 +48,15 @@ class Manifest(BaseModel):
         default=None, pattern=r"^sha256:[0-9a-f]{64}$",
         description="sha256 of its vision projector's blob (a second FROM in its Modelfile); None: text only",
     )
+    adapters: list[AdapterLayer] = Field(
+        default=[], description="LoRA adapters applied over the weights blob, which is not copied: the base's"
+    )
     modified_at: datetime = Field(default_factory=utc_now)
+
+    @property
+    def blobs(self) -> set[str]:
+        """Every blob this model uses (weights, adapters, projector): what deletion must keep."""
+        return {self.digest, *(a.digest for a in self.adapters), *([self.projector] if self.projector else [])}
 
     @model_validator(mode="before")
     @classmethod

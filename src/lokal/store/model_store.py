@@ -225,7 +225,8 @@ class ModelStore:
             atomic_write(path, manifest.model_dump_json(indent=2).encode() + b"\n")
 
     def delete(self, name: str | ModelName) -> None:
-        """Remove model ``name``; its blob goes too unless another manifest still uses it."""
+        """Remove model ``name``; its blobs (weights, adapters, projector) go too unless another
+        manifest still uses them."""
         model = _as_name(name)
         with self.lock():
             path = self._find_manifest_path(model)
@@ -237,9 +238,12 @@ class ModelStore:
             self._remove_empty_parents(path.parent)
             if manifest is None:
                 return
-            if all(manifest.digest not in (m.digest, m.projector) for m in self._read_all_manifests()):
-                self.blob_path(manifest.digest).unlink(missing_ok=True)
-                shutil.rmtree(unpacked_folder(self.home, manifest.digest), ignore_errors=True)  # a folder model's
+            still_used: set[str] = set()
+            for other in self._read_all_manifests():
+                still_used |= other.blobs
+            for digest in manifest.blobs - still_used:
+                self.blob_path(digest).unlink(missing_ok=True)
+                shutil.rmtree(unpacked_folder(self.home, digest), ignore_errors=True)  # a folder model's
 
     def copy(self, src: str | ModelName, dst: str | ModelName) -> Manifest:
         """Make ``dst`` a second name for model ``src`` (same blob); returns the new manifest."""
@@ -331,7 +335,8 @@ class ModelStore:
 
     def _blob_is_complete(self, manifest: Manifest) -> bool:
         try:
-            return self.blob_path(manifest.digest).stat().st_size == manifest.size
+            return self.blob_path(manifest.digest).stat().st_size == manifest.size and all(
+                self.blob_path(a.digest).stat().st_size == a.size for a in manifest.adapters)
         except OSError:
             return False
 

@@ -1,5 +1,5 @@
 """Modelfiles, as Ollama writes them: ``FROM``, ``PARAMETER``, ``SYSTEM``, ``TEMPLATE``,
-``MESSAGE``, ``LICENSE`` (and ``ADAPTER``, refused).
+``MESSAGE``, ``LICENSE`` and ``ADAPTER`` (a LoRA adapter, with lokal's optional scale).
 
 The text is untrusted (it arrives over HTTP in ``/api/create``): its size, the number of
 instructions and every value are bounded, and each error names the line it is about.
@@ -20,9 +20,20 @@ if TYPE_CHECKING:
 MAX_MODELFILE_CHARS = 1024 * 1024
 MAX_INSTRUCTIONS = 4096
 MESSAGE_ROLES = ("system", "user", "assistant")
+MAX_ADAPTERS = 8  # LoRA adapters of one model (llama.cpp applies them all in every decode)
+MAX_ADAPTER_SCALE = 4.0
 
 _INSTRUCTIONS = ("from", "parameter", "system", "template", "message", "license", "adapter")
 _WORD = re.compile(r"\S+")
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    """An ``ADAPTER`` line: a LoRA adapter's GGUF (a path, or ``sha256:<hex>`` of a stored blob)
+    and the scale its update is applied with (``ADAPTER path.gguf 0.5``; default 1)."""
+
+    source: str
+    scale: float = 1.0
 
 
 @dataclass
@@ -36,6 +47,7 @@ class Modelfile:
     template: str | None = None
     messages: list[dict[str, str]] = field(default_factory=list)
     license: str | None = None
+    adapters: list[AdapterRef] = field(default_factory=list)
 
 
 class ModelfileError(ValueError):
@@ -60,13 +72,32 @@ def parse_parameter(name: str, value: Any) -> Any:
         raise ModelfileError(f"parameter {key} {e.reason}") from None
 
 
+def parse_adapter(value: str, where: str = "") -> AdapterRef:
+    """``ADAPTER``'s value: a path or digest, then optionally a scale (the last word, when it is a
+    number; lokal's addition: Ollama has no scale). Raises :class:`ModelfileError`."""
+    source, scale = value.strip(), 1.0
+    head, _, last = source.rpartition(" ")
+    if head.strip():
+        try:
+            scale = float(last)
+        except ValueError:
+            pass  # a path with a space in it
+        else:
+            source = head.strip()
+    if not source:
+        raise ModelfileError(f"{where}ADAPTER needs a path to a LoRA adapter's GGUF file")
+    if not 0.0 < scale <= MAX_ADAPTER_SCALE:  # also refuses nan
+        raise ModelfileError(f"{where}ADAPTER scale must be above 0 and at most {MAX_ADAPTER_SCALE:g}, not {last}")
+    return AdapterRef(source, scale)
+
+
 def parse_modelfile(text: str) -> Modelfile:
     """Parse a Modelfile. Raises :class:`ModelfileError` naming the line of the first problem.
 
     Instruction keywords are case-insensitive; ``#`` starts a comment line; a value is the rest
     of its line, a ``"quoted"`` string (``\\"`` and ``\\\\`` escapes), or a ``\"\"\"triple-quoted\"\"\"``
     block taken verbatim, both of which may span lines. ``SYSTEM``/``TEMPLATE`` given twice: the
-    last wins; ``PARAMETER stop`` and ``MESSAGE`` accumulate; ``LICENSE`` texts are joined.
+    last wins; ``PARAMETER stop``, ``MESSAGE`` and ``ADAPTER`` accumulate; ``LICENSE`` texts are joined.
     """
     if not isinstance(text, str):
         raise ModelfileError("a Modelfile must be text")
@@ -83,6 +114,7 @@ def parse_modelfile(text: str) -> Modelfile:
     template: str | None = None
     messages: list[dict[str, str]] = []
     licenses: list[str] = []
+    adapters: list[AdapterRef] = []
     count = 0
     while True:
         reader.skip_blank_and_comments()
@@ -97,10 +129,13 @@ def parse_modelfile(text: str) -> Modelfile:
         if instruction not in _INSTRUCTIONS:
             raise ModelfileError(
                 f'line {line}: unknown instruction "{keyword[:64]}" '
-                "(expected FROM, PARAMETER, SYSTEM, TEMPLATE, MESSAGE, LICENSE)"
+                "(expected FROM, PARAMETER, SYSTEM, TEMPLATE, MESSAGE, LICENSE, ADAPTER)"
             )
         if instruction == "adapter":
-            raise ModelfileError(f"line {line}: ADAPTER (LoRA adapters) is not supported by lokal")
+            adapters.append(parse_adapter(reader.value("ADAPTER"), f"line {line}: "))
+            if len(adapters) > MAX_ADAPTERS:
+                raise ModelfileError(f"line {line}: more than {MAX_ADAPTERS} ADAPTER lines")
+            continue
         if instruction == "parameter":
             name = reader.word()
             if not name:
@@ -151,6 +186,7 @@ def parse_modelfile(text: str) -> Modelfile:
         template=template,
         messages=messages,
         license="\n\n".join(licenses) if licenses else None,
+        adapters=adapters,
     )
 
 
@@ -178,6 +214,8 @@ def render_modelfile(manifest: Manifest) -> str:
         lines.append(f"MESSAGE {message.get('role', 'user')} {quote(message.get('content', ''))}")
     if manifest.license:
         lines.append(f"LICENSE {quote(manifest.license)}")
+    for adapter in manifest.adapters:
+        lines.append(f"ADAPTER {adapter.digest}" + (f" {json.dumps(adapter.scale)}" if adapter.scale != 1.0 else ""))
     return "\n".join(lines) + "\n"
 
 

@@ -9,6 +9,7 @@ from lokal.store.manifest import Manifest
 from lokal.store.modelfile import (
     MAX_INSTRUCTIONS,
     MAX_MODELFILE_CHARS,
+    AdapterRef,
     Modelfile,
     ModelfileError,
     parse_modelfile,
@@ -131,7 +132,11 @@ def test_empty_system_and_template_are_allowed_but_an_empty_from_is_not() -> Non
         ("FROM b\nPARAMETER temperature nan\n", "line 2: parameter temperature must be a number"),
         ("FROM b\nPARAMETER temperature\n", "line 2: PARAMETER temperature needs a value"),
         ("FROM b\nPARAMETER\n", "line 2: PARAMETER needs a name and a value"),
-        ("FROM b\nADAPTER ./lora.gguf\n", "line 2: ADAPTER (LoRA adapters) is not supported"),
+        ("FROM b\nADAPTER ./lora.gguf 0\n", "line 2: ADAPTER scale must be above 0 and at most 4, not 0"),
+        ("FROM b\nADAPTER ./lora.gguf 4.5\n", "line 2: ADAPTER scale must be above 0 and at most 4, not 4.5"),
+        ("FROM b\nADAPTER ./lora.gguf nan\n", "line 2: ADAPTER scale must be above 0"),
+        ("FROM b\nADAPTER\n", "line 2: ADAPTER needs a value"),
+        ("FROM b\n" + "ADAPTER a.gguf\n" * 9, "line 10: more than 8 ADAPTER lines"),
         ("FROM b\nMESSAGE tool hi\n", 'line 2: MESSAGE role must be system, user or assistant, not "tool"'),
         ("FROM b\nINSTRUCT hi\n", 'line 2: unknown instruction "INSTRUCT"'),
         ('FROM b\nSYSTEM """never\nclosed\n', 'line 2: SYSTEM: unterminated """'),
@@ -231,3 +236,16 @@ def test_render_of_a_vision_model_names_its_projector_in_a_second_from() -> None
     text = render_modelfile(manifest(projector=projector))
     spec = parse_modelfile(text)
     assert spec.from_ == DIGEST and spec.projector == projector
+
+
+def test_adapter_lines_accumulate_with_an_optional_scale() -> None:
+    parsed = parse_modelfile("FROM b\nADAPTER ./caps.gguf\nADAPTER /tmp/my lora.gguf 0.5\nadapter sha256:" + "a" * 64
+                             + " 2\n")
+    assert parsed.adapters == [AdapterRef("./caps.gguf"), AdapterRef("/tmp/my lora.gguf", 0.5),
+                               AdapterRef("sha256:" + "a" * 64, 2.0)]
+
+
+def test_render_names_the_adapters_with_their_scales() -> None:
+    adapters = [{"digest": "sha256:" + "c" * 64, "size": 10}, {"digest": "sha256:" + "d" * 64, "size": 10, "scale": 0.25}]
+    spec = parse_modelfile(render_modelfile(manifest(adapters=adapters)))
+    assert spec.adapters == [AdapterRef("sha256:" + "c" * 64), AdapterRef("sha256:" + "d" * 64, 0.25)]

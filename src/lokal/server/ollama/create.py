@@ -18,7 +18,8 @@ from lokal.server.ollama.progress import as_status_lines, last_status, run_in_th
 from lokal.server.ollama.schemas import CreateRequest
 from lokal.store.digests import parse_digest
 from lokal.store.errors import InvalidGguf, StoreError
-from lokal.store.loadable import UnloadableGguf, read_loadable_gguf_facts
+from lokal.store.gguf_facts import read_gguf_facts
+from lokal.store.loadable import UnloadableGguf, check_loadable
 from lokal.store.model_store import ModelStore
 from lokal.store.progress import ProgressCallback, PullProgress
 
@@ -48,7 +49,8 @@ async def blob_exists(digest: str, runtime: Runtime = Depends(get_runtime)) -> R
 @router.post("/blobs/{digest}", status_code=201)
 async def upload_blob(digest: str, request: Request, runtime: Runtime = Depends(get_runtime)) -> Response:
     """Store the body as a blob if its sha256 is ``digest`` and it is a GGUF file (the only
-    kind of file lokal can use in ``files``)."""
+    kind of file lokal can use in ``files``): a model llama.cpp can load, or a LoRA adapter for
+    ``adapters`` (checked against its base model by /api/create)."""
     expected = _digest(digest)
     store = runtime.store
     if store.blob_path(expected).is_file():
@@ -63,7 +65,9 @@ async def upload_blob(digest: str, request: Request, runtime: Runtime = Depends(
         if got != expected:
             raise APIError(400, f"digest mismatch, expected {expected}, got {got}", param="digest")
         try:
-            await asyncio.to_thread(read_loadable_gguf_facts, partial)
+            facts = await asyncio.to_thread(read_gguf_facts, partial)
+            if facts.metadata.get("general.type") != "adapter":
+                check_loadable(facts, partial)
         except UnloadableGguf as exc:
             raise APIError(400, f"llama.cpp cannot load this GGUF file: {exc.reason}") from exc
         except InvalidGguf as exc:
@@ -90,12 +94,10 @@ async def create(req: CreateRequest, runtime: Runtime = Depends(get_runtime)) ->
 
 def _modelfile(req: CreateRequest, store: ModelStore) -> Modelfile:
     """The request as a Modelfile: the old API's Modelfile text, overridden by the JSON fields."""
-    from lokal.store.modelfile import Modelfile, parse_modelfile, parse_parameter
+    from lokal.store.modelfile import AdapterRef, Modelfile, parse_modelfile, parse_parameter
 
     if req.quantize:
         raise APIError(400, "quantize is not supported: lokal stores GGUF files as they are", param="quantize")
-    if req.adapters:
-        raise APIError(400, "adapters (LoRA) are not supported yet", param="adapters")
     try:
         base = parse_modelfile(req.modelfile) if req.modelfile else None
     except ValueError as exc:
@@ -111,6 +113,8 @@ def _modelfile(req: CreateRequest, store: ModelStore) -> Modelfile:
     except ValueError as exc:
         raise APIError(400, f"invalid parameters: {exc}", param="parameters") from exc
     messages = [{"role": m.role, "content": m.content} for m in req.messages or []]
+    # Ollama's adapters: {file name: digest of an uploaded blob}; each is checked against the base by create
+    adapters = [AdapterRef(_digest(digest)) for digest in (req.adapters or {}).values()]
     return Modelfile(
         from_=source,
         parameters={**(base.parameters if base else {}), **parameters},
@@ -118,6 +122,7 @@ def _modelfile(req: CreateRequest, store: ModelStore) -> Modelfile:
         template=req.template if req.template is not None else (base.template if base else None),
         messages=messages or (list(base.messages) if base else []),
         license=license if license is not None else (base.license if base else None),
+        adapters=adapters or (list(base.adapters) if base else []),
     )
 
 
