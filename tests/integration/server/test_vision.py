@@ -258,6 +258,13 @@ def test_anthropic_image_blocks(live: LiveServer, client: openai.OpenAI) -> None
     assert red != say(base64.b64encode(BLUE_SQUARE).decode())
     with pytest.raises(anthropic.BadRequestError, match="not in a supported format"):
         say(base64.b64encode(b"GIF89a-broken").decode())
+    # count_tokens counts the image's tokens as the request reads them
+    counted = a.messages.count_tokens(model=VISION, messages=[{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                     "data": base64.b64encode(RED_CIRCLE).decode()}},
+        {"type": "text", "text": "What is in this picture?"}]}])
+    plain = a.messages.count_tokens(model=VISION, messages=[{"role": "user", "content": "What is in this picture?"}])
+    assert counted.input_tokens == plain.input_tokens + N_IMAGE_TOKENS
 
 
 def test_show_lists_the_vision_capability(live: LiveServer) -> None:

@@ -124,8 +124,7 @@ def chat_messages(req: CountTokensRequest, images: dict[int, Bitmap] | None = No
             elif isinstance(block, ThinkingBlock | RedactedThinkingBlock) and message.role == "assistant":
                 continue  # earlier thinking is not part of the prompt
             elif isinstance(block, ImageBlock) and message.role == "user":
-                if images is None or id(block) not in images:
-                    raise InvalidRequest(f"{where}: images are not counted here", param=param)
+                assert images is not None and id(block) in images, "image_bitmaps decodes every user image block"
                 parts.append({"type": "image", "image": ImagePart(images[id(block)])})
             elif isinstance(block, ImageBlock):
                 raise InvalidRequest(f"{where}: {NO_VISION}", param=param)
@@ -260,7 +259,8 @@ async def count_tokens(req: CountTokensRequest, request: Request, runtime: Runti
                        ) -> TokenCount:
     """The prompt's tokens (system, messages and tools, rendered as a real request renders them):
     ``input_tokens + cache_read_input_tokens`` of a request with the same body."""
-    return TokenCount(input_tokens=await runtime.prompt_tokens(generate_request(req, request)))
+    images = await image_bitmaps(req, runtime)
+    return TokenCount(input_tokens=await runtime.prompt_tokens(generate_request(req, request, images)))
 
 
 # ---- streaming -------------------------------------------------------------------------------
