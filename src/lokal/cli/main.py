@@ -425,7 +425,8 @@ def import_model(
     path: Annotated[Path, typer.Argument(help="a local .gguf file, or a Hugging Face model folder (safetensors)")],
     name: Annotated[str, typer.Option("--name", "-n", help="name to store it under")],
     quantize: Annotated[
-        str | None, typer.Option("--quantize", "-q", help="a folder's GGUF type: F16 (default), BF16, F32 or Q8_0")
+        str | None, typer.Option("--quantize", "-q", help="a folder's GGUF type: F16 (default), BF16, F32, Q8_0, "
+                                 "or a lokal quantize type (Q4_K_M, …)")
     ] = None,
 ) -> None:
     """Import a local GGUF file, or convert a Hugging Face safetensors folder (docs/workshop.md), into the store."""

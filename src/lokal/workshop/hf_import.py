@@ -12,6 +12,7 @@ parameters where lokal has them, and everything else is listed in :attr:`ImportR
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -38,6 +39,7 @@ from lokal.store.sources import hf as hf_source
 from lokal.store.sources.hf import HfFile, HfSource, NoGgufFile, split_hf_name
 from lokal.store.sources.pypi import die_with_parent, kill_group
 from lokal.workshop.converter import INSTALL_HINT, ConverterMissing, LlamaCppConverter, find_converter
+from lokal.workshop.quantize import QuantType, parse_quant_type, quantize_file
 
 # lokal's name for an output type -> the converter's --outtype; bytes per weight, for the disk check
 OUT_TYPES: dict[str, tuple[str, float]] = {
@@ -105,15 +107,17 @@ def import_hf_folder(
     source: str | None = None,
 ) -> ImportResult:
     """Convert the Hugging Face model in ``folder`` (``config.json``, ``*.safetensors``, its
-    tokenizer) to a GGUF of ``out_type`` (F16, BF16, F32, Q8_0) and store it as ``name``.
+    tokenizer) to a GGUF of ``out_type`` and store it as ``name``. The converter writes F16, BF16,
+    F32 and Q8_0; any other type of ``lokal quantize`` (Q4_K_M, …) is quantized from its F16.
 
     Raises :class:`HfImportError` (not a model folder, pickle-only weights, no tokenizer, an
     architecture llama.cpp's converter does not support, not enough disk, the converter failing),
-    :class:`ConverterMissing`, :class:`InvalidModelName` or :class:`InvalidGguf`; nothing is stored then.
+    :class:`QuantizeError` (an unknown type, the quantizer failing), :class:`ConverterMissing`,
+    :class:`InvalidModelName` or :class:`InvalidGguf`; nothing is stored then.
     """
     report = progress or ignore_progress
     model = parse_model_name(name)  # a bad name fails before minutes of conversion
-    outtype, bytes_per_weight = _out_type(out_type)
+    outtype, bytes_per_weight, quantized = _out_type(out_type)
     folder = Path(folder).expanduser().resolve()
     config = _check_folder(folder)
     parameters, notes = generation_parameters(folder)
@@ -124,11 +128,18 @@ def import_hf_folder(
     converter = find_converter(settings)
 
     architecture = _architectures(config)[0]
-    report(PullProgress(f"converting {architecture} to GGUF {out_type.upper()}"))
-    with store.partial_file() as (partial, _):  # locked; a killed import's is removed by clean_tmp
-        warnings = _convert(converter, folder, partial, outtype, report)
+    report(PullProgress(f"converting {architecture} to GGUF {outtype.upper()}"))
+    with contextlib.ExitStack() as partials:
+        # locked partial files: a killed import's are removed by the store's clean_tmp
+        gguf, _ = partials.enter_context(store.partial_file())
+        warnings = _convert(converter, folder, gguf, outtype, report)
+        if quantized is not None:  # a type only llama.cpp's quantizer writes: from the F16 file
+            f16 = gguf
+            gguf, _ = partials.enter_context(store.partial_file())
+            quantize_file(f16, gguf, quantized, threads=settings.threads, progress=report,
+                          status=f"quantizing F16 model to {quantized.name}")
         report(PullProgress("verifying the GGUF"))
-        manifest = store.import_file(partial, model, source=source or f"file:{folder}", parameters=parameters)
+        manifest = store.import_file(gguf, model, source=source or f"file:{folder}", parameters=parameters)
     if manifest.kind == "chat" and not manifest.facts.chat_template:
         notes.append("no chat template (tokenizer_config.json or chat_template.jinja): give one with a Modelfile "
                      "TEMPLATE, or chats use a plain fallback")
@@ -171,7 +182,7 @@ def pull_safetensors(
         raise HfImportError(f"hf.co/{repo_id} has no .gguf file, so nothing is called {selector!r} there; "
                             f"pull hf.co/{repo_id} to convert its safetensors")
     model = parse_model_name(name)
-    _out_type(out_type)
+    bytes_per_weight = _out_type(out_type)[1]  # an unknown type fails before anything is downloaded
     find_converter(settings)  # before gigabytes are downloaded for nothing
     source = HfSource(store, endpoint=hf_endpoint)
     work = store.pull_dir(model)
@@ -190,7 +201,8 @@ def pull_safetensors(
         indexed = _indexed_shards(folder)
         if indexed is not None:  # not the copies some repositories add (consolidated.safetensors)
             weights = [f for f in weights if f.filename in indexed]
-        converted = int(sum(f.size for f in weights) * (2 if out_type.upper() == "F32" else 1) * _MARGIN)
+        # The weights' count is not known before their headers are read: 2 bytes each (F16, BF16)
+        converted = int(sum(f.size for f in weights) / 2 * bytes_per_weight * _MARGIN)
         _check_disk(work, sum(f.size for f in weights) + converted, f"download and convert hf.co/{repo_id}")
         for file in weights:
             _fetch(source, file, work, folder, report)
@@ -253,14 +265,15 @@ def generation_parameters(folder: Path) -> tuple[dict[str, Any], list[str]]:
     return parameters, notes
 
 
-def _out_type(out_type: str) -> tuple[str, float]:
-    try:
-        return OUT_TYPES[out_type.upper()]
-    except KeyError:
-        raise HfImportError(
-            f"cannot convert to {out_type!r}: the converter writes {', '.join(OUT_TYPES)}; import as F16, then "
-            f"lokal quantize NAME --to {out_type.upper()}"
-        ) from None
+def _out_type(out_type: str) -> tuple[str, float, QuantType | None]:
+    """The converter's ``--outtype``, the bytes per weight the import writes in all (for the disk
+    check), and the type llama.cpp's quantizer makes of the converter's F16 (None: no quantizing)."""
+    key = out_type.strip().upper()
+    if key in OUT_TYPES:
+        outtype, size = OUT_TYPES[key]
+        return outtype, size, None
+    quantized = parse_quant_type(key)  # QuantizeError listing the types it knows
+    return "f16", OUT_TYPES["F16"][1] + quantized.bits_per_weight / 8, quantized
 
 
 def _check_folder(folder: Path) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from lokal.store.model_store import ModelStore
 from lokal.store.sources import hf as hf_source
 from lokal.workshop.converter import ConverterMissing, converter_folder
 from lokal.workshop.hf_import import HfImportError, generation_parameters, import_hf_folder
+from lokal.workshop.quantize import QuantizeError
 
 
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
@@ -109,10 +110,8 @@ def test_an_unknown_output_type_and_a_bad_name_are_refused(
     store: ModelStore, settings: Settings, tmp_path: Path
 ) -> None:
     folder = hf_folder(tmp_path / "model")
-    assert refused(store, settings, folder, out_type="Q4_K_M") == (
-        "cannot convert to 'Q4_K_M': the converter writes F16, BF16, F32, Q8_0; import as F16, then "
-        "lokal quantize NAME --to Q4_K_M"
-    )
+    with pytest.raises(QuantizeError, match='^unknown quantization type "Q9_9"; choose one of F32, F16, BF16, Q8_0'):
+        import_hf_folder(store, folder, "imported", settings, out_type="Q9_9")
     with pytest.raises(InvalidModelName):
         import_hf_folder(store, folder, "../escape", settings)
     assert_store_is_empty(store)
