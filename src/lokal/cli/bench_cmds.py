@@ -196,7 +196,7 @@ def quant(
         help="types to build and measure, e.g. Q8_0,Q4_K_M (default Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q3_K_M,Q2_K)")] = None,
     allow_requantize: Annotated[bool, typer.Option(
         "--allow-requantize", help="build the variants from an already quantized model (its error adds up)")] = False,
-    reps: Annotated[int, typer.Option(help="repetitions of each speed test (mean ± sd)")] = 3,
+    reps: Annotated[int, typer.Option(help="repetitions of each speed test, going round the types (mean ± sd)")] = 3,
     ctx: Annotated[int, typer.Option(help="perplexity: tokens per chunk")] = 512,
     chunks: Annotated[int | None, typer.Option(help="perplexity: only the first N chunks of the text")] = None,
     threads: Annotated[int | None, typer.Option(help="threads (default LOKAL_THREADS)")] = None,
@@ -217,6 +217,7 @@ def quant(
         build_variants,
         markdown_table,
         measure_row,
+        measure_speeds,
         parse_types,
         table_document,
     )
@@ -240,15 +241,22 @@ def quant(
     rows: list[QuantRow] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True) as progress:
-        for manifest, is_source in variants:
-            task = progress.add_task(f"{escape(manifest.name)} · speed, then perplexity chunks", total=None)
+        runs = progress.add_task("speed: pp512 and tg128, each type in turn", total=reps * len(variants))
+        try:
+            speeds = measure_speeds([store.gguf_path(m.name) for m, _ in variants], n_threads, reps,
+                                    on_run=lambda: progress.advance(runs))
+        except StoreError as exc:
+            raise _fail(str(exc)) from None
+        progress.remove_task(runs)
+        for (manifest, is_source), speed in zip(variants, speeds, strict=True):
+            task = progress.add_task(f"{escape(manifest.name)} · perplexity chunks", total=None)
 
             def on_chunk(done: int, total: int, task: TaskID = task) -> None:
                 progress.update(task, completed=done, total=total)
 
             try:
-                r = measure_row(store, manifest, source=is_source, threads=n_threads, reps=reps, ctx=ctx,
-                                chunks=chunks, on_chunk=on_chunk)
+                r = measure_row(store, manifest, speed, source=is_source, threads=n_threads, ctx=ctx, chunks=chunks,
+                                on_chunk=on_chunk)
             except (StoreError, PerplexityError) as exc:
                 raise _fail(f"{manifest.name}: {exc}") from None
             rows.append(r)

@@ -3,7 +3,7 @@ memory when loaded, prompt and generation speed, and perplexity.
 
 The speeds are llama-bench's two tests, measured through lokal's engine (``LlamaModel``) on one
 sequence: ``pp512``, a 512-token prompt in one ``llama_decode``, and ``tg128``, 128 tokens decoded
-one at a time, each repeated and given as mean ± standard deviation, after a warm-up run. Memory is
+one at a time, each given as mean ± standard deviation over repetitions that go round the types. Memory is
 lokal's one estimate (``model_memory_bytes``: weights, KV cache, compute, overhead) for one slot of
 :data:`MEMORY_CTX` tokens; perplexity is :func:`lokal.workshop.perplexity.perplexity` on lokal's
 built-in text.
@@ -64,52 +64,65 @@ class QuantRow:
         return asdict(self)
 
 
-def measure_speed(gguf: Path, threads: int, reps: int = DEFAULT_REPS) -> tuple[Speed, Speed]:
-    """(pp512, tg128) tokens per second of the GGUF at ``gguf`` on one sequence, after one warm-up run."""
+def measure_speeds(ggufs: list[Path], threads: int, reps: int = DEFAULT_REPS,
+                   on_run: Callable[[], None] | None = None) -> list[tuple[Speed, Speed]]:
+    """(pp512, tg128) tokens per second of each GGUF on one sequence. Each repetition measures
+    every model in turn, so drift on a shared machine hits every row alike (as ``lokal bench run``
+    goes round its targets); ``on_run`` is called after each model's run."""
+    samples: list[tuple[list[float], list[float]]] = [([], []) for _ in ggufs]
+    for _ in range(reps):
+        for (prompt, generation), gguf in zip(samples, ggufs, strict=True):
+            pp, tg = _run_once(gguf, threads)
+            prompt.append(pp)
+            generation.append(tg)
+            if on_run is not None:
+                on_run()
+    return [(_speed(pp), _speed(tg)) for pp, tg in samples]
+
+
+def _run_once(gguf: Path, threads: int) -> tuple[float, float]:
+    """Load the model, warm it up (page faults, thread start-up), then time pp512 and tg128 once."""
     model = LlamaModel(gguf, ContextShape(slot_ctx=PROMPT_TOKENS + GENERATED_TOKENS, n_slots=1,
                                           n_batch=PROMPT_TOKENS, n_threads=threads))
     try:
         text = model.tokenize(builtin_text(), add_special=False, parse_special=False)
         tokens = (text * (1 + PROMPT_TOKENS // max(1, len(text))))[:PROMPT_TOKENS]
-        prompt, generation = [], []
-        for rep in range(reps + 1):  # the first is the warm-up: page faults, thread start-up
-            model.forget(0)
-            started = time.perf_counter()
-            model.decode([(t, i, 0, i == PROMPT_TOKENS - 1) for i, t in enumerate(tokens)], prompt=True)
-            pp = PROMPT_TOKENS / (time.perf_counter() - started)
-            model.forget(0)
-            started = time.perf_counter()
-            for i in range(GENERATED_TOKENS):
-                model.decode([(tokens[i], i, 0, True)])
-            tg = GENERATED_TOKENS / (time.perf_counter() - started)
-            if rep:
-                prompt.append(pp)
-                generation.append(tg)
+        model.decode([(t, i, 0, i == 63) for i, t in enumerate(tokens[:64])], prompt=True)
+        for i in range(8):
+            model.decode([(tokens[64 + i], 64 + i, 0, True)])
+        model.forget(0)
+        started = time.perf_counter()
+        model.decode([(t, i, 0, i == PROMPT_TOKENS - 1) for i, t in enumerate(tokens)], prompt=True)
+        pp = PROMPT_TOKENS / (time.perf_counter() - started)
+        model.forget(0)
+        started = time.perf_counter()
+        for i in range(GENERATED_TOKENS):
+            model.decode([(tokens[i], i, 0, True)])
+        tg = GENERATED_TOKENS / (time.perf_counter() - started)
     finally:
         model.close()
-    return _speed(prompt), _speed(generation)
+    return pp, tg
 
 
 def _speed(values: list[float]) -> Speed:
     return Speed(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def measure_row(store: ModelStore, manifest: Manifest, *, source: bool, threads: int, reps: int = DEFAULT_REPS,
+def measure_row(store: ModelStore, manifest: Manifest, speeds: tuple[Speed, Speed], *, source: bool, threads: int,
                 ctx: int = DEFAULT_CTX, chunks: int | None = None,
                 on_chunk: Callable[[int, int], None] | None = None) -> QuantRow:
-    """The table's row of a stored model."""
+    """The table's row of a stored model, its speeds measured already (:func:`measure_speeds`)."""
     gguf = store.gguf_path(manifest.name)
     shape = model_shape(manifest, store.home)
     params = manifest.facts.parameter_count or 0
     memory = model_memory_bytes(manifest, ContextShape(slot_ctx=MEMORY_CTX, n_slots=1, n_batch=512, n_threads=threads),
                                 store.home)
-    prompt, generation = measure_speed(gguf, threads, reps)
     ppl = perplexity(gguf, ctx=ctx, batch=max(DEFAULT_BATCH, ctx), threads=threads, max_chunks=chunks,
                      progress=on_chunk)
     return QuantRow(
         type=(manifest.facts.quantization or "?").upper(), model=manifest.name, source=source,
         size_bytes=manifest.size, bits_per_weight=8 * shape.weights_bytes / params if params else 0.0,
-        memory_bytes=memory, prompt=prompt, generation=generation, ppl=ppl.ppl, ppl_stderr=ppl.stderr,
+        memory_bytes=memory, prompt=speeds[0], generation=speeds[1], ppl=ppl.ppl, ppl_stderr=ppl.stderr,
         extra={"ppl_tokens": ppl.tokens, "ppl_chunks": ppl.chunks, "ppl_ctx": ppl.ctx, "ppl_text": ppl.text},
     )
 
