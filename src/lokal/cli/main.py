@@ -642,5 +642,10 @@ from lokal.cli.transcribe_cmd import register as register_transcribe  # noqa: E4
 register_transcribe(app, friendly)  # lokal transcribe FILE
 
 
+from lokal.cli.workshop_cmds import register as register_workshop  # noqa: E402  (after every command above)
+
+register_workshop(app, friendly)  # lokal quantize | eval
+
+
 if __name__ == "__main__":
     app()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -17,7 +18,7 @@ from lokal.server.ollama.ndjson import ndjson_response
 from lokal.server.ollama.progress import as_status_lines, last_status, run_in_thread_with_progress
 from lokal.server.ollama.schemas import CreateRequest
 from lokal.store.digests import parse_digest
-from lokal.store.errors import InvalidGguf, StoreError
+from lokal.store.errors import InvalidGguf, InvalidModelName, ModelNotFound, StoreError
 from lokal.store.gguf_facts import read_gguf_facts
 from lokal.store.loadable import UnloadableGguf, check_loadable
 from lokal.store.model_store import ModelStore
@@ -80,11 +81,14 @@ async def upload_blob(digest: str, request: Request, runtime: Runtime = Depends(
 
 @router.post("/create", response_model=None)
 async def create(req: CreateRequest, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any] | StreamingResponse:
-    modelfile = _modelfile(req, runtime.store)
     store, name = runtime.store, req.model
+    if req.quantize:
+        work = _quantizing(req, runtime)
+    else:
+        modelfile = _modelfile(req, store)
 
-    def work(report: ProgressCallback) -> None:
-        _create(store, name, modelfile, report)
+        def work(report: ProgressCallback) -> None:
+            _create(store, name, modelfile, report)
 
     lines = run_in_thread_with_progress(work)
     if req.stream:
@@ -96,8 +100,6 @@ def _modelfile(req: CreateRequest, store: ModelStore) -> Modelfile:
     """The request as a Modelfile: the old API's Modelfile text, overridden by the JSON fields."""
     from lokal.store.modelfile import AdapterRef, Modelfile, parse_modelfile, parse_parameter
 
-    if req.quantize:
-        raise APIError(400, "quantize is not supported: lokal stores GGUF files as they are", param="quantize")
     try:
         base = parse_modelfile(req.modelfile) if req.modelfile else None
     except ValueError as exc:
@@ -124,6 +126,41 @@ def _modelfile(req: CreateRequest, store: ModelStore) -> Modelfile:
         license=license if license is not None else (base.license if base else None),
         adapters=adapters or (list(base.adapters) if base else []),
     )
+
+
+def _quantizing(req: CreateRequest, runtime: Runtime) -> Callable[[ProgressCallback], None]:
+    """Ollama's ``{"model": new, "from": model, "quantize": "q4_K_M"}``: the work that quantizes the
+    stored model ``from`` into ``model`` (lokal.workshop.quantize), then applies the request's other
+    fields (system, template, parameters, …) to it. What can be refused is refused here, before any
+    line streams: an unknown type or model, a source that is already quantized (as in Ollama)."""
+    from lokal.workshop.quantize import QuantizeError, check_source, parse_quant_type, quantize_model
+
+    store = runtime.store
+    if req.files or not req.from_:
+        raise APIError(400, "quantize needs 'from': a model in the store (uploaded files are not quantized)",
+                       param="from")
+    try:
+        qtype = parse_quant_type(req.quantize or "")
+        check_source(store.get(req.from_), qtype, allow_requantize=False)
+    except QuantizeError as exc:
+        raise APIError(400, str(exc), param="quantize") from exc
+    except ModelNotFound as exc:
+        raise APIError(404, str(exc), param="from") from exc
+    except InvalidModelName as exc:
+        raise APIError(400, str(exc), param="from") from exc
+    rest = req.model_copy(update={"quantize": None, "from_": req.model})  # the other fields, on the new model
+    overlay = _modelfile(rest, store) if rest.model_fields_set & _MODELFILE_FIELDS else None
+    source, name, threads = req.from_, req.model, runtime.settings.threads
+
+    def work(report: ProgressCallback) -> None:
+        quantize_model(store, source, qtype, name=name, threads=threads, progress=report)
+        if overlay is not None:
+            _create(store, name, overlay, report)
+
+    return work
+
+
+_MODELFILE_FIELDS = {"template", "license", "system", "parameters", "messages", "modelfile", "adapters"}
 
 
 def _gguf_from_files(files: dict[str, str], store: ModelStore) -> str:
