@@ -26,7 +26,6 @@ from lokal.engine.sequence import ImageSpan, image_placeholders
 
 # A marker no client text contains by chance: user text holding it could otherwise place images.
 IMAGE_MARKER = f"<__lokal_image_{secrets.token_hex(8)}__>"
-_CHUNK_TEXT, _CHUNK_IMAGE = 0, 1  # enum mtmd_input_chunk_type
 EMBEDDING_CACHE_BYTES = 64 * 2**20
 
 
@@ -60,7 +59,7 @@ class Projector:
         ctx = M.mtmd_init_from_file(str(path).encode(), model._model, params)
         if not ctx:
             raise ProjectorError(f"llama.cpp's mtmd could not load the vision projector {path.name} for this "
-                                 "model (its output width must be the model's embedding width)")
+                                 "model: not a projector, or one for a model of another embedding width")
         self._ctx = ctx
         if not M.mtmd_support_vision(ctx):
             self.close()
@@ -80,9 +79,11 @@ class Projector:
         """Token ids (an image's positions as placeholder ids) and the images' spans, for text
         holding ``IMAGE_MARKER`` once per image, in order. ValueError if mtmd refuses them."""
         data = text.encode("utf-8", "replace")
-        bitmaps = [self._bitmap(b) for b in images]
+        bitmaps: list[M.mtmd_bitmap_p] = []
         chunks = M.mtmd_input_chunks_init()
         try:
+            for image in images:
+                bitmaps.append(self._bitmap(image))
             with self._lock:
                 inp = M.mtmd_input_text(text=data, text_len=len(data), add_special=add_special, parse_special=True)
                 arr = (M.mtmd_bitmap_p_ctypes * max(1, len(bitmaps)))(*bitmaps)
@@ -105,12 +106,12 @@ class Projector:
         for i in range(M.mtmd_input_chunks_size(chunks)):
             chunk = M.mtmd_input_chunks_get(chunks, i)
             kind = M.mtmd_input_chunk_get_type(chunk)
-            if kind == _CHUNK_TEXT:
+            if kind == M.MTMD_INPUT_CHUNK_TYPE_TEXT:
                 n = ctypes.c_size_t()
                 ptr = M.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
                 tokens.extend(ptr[: n.value] if n.value else [])
                 continue
-            if kind != _CHUNK_IMAGE:
+            if kind != M.MTMD_INPUT_CHUNK_TYPE_IMAGE:
                 raise ValueError("only images are supported, not audio")
             if M.mtmd_decode_use_non_causal(self._ctx, chunk):
                 raise ValueError("this projector's images need non-causal attention, which lokal does not "

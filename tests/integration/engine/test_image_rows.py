@@ -15,7 +15,7 @@ from lokal.engine.engine import Engine
 from lokal.engine.llama_model import ContextShape, LlamaModel
 from lokal.engine.sampling import SamplingParams
 from lokal.engine.sequence import ImageSpan, Sequence
-from lokal.engine.vision import IMAGE_MARKER, Bitmap, Projector
+from lokal.engine.vision import IMAGE_MARKER, Bitmap, Projector, ProjectorError
 from lokal.store.model_store import ModelStore
 from tests.projector import N_IMAGE_TOKENS, write_test_projector
 
@@ -138,3 +138,12 @@ def test_placeholders_outside_an_image_span_are_refused(vision: Vision) -> None:
     wrong = ImageSpan(span.start, span.embd[:, :10], span.digest)
     with pytest.raises(ValueError, match="do not match"):
         vision.engine.new_sequence(seq.prompt, GREEDY, (wrong,))
+
+
+def test_a_projector_for_another_model_or_no_projector_is_refused_at_load(vision: Vision, tmp_path: Path) -> None:
+    wide = write_test_projector(tmp_path / "wide.gguf", n_embd_out=100)  # smollm2's width is 576
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"GGUF" + bytes(100))
+    for path in (wide, junk):
+        with pytest.raises(ProjectorError, match="could not load the vision projector"):
+            Projector(path, vision.model)
