@@ -242,6 +242,8 @@ def show(
         ("source", m.source),
         ("license", (m.license or f.license or "?").strip().splitlines()[0][:100]),
     ]
+    if m.projector:
+        rows.append(("vision projector", m.projector))
     if m.system:
         rows.append(("system", m.system))
     if m.parameters:

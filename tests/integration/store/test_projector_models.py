@@ -4,6 +4,8 @@ kept as a blob while any model uses it."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,9 @@ def test_a_second_from_attaches_the_projector_and_show_writes_it_back(store: Mod
     assert again.projector == made.projector
     # a model built on it inherits the projector
     assert create_model(store, "see:2", parse_modelfile("FROM see:1\nSYSTEM be brief\n")).projector == made.projector
+    shown = subprocess.run([sys.executable, "-m", "lokal.cli.main", "show", "see:1"], capture_output=True,
+                           text=True, env={**os.environ, "LOKAL_HOME": str(store.home), "COLUMNS": "200"}, timeout=60)
+    assert "vision projector" in shown.stdout and made.projector in shown.stdout
 
 
 def test_the_projector_blob_stays_while_a_model_uses_it(store: ModelStore, tmp_path: Path) -> None:
