@@ -101,8 +101,9 @@ class RemoteRuntime(Runtime):
 
     # ---- replicas ------------------------------------------------------------------------------
     def replica_count(self) -> int | None:
-        """Running replicas as the router knows them (None before the first request built one)."""
-        routers = list(ROUTERS)
+        """Running replicas as the router knows them (None before Serve's controller has told it:
+        a router is built by the first request, and learns the replicas shortly after)."""
+        routers = [r for r in ROUTERS if r.informed]
         return max(len(r.curr_replicas) for r in routers) if routers else None
 
     @staticmethod
@@ -112,9 +113,9 @@ class RemoteRuntime(Runtime):
         return list(routers[0].curr_replicas.values()) if routers else []
 
     def _check_healthy(self) -> None:
-        """ServerBusy when no replica runs now (once the router has known some: until then, Serve
-        holds a request until one does, up to ``ray_route_timeout``)."""
-        if self.handle.running_replicas_populated() and self.replica_count() == 0:
+        """ServerBusy when no replica runs now (until the router knows, Serve holds a request
+        until one does, up to ``ray_route_timeout``)."""
+        if self.replica_count() == 0:
             raise errors.ServerBusy("no healthy replica is serving; try again shortly", retry_after_s=RETRY_AFTER_S)
 
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:

@@ -54,14 +54,28 @@ def replica_status(replica: RunningReplica) -> list[ModelStatus]:
     return list(status)
 
 
+def serves(replica: RunningReplica, model: str) -> bool:
+    """Whether a replica has the model loaded; yes until it has first reported (a replica loads
+    ``--model`` before it runs, and a candidate set that grows when reports arrive would move a
+    conversation's replica)."""
+    if not replica.routing_stats:
+        return True
+    return any(s.name == model for s in replica_status(replica))
+
+
 class PrefixAffinityRouter(RequestRouter):
     """Model-aware, prefix-affine routing (module docstring). ``slots``: the sequences a replica
     decodes at once (its ``--parallel``), past which it counts as busy."""
 
     def initialize_state(self, slots: int = 1, **kwargs: Any) -> None:
         self.slots = max(1, slots)
+        self.informed = False  # whether the controller has told it the running replicas yet
         # Ray may ship this class by value (a copy of this module): register in the imported one.
         importlib.import_module(__name__).ROUTERS.add(self)
+
+    def update_replicas(self, replicas: list[RunningReplica]) -> None:
+        super().update_replicas(replicas)
+        self.informed = True
 
     def _load(self, replica: RunningReplica) -> int:
         queued = self.replica_queue_len_cache.get(replica.replica_id)
@@ -71,7 +85,7 @@ class PrefixAffinityRouter(RequestRouter):
                               pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
         kwargs = pending_request.kwargs if pending_request is not None else {}
         return rank(candidate_replicas, key=str(kwargs.get("affinity") or ""), slots=self.slots,
-                    serves=lambda r: any(s.name == kwargs.get("model") for s in replica_status(r)),
+                    serves=lambda r: serves(r, str(kwargs.get("model") or "")),
                     load=self._load, name=lambda r: r.replica_id.unique_id)
 
 

@@ -50,7 +50,8 @@ def test_ps_and_metrics_show_the_model_once_with_both_replicas_slots(ingress: Li
     while time.monotonic() < deadline:
         ps = httpx.get(ingress.url + "/api/ps", timeout=10).json()["models"]
         metrics = httpx.get(ingress.url + "/metrics", timeout=10).text
-        if f'lokal_slots{{model="{MODEL}"}} 8.0' in metrics:
+        generated = _replica_lines(metrics, "lokal_replica_generation_tokens_total", MODEL)
+        if f'lokal_slots{{model="{MODEL}"}} 8.0' in metrics and any(not line.endswith(" 0.0") for line in generated):
             break
         time.sleep(0.5)
     assert [m["name"] for m in ps] == [MODEL]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from lokal.runtime.request import GenerateRequest
-from lokal.scale.router import affinity_key, rank
+from lokal.scale.router import affinity_key, rank, serves
 
 
 @dataclass(frozen=True)
@@ -76,3 +77,18 @@ def test_a_busy_preferred_replica_gives_way_to_the_least_loaded() -> None:
 def test_without_a_key_the_least_loaded_come_first() -> None:
     assert order([Replica("a", load=3), Replica("b", load=1)], "") == [["b", "a"]]
 
+
+
+@dataclass
+class Reported:
+    """What the router sees of a replica: its last report (empty before the first)."""
+
+    routing_stats: dict[str, Any]
+
+
+def test_a_replica_serves_the_models_it_reported_and_counts_as_serving_before_its_first_report() -> None:
+    from tests.unit.scale.test_status import status
+
+    reported = Reported({"status": [status("m:1", running=0)], "pid": 1})
+    assert serves(reported, "m:1") and not serves(reported, "other:1")  # type: ignore[arg-type]
+    assert serves(Reported({}), "m:1")  # type: ignore[arg-type]
