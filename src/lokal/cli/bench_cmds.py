@@ -210,6 +210,7 @@ def quant(
     from lokal.cli.workshop_cmds import TensorBar, tensor_progress, warn
     from lokal.config import Settings
     from lokal.store.errors import StoreError
+    from lokal.store.kinds import GENERATING_KINDS
     from lokal.store.model_store import ModelStore
     from lokal.workshop.perplexity import PerplexityError
     from lokal.workshop.quant_table import (
@@ -230,6 +231,9 @@ def quant(
     try:
         wanted = parse_types(types)
         source = store.get(model)
+        if source.kind not in GENERATING_KINDS:
+            raise _fail(f"{source.name} is of kind {source.kind}: the table's speeds and perplexity need a model that "
+                        "generates text")
         if allow_requantize and (source.facts.quantization or "").upper() not in ("F32", "F16", "BF16"):
             warn(f"{source.name} is {source.facts.quantization}: every variant is requantized from it, so each "
                  "row's error adds to that of the source (a table from the F16 original shows less loss)")

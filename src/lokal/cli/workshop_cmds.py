@@ -87,11 +87,15 @@ def evaluate(
 ) -> None:
     """Perplexity of a model on a fixed text (lokal's built-in public-domain text unless --file),
     as llama.cpp's llama-perplexity computes it: lower is better; compare models on the same text and ctx."""
+    from lokal.store.kinds import GENERATING_KINDS
     from lokal.store.model_store import ModelStore
     from lokal.workshop.perplexity import PerplexityError, perplexity
 
     settings = Settings()
     store = ModelStore(settings.home)
+    manifest = store.get(model)
+    if manifest.kind not in GENERATING_KINDS:
+        raise _fail(f"{manifest.name} is of kind {manifest.kind}: perplexity needs a model that generates text")
     gguf = store.gguf_path(model)
     text = file.read_text(encoding="utf-8") if file else None
     columns = (TextColumn("perplexity"), BarColumn(), MofNCompleteColumn(), TextColumn("chunks"), TimeElapsedColumn())
@@ -104,7 +108,7 @@ def evaluate(
     except PerplexityError as exc:
         raise _fail(str(exc)) from None
     if as_json:
-        typer.echo(json.dumps({"model": store.get(model).name, **result.to_dict()}))
+        typer.echo(json.dumps({"model": manifest.name, **result.to_dict()}))
         return
     console.print(f"{escape(model)}: [bold]{result}[/bold]", highlight=False)
     console.print(f"[dim]{result.tokens} tokens scored in {result.chunks} chunks of {result.ctx} "

@@ -95,3 +95,13 @@ def test_the_shipped_text_states_its_source_and_licence() -> None:
     readme = (Path(__file__).resolve().parents[3] / "src/lokal/workshop/texts/README.md").read_text()
     assert EVAL_TEXT in readme and "public domain" in readme.lower()
     assert len(builtin_text()) > 30_000
+
+
+def test_lokal_eval_refuses_a_model_that_does_not_generate(model_home: Path) -> None:
+    if not ModelStore(model_home).exists("all-minilm:l6-v2"):
+        pytest.skip("all-minilm:l6-v2 is not in the test home")
+    env = {**os.environ, "LOKAL_HOME": str(model_home)}
+    refused = subprocess.run([sys.executable, "-m", "lokal.cli.main", "eval", "all-minilm:l6-v2"], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1
+    assert "all-minilm:l6-v2 is of kind embedding: perplexity needs a model that generates text" in refused.stderr
