@@ -127,12 +127,12 @@ def quantize_model(
     qt = parse_quant_type(qtype) if isinstance(qtype, str) else qtype
     src = store.get(source)
     target = str(parse_model_name(name)) if name else quantized_name(src.name, qt)
+    check_source(src, qt, allow_requantize, warn)
     origin = f"quantize:{qt.name} {src.name}@{src.digest}"
     existing = _existing(store, target)
     if existing is not None and existing.source == origin:
         report(PullProgress("success"))
         return existing  # made before from the same weights: quantizing is deterministic
-    check_source(src, qt, allow_requantize, warn)
     gguf = store.gguf_path(src.name)
     _check_disk(store, gguf, qt)
     status = f"quantizing {src.facts.quantization or '?'} model to {qt.name}"  # Ollama's words
