@@ -67,19 +67,7 @@ fi
 # The converters: from the sdist just built, else from pip's download (its cache makes that seconds).
 if [[ ",$EXTRAS," == *,convert,* ]] && [ ! -f "$CONVERTERS/convert_hf_to_gguf.py" ]; then
   echo "extracting llama.cpp's converters into $CONVERTERS..."
-  if [ -z "${sdist:-}" ]; then
-    conv_src="$(mktemp -d)"
-    trap 'rm -rf "${src:-}" "$conv_src"' EXIT
-    .venv/bin/pip download --quiet --no-deps --no-binary :all: -d "$conv_src" "llama-cpp-python==$LLAMA_CPP_PYTHON"
-    sdist="$conv_src/llama_cpp_python-$LLAMA_CPP_PYTHON.tar.gz"
-  fi
-  mkdir -p "$(dirname "$CONVERTERS")"
-  staged="$(mktemp -d "$CONVERTERS.partial-XXXXXX")"  # renamed into place whole, or not at all
-  vendor="llama_cpp_python-$LLAMA_CPP_PYTHON/vendor/llama.cpp"
-  tar -xzf "$sdist" -C "$staged" --strip-components=3 "$vendor/convert_hf_to_gguf.py" \
-    "$vendor/convert_lora_to_gguf.py" "$vendor/conversion" "$vendor/gguf-py"
-  rm -rf "$CONVERTERS"
-  mv "$staged" "$CONVERTERS"
+  PYTHON=.venv/bin/python scripts/extract_converters.sh "$LLAMA_CPP_PYTHON" "$CONVERTERS" "${sdist:-}"
 fi
 # instructor 1.17 caps jiter below 0.15 while openai 3.x needs 0.16+; it runs fine on the newer one,
 # so it comes without its pins (its other dependencies are in the test extra).

@@ -3,9 +3,10 @@ subprocesses.
 
 They come from the llama-cpp-python sdist lokal is built from (its ``vendor/llama.cpp``), with that
 sdist's own ``gguf-py`` and ``conversion/`` package, so the GGUF they write is the one the bundled
-llama.cpp reads. ``scripts/install.sh`` extracts them into ``$LOKAL_CONVERTER_CACHE``
-(``~/.cache/lokal/converters``) under ``llama-cpp-python-<version>/`` whenever it installs the
-``convert`` extra (torch, transformers, safetensors, sentencepiece), which the scripts import.
+llama.cpp reads. ``scripts/install.sh`` extracts them (``scripts/extract_converters.sh``) into
+``$LOKAL_CONVERTER_CACHE`` (``~/.cache/lokal/converters``) under ``llama-cpp-python-<version>/``
+whenever it installs the ``convert`` extra (torch, transformers, safetensors, sentencepiece), which
+the scripts import.
 """
 
 from __future__ import annotations
