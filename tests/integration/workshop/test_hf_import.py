@@ -155,7 +155,7 @@ def test_a_sentence_transformers_folder_becomes_an_embedding_model_matching_loka
     ours, theirs = embed(settings, "minilm-hf"), embed(Settings(home=model_home, parallel=1), MINILM)
     cosines = (ours * theirs).sum(axis=1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
     assert ours.shape == (len(TEXTS), 384)
-    assert cosines.min() > 0.999, cosines
+    assert cosines.min() > 0.99999, cosines  # measured: 0.9999999 (F16 both; the converters differ in detail)
 
 
 @pytest.mark.slow
