@@ -369,3 +369,32 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+@pytest.mark.slow
+def test_ollamas_api_pull_converts_a_safetensors_repo_and_the_model_embeds(
+    minilm_folder: Path, fake_hub: FakeHub, tmp_path: Path  # noqa: F811
+) -> None:
+    import httpx
+
+    from tests.integration.conftest import LiveServer
+
+    _hub_repo(fake_hub, "owner/minilm", minilm_folder)
+    _hub_repo(fake_hub, "owner/no-tokenizer", minilm_folder, skip=("tokenizer.json", "vocab.txt"))
+    home = tmp_path / "home"
+    home.mkdir()
+    server = LiveServer(home, "--no-preload", env={"HF_ENDPOINT": fake_hub.url})
+    try:
+        with httpx.stream("POST", server.url + "/api/pull", json={"model": "hf.co/owner/minilm"}, timeout=300) as r:
+            assert r.status_code == 200
+            lines = [json.loads(line) for line in r.iter_lines() if line]
+        statuses = [line.get("status") for line in lines]
+        assert "converting BertModel to GGUF F16" in statuses and statuses[-1] == "success", lines
+        embedded = httpx.post(server.url + "/api/embed", json={"model": "hf.co/owner/minilm", "input": ["hello"]},
+                              timeout=120)
+        assert embedded.status_code == 200 and len(embedded.json()["embeddings"][0]) == 384
+        refused = httpx.post(server.url + "/api/pull", json={"model": "hf.co/owner/no-tokenizer", "stream": False},
+                             timeout=300)
+        assert refused.status_code == 400 and "has no tokenizer" in refused.json()["error"]
+    finally:
+        server.stop()

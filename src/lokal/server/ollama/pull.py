@@ -14,16 +14,17 @@ from lokal.server.generation import get_runtime
 from lokal.server.ollama.ndjson import ndjson_response
 from lokal.server.ollama.progress import as_status_lines, last_status, run_in_thread_with_progress
 from lokal.server.ollama.schemas import PullRequest, PushRequest
-from lokal.store.pull import pull_model
+from lokal.workshop.hf_import import pull_or_convert
 
 router = APIRouter(tags=["ollama"])
 
 
 @router.post("/pull", response_model=None)
 async def pull(req: PullRequest, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any] | StreamingResponse:
-    """Pull a catalog or hf.co/ model. A pull whose client goes away still finishes."""
-    store, name = runtime.store, req.model
-    lines = run_in_thread_with_progress(lambda report: pull_model(store, name, progress=report))
+    """Pull a catalog or hf.co/ model (an hf.co/ repository with no GGUF file is converted from its
+    safetensors: docs/workshop.md). A pull whose client goes away still finishes."""
+    store, name, settings = runtime.store, req.model, runtime.settings
+    lines = run_in_thread_with_progress(lambda report: pull_or_convert(store, name, settings, report).manifest)
     if req.stream:
         return ndjson_response(as_status_lines(lines))
     return await last_status(lines)
