@@ -147,3 +147,36 @@ def test_a_projector_for_another_model_or_no_projector_is_refused_at_load(vision
     for path in (wide, junk):
         with pytest.raises(ProjectorError, match="could not load the vision projector"):
             Projector(path, vision.model)
+
+
+def test_an_image_sequence_preempted_from_a_full_shared_pool_answers_as_without(model_home: Path,
+                                                                               projector_path: Path) -> None:
+    path = ModelStore(model_home).gguf_path("smollm2:135m")
+    alone = Vision(model_home, projector_path, n_slots=1, n_batch=64)
+    try:
+        params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+        expected = []
+        for img in (RED, BLUE, GREEN):
+            tokens, spans = alone.projector.prompt(CHAT.format(marker=IMAGE_MARKER, question="Go on."), [img], False)
+            expected.append(alone.run(alone.engine.new_sequence(tokens, params, spans))[0])
+    finally:
+        alone.close()
+    # Three sequences of ~34 prompt cells and 24 generated ones in a pool of 130 cells: one is preempted
+    # (its cells dropped, the host tier off) and reads its text and its image again when readmitted.
+    model = LlamaModel(path, ContextShape(slot_ctx=128, n_slots=3, n_batch=64, n_threads=2, kv_pool="shared",
+                                          pool_cells=130))
+    projector = Projector(projector_path, model)
+    engine = Engine(model)
+    try:
+        seqs = []
+        for img in (RED, BLUE, GREEN):
+            tokens, spans = projector.prompt(CHAT.format(marker=IMAGE_MARKER, question="Go on."), [img], False)
+            seqs.append(engine.new_sequence(tokens, params, spans))
+        engine.enqueue(seqs)
+        while engine.has_work():
+            engine.step()
+        assert engine.n_preempted >= 1
+        assert [s.tokens[s.n_prompt:] for s in seqs] == expected
+    finally:
+        projector.close()
+        engine.close()
