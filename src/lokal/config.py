@@ -102,6 +102,11 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="lokal serve --ray: seconds a request waits for a replica to take it "
         "before a 503 (no replica running, or all full)"
     )
+    ray_stream_window_ms: float = Field(
+        default=20.0, ge=0, le=1000, description="lokal serve --ray: a replica sends a stream's tokens to the "
+        "ingress in batches, each token held at most this long (the first token and the last event go at once); "
+        "0 = one Ray stream item per event"
+    )
     # Ray Serve's autoscaling_config for --autoscale (its defaults): how fast replicas follow load.
     ray_upscale_delay: float = Field(
         default=30.0, ge=0, description="lokal serve --autoscale: seconds load must stay above target before a "

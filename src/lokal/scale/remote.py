@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
@@ -87,6 +88,29 @@ def observe(record: GenerationRecord, event: Event) -> None:
     elif isinstance(event, Failed):
         record.outcome = "error"
         record.duration_s = now - record.arrived
+
+
+class ReplicaStream:
+    """A generation's Ray stream at the ingress, read one item at a time: a replica sends its
+    events alone or in lists (``lokal.scale.coalesce``), and each list is read out in order."""
+
+    def __init__(self, remote: DeploymentResponseGenerator[Any]) -> None:
+        self.remote = remote
+        self.pending: deque[Any] = deque()  # the rest of the last list
+
+    async def next(self) -> Any:
+        """The next item (StopAsyncIteration at the end; a Ray error once the items before it are read)."""
+        if self.pending:
+            return self.pending.popleft()
+        item = await self.remote.__anext__()
+        if isinstance(item, list):
+            self.pending.extend(item)
+            return self.pending.popleft()
+        return item
+
+    def cancel(self) -> None:
+        """Stop the generation on the replica."""
+        self.remote.cancel()
 
 
 class RemoteRuntime(Runtime):
@@ -172,15 +196,15 @@ class RemoteRuntime(Runtime):
         record = GenerationRecord(model=model, caller=req.caller, arrived=arrived)
         return self._relay(req, model, first, remote, record)
 
-    async def _start(self, req: GenerateRequest, model: str) -> tuple[Event, Any]:
+    async def _start(self, req: GenerateRequest, model: str) -> tuple[Event, ReplicaStream]:
         """The first event of a generation on a replica and the replica's stream, or the
         runtime's refusal raised."""
         for attempt in (1, 2):
-            remote: DeploymentResponseGenerator[Any] = self.handle.options(stream=True).generate.remote(  # type: ignore[assignment]
-                req, affinity=affinity_key(req), model=model)
+            remote = ReplicaStream(self.handle.options(stream=True).generate.remote(  # type: ignore[arg-type]
+                req, affinity=affinity_key(req), model=model))
             try:
                 await self._accepted(remote)
-                first = await remote.__anext__()
+                first = await remote.next()
             except REPLICA_LOST as exc:
                 remote.cancel()
                 if attempt == 2:
@@ -199,11 +223,11 @@ class RemoteRuntime(Runtime):
             return first, remote
         raise AssertionError("unreachable")
 
-    async def _accepted(self, remote: Any) -> None:
+    async def _accepted(self, remote: ReplicaStream) -> None:
         """Wait for a replica to take the request (``Accepted``); ServerBusy (503) after
         ``ray_route_timeout``: no replica runs (they are being replaced) or every one is full."""
         try:
-            taken = await asyncio.wait_for(remote.__anext__(), self.settings.ray_route_timeout)
+            taken = await asyncio.wait_for(remote.next(), self.settings.ray_route_timeout)
         except TimeoutError:
             remote.cancel()
             raise errors.ServerBusy(f"no replica took the request within {self.settings.ray_route_timeout:g} s "
@@ -211,7 +235,7 @@ class RemoteRuntime(Runtime):
         if not isinstance(taken, Accepted):
             raise errors.GenerationFailed(f"the replica answered {type(taken).__name__} before accepting")
 
-    async def _relay(self, req: GenerateRequest, model: str, first: Event, remote: Any,
+    async def _relay(self, req: GenerateRequest, model: str, first: Event, remote: ReplicaStream,
                      record: GenerationRecord) -> AsyncGenerator[Event, None]:
         """The replica's events, each published to the ingress's subscribers. Closing it cancels
         the generation on the replica."""
@@ -231,7 +255,7 @@ class RemoteRuntime(Runtime):
                     self._publish(record, event)
                     yield event
                 try:
-                    event = await remote.__anext__()
+                    event = await remote.next()
                 except StopAsyncIteration:
                     ended = True
                     return

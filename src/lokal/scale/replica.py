@@ -7,16 +7,18 @@ error, so the ingress raises the runtime's own error type and each API renders i
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from typing import Any
 
 import psutil
 
 from lokal.config import Settings
 from lokal.runtime.errors import LokalError
-from lokal.runtime.events import Event, Failed
+from lokal.runtime.events import Delta, Event, Failed
 from lokal.runtime.request import GenerateRequest
 from lokal.runtime.runtime import Runtime
+from lokal.scale.coalesce import coalesced
 
 # The runtime methods the ingress may call by name (``call``); everything else stays on the replica.
 REMOTE_METHODS = frozenset({"embed", "tokenize", "tokenize_chat", "token_pieces", "context_length", "unload",
@@ -48,6 +50,22 @@ def portable(event: Event) -> Event | Refused:
     return Refused(event.error) if isinstance(event, Failed) else event
 
 
+def first_tokens() -> Callable[[Event], bool]:
+    """Which events of one generation go to the ingress at once (``coalesced``'s ``urgent``):
+    all but a ``Delta``, and each choice's first ``Delta`` (the client's time to first token)."""
+    seen: set[int] = set()
+
+    def urgent(event: Event) -> bool:
+        if not isinstance(event, Delta):
+            return True
+        if event.index in seen:
+            return False
+        seen.add(event.index)
+        return True
+
+    return urgent
+
+
 class LokalReplica:
     """The deployment's class (``deployment.py`` wraps it): settings arrive as a dict of
     ``Settings`` fields, so each replica builds the same configuration wherever Ray puts it."""
@@ -60,20 +78,27 @@ class LokalReplica:
         for name in preload:
             await self.runtime.get(name)
 
-    async def generate(self, req: GenerateRequest, affinity: str = "",
-                       model: str = "") -> AsyncGenerator[Accepted | Event | Refused, None]:
+    async def generate(self, req: GenerateRequest, affinity: str = "", model: str = "",
+                       ) -> AsyncGenerator[Accepted | Event | Refused | list[Event | Refused], None]:
         """The events of one generation; a refusal before any event comes as one ``Refused``.
         ``affinity`` and ``model`` are for the router (``lokal.scale.router``). Closing the stream
-        cancels the generation. ``Accepted`` comes first."""
+        cancels the generation. ``Accepted`` comes first, then the events one by one
+        (``ray_stream_window_ms`` 0) or in lists (``lokal.scale.coalesce``)."""
         yield Accepted()
         try:
             stream = await self.runtime.generate(req)
         except LokalError as exc:
             yield Refused(exc)
             return
+        window_s = self.settings.ray_stream_window_ms / 1000
         try:
-            async for event in stream:
-                yield portable(event)
+            if window_s <= 0:
+                async for event in stream:
+                    yield portable(event)
+            else:
+                async with aclosing(coalesced(stream, window_s, first_tokens())) as batches:
+                    async for batch in batches:
+                        yield [portable(event) for event in batch]
         finally:
             await stream.aclose()
 
