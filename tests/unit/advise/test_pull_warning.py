@@ -84,7 +84,7 @@ def test_lokal_pull_warns_then_pulls_anyway(tmp_path: Path, monkeypatch: pytest.
 
     pulled: list[str] = []
 
-    def fake_pull(store: Any, name: str, report: Any = None) -> _Pulled:
+    def fake_pull(store: Any, name: str, report: Any = None, **options: Any) -> _Pulled:
         pulled.append(name)
         return _Pulled(name, QWEN_FILE)
 
