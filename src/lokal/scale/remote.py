@@ -122,6 +122,14 @@ class RemoteRuntime(Runtime):
         super().__init__(settings)
         self.handle = handle
         self.owns_replicas = owns_replicas
+        self._generate: DeploymentHandle | None = None  # the handle's streaming ``generate``, made once
+
+    def _streaming(self) -> DeploymentHandle:
+        """The handle for ``LokalReplica.generate`` streams (each ``options`` call and attribute
+        of a handle builds a new one: once, not per request)."""
+        if self._generate is None:
+            self._generate = self.handle.options(method_name="generate", stream=True)
+        return self._generate
 
     # ---- replicas ------------------------------------------------------------------------------
     def replica_count(self) -> int | None:
@@ -200,7 +208,7 @@ class RemoteRuntime(Runtime):
         """The first event of a generation on a replica and the replica's stream, or the
         runtime's refusal raised."""
         for attempt in (1, 2):
-            remote = ReplicaStream(self.handle.options(stream=True).generate.remote(  # type: ignore[arg-type]
+            remote = ReplicaStream(self._streaming().remote(  # type: ignore[arg-type]
                 req, affinity=affinity_key(req), model=model))
             try:
                 await self._accepted(remote)
