@@ -246,6 +246,7 @@ def test_adapter_lines_accumulate_with_an_optional_scale() -> None:
 
 
 def test_render_names_the_adapters_with_their_scales() -> None:
-    adapters = [{"digest": "sha256:" + "c" * 64, "size": 10}, {"digest": "sha256:" + "d" * 64, "size": 10, "scale": 0.25}]
+    adapters = [{"digest": "sha256:" + "c" * 64, "size": 10},
+                {"digest": "sha256:" + "d" * 64, "size": 10, "scale": 0.25}]
     spec = parse_modelfile(render_modelfile(manifest(adapters=adapters)))
     assert spec.adapters == [AdapterRef("sha256:" + "c" * 64), AdapterRef("sha256:" + "d" * 64, 0.25)]
