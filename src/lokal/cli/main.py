@@ -401,22 +401,33 @@ def processor_text(size: int, size_vram: int) -> str:
 @friendly
 def stop(model: Annotated[str, typer.Argument(help="a model loaded by the running server")]) -> None:
     """Unload a model from the running server (keep_alive 0)."""
+    if not _running_on_server(model):
+        raise UserError(f'model "{model}" is not running (see lokal ps)')
+    _server_request("POST", "/api/generate", {"model": model, "keep_alive": 0})
+
+
+def _running_on_server(model: str) -> bool:
+    """Whether the running server has ``model`` loaded (UserError when no server answers)."""
     from lokal.store.names import parse_model_name
 
     wanted = str(parse_model_name(model))
     loaded = (_server_request("GET", "/api/ps") or {}).get("models", [])
     names = {str(m.get("name") or m.get("model")).lower() for m in loaded}
-    if wanted.lower() not in names and model.lower() not in names:
-        raise UserError(f'model "{model}" is not running (see lokal ps)')
-    _server_request("POST", "/api/generate", {"model": model, "keep_alive": 0})
+    return wanted.lower() in names or model.lower() in names
 
 
 @app.command("rm")
 @friendly
 def remove(names: Annotated[list[str], typer.Argument(help="models to delete")]) -> None:
-    """Delete models from the store (blobs shared with other models are kept)."""
+    """Delete models from the store (blobs shared with other models are kept); a running server
+    unloads them first (an adapter model's adapter is freed, its base stays)."""
     store = _store(_settings())
     for name in names:
+        try:
+            if _running_on_server(name):
+                _server_request("POST", "/api/generate", {"model": name, "keep_alive": 0})
+        except UserError:
+            pass  # no server, or it could not unload it: deleting the files is what was asked
         store.delete(name)
         console.print(f"deleted {escape(name)}")
 

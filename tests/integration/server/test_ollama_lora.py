@@ -4,6 +4,9 @@ requests on the base and on the adapter model at once (one loaded base, two answ
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -73,3 +76,18 @@ def test_a_bad_adapter_is_a_400_and_creates_nothing(lora_server: LiveServer, tmp
         client.create(model="broken:lora", from_=MODEL, adapters={"x.gguf": digest})
     assert e.value.status_code == 400 and expected in str(e.value)
     assert "broken:lora" not in [m.model for m in client.list().models]
+
+
+def test_lokal_rm_of_a_loaded_adapter_model_unloads_it_from_the_running_server(lora_server: LiveServer) -> None:
+    client = ollama.Client(host=lora_server.url, timeout=120)
+    digest = client.create_blob(AHOY_LORA)
+    assert client.create(model="ahoy:rm", from_=MODEL, adapters={"ahoy.gguf": digest}).status == "success"
+    assert ask(client, "ahoy:rm", QUESTIONS[1]).startswith("AHOY")
+    assert "ahoy:rm" in [m.model for m in client.ps().models]
+    home = lora_server.log.parent
+    r = subprocess.run([sys.executable, "-m", "lokal.cli.main", "rm", "ahoy:rm"], capture_output=True, text=True,
+                       env={**os.environ, "LOKAL_HOME": str(home), "LOKAL_PORT": str(lora_server.port)}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "ahoy:rm" not in [m.model for m in client.ps().models]
+    assert MODEL in [m.model for m in client.ps().models]  # the base stays loaded
+    assert "ahoy:rm" not in [m.model for m in client.list().models]
