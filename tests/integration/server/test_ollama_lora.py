@@ -91,3 +91,14 @@ def test_lokal_rm_of_a_loaded_adapter_model_unloads_it_from_the_running_server(l
     assert "ahoy:rm" not in [m.model for m in client.ps().models]
     assert MODEL in [m.model for m in client.ps().models]  # the base stays loaded
     assert "ahoy:rm" not in [m.model for m in client.list().models]
+
+
+def test_unloading_the_base_unloads_its_adapter_models_first(lora_server: LiveServer) -> None:
+    client = ollama.Client(host=lora_server.url, timeout=120)
+    digest = client.create_blob(AHOY_LORA)
+    assert client.create(model="ahoy:base-goes", from_=MODEL, adapters={"ahoy.gguf": digest}).status == "success"
+    assert ask(client, "ahoy:base-goes", QUESTIONS[0]).startswith("AHOY")
+    client.generate(model=MODEL, prompt="", keep_alive=0)  # Ollama's way to unload a model
+    assert client.ps().models == []
+    assert ask(client, "ahoy:base-goes", QUESTIONS[0]).startswith("AHOY")  # and both load again
+    assert {m.model for m in client.ps().models} == {MODEL, "ahoy:base-goes"}
