@@ -83,7 +83,7 @@ def create_model(
                     *_store_adapters(store, modelfile.adapters, base, base_dir, report, allow_paths)]
     except BaseException:
         if base.manifest is None and base.source.startswith("file:"):  # FROM a file: imported for nothing
-            _collect_unused_blob(store, base.digest)
+            collect_unused_blob(store, base.digest)
         raise
     manifest = Manifest(
         name=str(target),
@@ -106,10 +106,10 @@ def create_model(
         store.write_manifest(manifest)  # atomic: the old manifest stays whole until the rename
     except BaseException:
         for adapter in adapters:
-            _collect_unused_blob(store, adapter.digest)
+            collect_unused_blob(store, adapter.digest)
         raise
     for digest in previous.blobs - manifest.blobs if previous is not None else ():
-        _collect_unused_blob(store, digest)
+        collect_unused_blob(store, digest)
     report(PullProgress("success"))
     return manifest
 
@@ -269,7 +269,7 @@ def _store_adapters(
             layers.append(AdapterLayer(digest=digest, size=store.blob_path(digest).stat().st_size, scale=ref.scale))
     except BaseException:
         for layer in layers:
-            _collect_unused_blob(store, layer.digest)
+            collect_unused_blob(store, layer.digest)
         raise
     return layers
 
@@ -298,7 +298,7 @@ def _existing(store: ModelStore, name: str) -> Manifest | None:
         return None
 
 
-def _collect_unused_blob(store: ModelStore, digest: str) -> None:
+def collect_unused_blob(store: ModelStore, digest: str) -> None:
     """Drop the blob a replaced model used if no model uses it any more."""
     with store.lock():
         if all(digest not in m.blobs for m in store.list()):

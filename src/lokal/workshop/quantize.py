@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lokal.store.create import _collect_unused_blob  # the store's one way to drop a blob no model uses
+from lokal.store.create import collect_unused_blob
 from lokal.store.errors import ModelNotFound, StoreError
 from lokal.store.gguf_header import read_gguf_header
 from lokal.store.manifest import Manifest, utc_now
@@ -149,10 +149,10 @@ def quantize_model(
     try:
         store.write_manifest(manifest)  # atomic: a model of that name stays whole until the rename
     except BaseException:
-        _collect_unused_blob(store, digest)
+        collect_unused_blob(store, digest)
         raise
     if existing is not None and existing.digest != digest:
-        _collect_unused_blob(store, existing.digest)
+        collect_unused_blob(store, existing.digest)
     report(PullProgress("success"))
     return manifest
 
