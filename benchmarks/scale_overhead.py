@@ -33,7 +33,7 @@ import httpx
 
 from lokal.bench.loadgen import RequestOptions, stream_request
 from lokal.bench.metrics import paired_tok_s_ratio
-from lokal.bench.run import BenchEvents, RunConfig, run_bench
+from lokal.bench.run import PrintEvents, RunConfig, run_bench
 from lokal.bench.scenarios import Prompt, Scenario, builtin_prompts, system_prompt
 from lokal.bench.targets import LocalServer, Target, free_port, lokal_server
 from lokal.config import Settings
@@ -42,17 +42,6 @@ from lokal.store.pull import pull_model
 
 TTFT_BUDGET_MS = 15.0
 TOK_S_FLOOR = 0.95
-
-
-class PrintEvents(BenchEvents):
-    def failure(self, line: str) -> None:
-        print(f"  FAILED {line}", flush=True)
-
-    def note(self, line: str) -> None:
-        print(line, flush=True)
-
-    def measured(self, target: str, concurrency: int, summary: dict[str, Any]) -> None:
-        print(f"  {target} c={concurrency}: {summary['tok_s']:.1f} tok/s", flush=True)
 
 
 def ray_server(single: LocalServer, replicas: int, home: Path) -> LocalServer:

@@ -26,23 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from lokal.bench.metrics import paired_tok_s_ratio
-from lokal.bench.run import BenchEvents, RunConfig, run_bench
+from lokal.bench.run import PrintEvents, RunConfig, run_bench
 from lokal.bench.scenarios import Scenario
 from lokal.bench.targets import LocalOptions, Target, llama_cpp_python, llama_server, lokal_server, parse_target
 from lokal.config import Settings
 from lokal.store.model_store import ModelStore
 from lokal.store.pull import pull_model
-
-
-class PrintEvents(BenchEvents):
-    def failure(self, line: str) -> None:
-        print(f"  FAILED {line}", flush=True)
-
-    def note(self, line: str) -> None:
-        print(line, flush=True)
-
-    def measured(self, target: str, concurrency: int, summary: dict[str, Any]) -> None:
-        print(f"  {target} c={concurrency}: {summary['tok_s']:.1f} tok/s", flush=True)
 
 
 def legacy_table(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -54,6 +54,19 @@ class BenchEvents:
     def measured(self, target: str, concurrency: int, summary: dict[str, Any]) -> None: ...
 
 
+class PrintEvents(BenchEvents):
+    """Plain lines on stdout, for scripts (benchmarks/*.py): failures, notes, each measurement's tok/s."""
+
+    def failure(self, line: str) -> None:
+        print(f"  FAILED {line}", flush=True)
+
+    def note(self, line: str) -> None:
+        print(line, flush=True)
+
+    def measured(self, target: str, concurrency: int, summary: dict[str, Any]) -> None:
+        print(f"  {target} c={concurrency}: {summary['tok_s']:.1f} tok/s", flush=True)
+
+
 def level_prompts(cfg: RunConfig, concurrency: int, salt: int, rep: int = 0) -> list[Prompt]:
     """The prompts of one measurement: the same for every target; each rep gets its own (the next ones of a
     user's set, or built-in ones worded apart), so a repeat is not served from a cache of the earlier rep."""

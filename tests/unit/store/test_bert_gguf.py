@@ -4,7 +4,6 @@ embeds with, and reads as an embedding model; the same bytes twice; folders it r
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -14,21 +13,11 @@ from lokal.store.bert_gguf import convert_bert, read_safetensors
 from lokal.store.errors import PullError
 from lokal.store.gguf_facts import read_gguf_facts
 from lokal.store.kinds import kind_from_facts
+from tests.conftest import write_safetensors
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = ["hello", "world", "##s", "cat", "dog", "the", ".", "a"]
 HIDDEN, FFN, LAYERS = 32, 64, 2
-
-
-def _write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
-    header, offset, blobs = {}, 0, []
-    for name, array in tensors.items():
-        data = np.ascontiguousarray(array, dtype=np.float32).tobytes()
-        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
-        offset += len(data)
-        blobs.append(data)
-    raw = json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"".join(blobs))
 
 
 def tiny_bert(folder: Path, model_type: str = "bert") -> Path:
@@ -61,7 +50,7 @@ def tiny_bert(folder: Path, model_type: str = "bert") -> Path:
         tensors[p + "output.dense.weight"], tensors[p + "output.dense.bias"] = w(HIDDEN, FFN), w(HIDDEN)
         for norm in ("attention.output.LayerNorm", "output.LayerNorm"):
             tensors[p + norm + ".weight"], tensors[p + norm + ".bias"] = np.ones(HIDDEN), np.zeros(HIDDEN)
-    _write_safetensors(folder / "model.safetensors", tensors)
+    write_safetensors(folder / "model.safetensors", tensors)
     return folder
 
 

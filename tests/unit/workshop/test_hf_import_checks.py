@@ -5,7 +5,6 @@ parameters; a missing converter named with its install command."""
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -18,17 +17,7 @@ from lokal.store.sources import hf as hf_source
 from lokal.workshop.converter import ConverterMissing, converter_folder
 from lokal.workshop.hf_import import HfImportError, generation_parameters, import_hf_folder
 from lokal.workshop.quantize import QuantizeError
-
-
-def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
-    header, offset, blobs = {}, 0, []
-    for name, array in tensors.items():
-        data = np.ascontiguousarray(array, dtype=np.float32).tobytes()
-        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
-        offset += len(data)
-        blobs.append(data)
-    raw = json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"".join(blobs))
+from tests.conftest import write_safetensors
 
 
 def hf_folder(folder: Path, architectures: list[str] | None = None) -> Path:
