@@ -28,6 +28,22 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"".join(blobs))
 
 
+def link_model(src_home: Path, dst_home: Path, name: str) -> None:
+    """Put model ``name`` of the store at ``src_home`` into the one at ``dst_home``: its blob hard-linked
+    (a symlink across file systems), its manifest copied."""
+    from lokal.store.model_store import ModelStore
+
+    src, dst = ModelStore(src_home), ModelStore(dst_home)
+    manifest = src.get(name)
+    blob = dst.blob_path(manifest.digest)
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src.blob_path(manifest.digest), blob)
+    except OSError:
+        blob.symlink_to(src.blob_path(manifest.digest))
+    dst.write_manifest(manifest)
+
+
 @pytest.fixture(scope="session")
 def model_home() -> Path:
     """A lokal home with ``smollm2:135m`` pulled (``$LOKAL_TEST_HOME`` or ``.test-home/``).

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from PIL import Image, ImageDraw
 from lokal.store.create import create_model
 from lokal.store.model_store import ModelStore
 from lokal.store.modelfile import Modelfile
+from tests.conftest import link_model
 from tests.integration.conftest import LiveServer
 from tests.projector import N_IMAGE_TOKENS, write_test_projector
 
@@ -64,16 +64,8 @@ GREEN_TRIANGLE = drawing("triangle", "green")
 def vision_home(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A home with smollm2:135m (its blob hard-linked) and the vision model built on it."""
     home = tmp_path_factory.mktemp("vision-home")
-    src = ModelStore(model_home)
+    link_model(model_home, home, TEXT_ONLY)
     store = ModelStore(home)
-    base = src.get(TEXT_ONLY)
-    blob = store.blob_path(base.digest)
-    blob.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src.blob_path(base.digest), blob)
-    except OSError:
-        blob.symlink_to(src.blob_path(base.digest))
-    store.write_manifest(base)
     projector = write_test_projector(home / "mmproj.gguf", n_embd_out=576)
     create_model(store, VISION, Modelfile(from_=TEXT_ONLY, projector=str(projector)))
     return home

@@ -13,23 +13,15 @@ import pytest
 from lokal.store.create import create_model
 from lokal.store.model_store import ModelStore
 from lokal.store.modelfile import ModelfileError, parse_modelfile, render_modelfile
+from tests.conftest import link_model
 from tests.projector import write_test_projector
 
 
 @pytest.fixture
 def store(model_home: Path, tmp_path: Path) -> ModelStore:
     """A store holding smollm2:135m (its blob hard-linked from the test home)."""
-    src = ModelStore(model_home)
-    store = ModelStore(tmp_path / "home")
-    base = src.get("smollm2:135m")
-    blob = store.blob_path(base.digest)
-    blob.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src.blob_path(base.digest), blob)
-    except OSError:
-        blob.symlink_to(src.blob_path(base.digest))
-    store.write_manifest(base)
-    return store
+    link_model(model_home, tmp_path / "home", "smollm2:135m")
+    return ModelStore(tmp_path / "home")
 
 
 def test_a_second_from_attaches_the_projector_and_show_writes_it_back(store: ModelStore, tmp_path: Path) -> None:
