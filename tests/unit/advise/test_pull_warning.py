@@ -80,6 +80,7 @@ class _Pulled:
 def test_lokal_pull_warns_then_pulls_anyway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import lokal.advise.hardware
     import lokal.store.pull
+    import lokal.workshop.hf_import
     from lokal.cli.main import app
 
     pulled: list[str] = []
@@ -89,6 +90,7 @@ def test_lokal_pull_warns_then_pulls_anyway(tmp_path: Path, monkeypatch: pytest.
         return _Pulled(name, QWEN_FILE)
 
     monkeypatch.setattr(lokal.store.pull, "pull_model", fake_pull)
+    monkeypatch.setattr(lokal.workshop.hf_import, "pull_model", fake_pull)  # the CLI's pull goes through it
     monkeypatch.setattr(lokal.advise.hardware, "detect_hardware", lambda home=None: machine(0.5, disk_gib=0.25))
     monkeypatch.setenv("LOKAL_HOME", str(tmp_path))
     result = CliRunner().invoke(app, ["pull", "qwen2.5-coder:0.5b"])
